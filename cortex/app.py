@@ -1,0 +1,135 @@
+"""Application factory: settings → database → Connexion-built routes → one Flask WSGI app."""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+
+import flask
+import swagger_ui_bundle
+from connexion.exceptions import ProblemException
+from connexion.spec import Specification
+from werkzeug.exceptions import HTTPException, MethodNotAllowed
+
+from cortex import crypto, security
+from cortex.db import init_database
+from cortex.identity import IdentityProvider, make_identity_provider
+from cortex.problems import problem_response, render_problem
+from cortex.routing import CortexApi, HandlerResolver
+from cortex.settings import Settings
+from models.base import db
+
+log = logging.getLogger("cortex")
+
+SWAGGER_PAGE = """<!doctype html><html><head><meta charset="utf-8"><title>Cortex API</title>
+<link rel="stylesheet" href="swagger-ui.css"></head><body><div id="swagger-ui"></div>
+<script src="swagger-ui-bundle.js"></script><script>
+window.ui = SwaggerUIBundle({url: "../openapi.json", dom_id: "#swagger-ui", deepLinking: true});
+</script></body></html>"""
+
+
+@dataclass
+class Runtime:
+    """Per-app services handlers reach through ``flask.current_app``."""
+
+    settings: Settings
+    spec: dict
+    spec_bytes: bytes
+    identity: IdentityProvider
+
+
+def runtime() -> Runtime:
+    """The running app's services."""
+    return flask.current_app.extensions["cortex"]
+
+
+def current_spec() -> dict:
+    """The served OpenAPI document (parsed)."""
+    return runtime().spec
+
+
+def current_settings() -> Settings:
+    """The running app's settings."""
+    return runtime().settings
+
+
+def identity_provider() -> IdentityProvider:
+    """The configured identity provider."""
+    return runtime().identity
+
+
+def create_app(settings: Settings | None = None) -> flask.Flask:
+    """Build the WSGI application (no migrations, no server: see ``cortex.cli``)."""
+    settings = (settings or Settings.from_env()).with_secret_key()
+    logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    init_database(settings.database_url, settings.db_pool_size)
+    crypto.init_encryption(settings.secret_key)
+    security.configure(settings.secret_key, settings.access_token_ttl, settings.api_key_touch_interval)
+
+    spec_bytes = settings.spec_path.read_bytes()
+    raw_spec = json.loads(spec_bytes)
+    app = flask.Flask("cortex")
+    app.config.update(MAX_CONTENT_LENGTH=settings.max_body_bytes, JSON_SORT_KEYS=False)
+    app.extensions["cortex"] = Runtime(
+        settings=settings,
+        spec=raw_spec,
+        spec_bytes=spec_bytes,
+        identity=make_identity_provider(settings.identity_provider, settings.fusion_session_ttl),
+    )
+    api = CortexApi(Specification.from_dict(raw_spec), base_path="", resolver=HandlerResolver())
+    app.register_blueprint(api.blueprint)
+    _add_documentation_routes(app)
+    _add_error_handlers(app)
+
+    @app.teardown_request
+    def _release_connection(_exc):
+        if not db.is_closed():
+            db.close()
+
+    return app
+
+
+def _add_documentation_routes(app: flask.Flask) -> None:
+    """Serve the document at /api/openapi.json and Swagger UI at /api/docs/."""
+
+    @app.get("/api/openapi.json")
+    def openapi_document():
+        return flask.Response(runtime().spec_bytes, mimetype="application/json")
+
+    @app.get("/api/docs")
+    def swagger_ui_redirect():
+        return flask.redirect("/api/docs/", code=308)
+
+    @app.get("/api/docs/")
+    def swagger_ui():
+        return flask.Response(SWAGGER_PAGE, mimetype="text/html")
+
+    @app.get("/api/docs/<path:filename>")
+    def swagger_ui_asset(filename):
+        return flask.send_from_directory(swagger_ui_bundle.swagger_ui_path, filename, max_age=3600)
+
+
+def _add_error_handlers(app: flask.Flask) -> None:
+    """Every error leaves as problem+json: 404 and 405 (with Allow) too, and never a stack trace."""
+
+    @app.errorhandler(ProblemException)
+    def _problem(exc):
+        return render_problem(exc)
+
+    @app.errorhandler(HTTPException)
+    def _http(exc):
+        headers = {}
+        if isinstance(exc, MethodNotAllowed) and exc.valid_methods:
+            headers["Allow"] = ", ".join(sorted(exc.valid_methods))
+        detail = {
+            404: f"No route matches {flask.request.path}",
+            405: f"{flask.request.method} is not allowed on {flask.request.path}",
+            413: "Request body is too large",
+        }.get(exc.code, exc.description)
+        return problem_response(exc.code or 500, detail, headers=headers)
+
+    @app.errorhandler(Exception)
+    def _unexpected(exc):
+        log.exception("unhandled error on %s %s", flask.request.method, flask.request.path)
+        return problem_response(500, "Internal server error; the incident was logged")

@@ -1,0 +1,163 @@
+"""The ``cortex`` command: serve, db upgrade, admin create-user/create-project, demo."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+
+DEMO_EMAIL = "demo@cortex.local"
+DEMO_PASSWORD = "cortex-demo"
+DEMO_PROJECT = "Demo Project"
+
+
+def _app():
+    """Build the app (database bound, migrations applied) for a command."""
+    from cortex.app import create_app
+    from cortex.db import upgrade
+
+    app = create_app()
+    upgrade()
+    return app
+
+
+def _print(obj) -> None:
+    """One JSON object on stdout."""
+    print(json.dumps(obj))
+
+
+def cmd_serve(args) -> int:
+    """cortex serve: migrate, then serve on gevent."""
+    from cortex.serve import patch
+
+    patch()
+    from cortex.serve import serve
+
+    serve(_app(), args.host, args.port)
+    return 0
+
+
+def cmd_db_upgrade(_args) -> int:
+    """cortex db upgrade: apply pending migrations."""
+    from cortex.app import create_app
+    from cortex.db import current_version, upgrade
+
+    create_app()
+    applied = upgrade()
+    _print({"applied": applied, "version": current_version()})
+    return 0
+
+
+def cmd_create_user(args) -> int:
+    """cortex admin create-user."""
+    from models.identity import IdentityError, create_user
+
+    _app()
+    try:
+        user = create_user(args.email, args.password, args.name, args.tenant_id)
+    except IdentityError as exc:
+        print(f"error: {exc.detail}", file=sys.stderr)
+        return 1
+    _print({"userId": user.id, "tenantId": user.tenant_id, "email": user.email})
+    return 0
+
+
+def cmd_create_project(args) -> int:
+    """cortex admin create-project."""
+    from models.identity import IdentityError, User, create_project, normalise_email
+
+    _app()
+    owner = User.get_or_none(User.email == normalise_email(args.owner))
+    if owner is None:
+        print(f"error: no user with email {args.owner}", file=sys.stderr)
+        return 1
+    try:
+        project, secret = create_project(owner, args.name, args.type, args.description, args.domain)
+    except IdentityError as exc:
+        print(f"error: {exc.detail}", file=sys.stderr)
+        return 1
+    _print({"id": project.id, "appId": project.app_id, "name": project.name, "secret": secret})
+    return 0
+
+
+def seed_demo() -> dict:
+    """Create the demo user and project unless they exist (idempotent)."""
+    from models.identity import Project, User, create_project, create_user
+
+    user = User.get_or_none(User.email == DEMO_EMAIL) or create_user(DEMO_EMAIL, DEMO_PASSWORD, "Demo User")
+    project = Project.get_or_none(Project.tenant == user.tenant_id, Project.name == DEMO_PROJECT)
+    if project is None:
+        project, _secret = create_project(user, DEMO_PROJECT, "sdk", "Seeded by `cortex demo`")
+    return {"email": DEMO_EMAIL, "password": DEMO_PASSWORD, "projectId": project.id, "appId": project.app_id}
+
+
+def cmd_demo(args) -> int:
+    """cortex demo: seed, print how to log in, serve."""
+    from cortex.serve import patch
+
+    patch()
+    from cortex.serve import serve
+
+    app = _app()
+    demo = seed_demo()
+    base = f"http://{args.host}:{args.port}"
+    print(
+        f"Demo user {demo['email']} / {demo['password']}, project {demo['projectId']}\n"
+        f"Log in:  curl -s -X POST {base}/api/auth/login-credentials -H 'Content-Type: application/json' "
+        f"-d '{{\"email\":\"{demo['email']}\",\"password\":\"{demo['password']}\"}}'\n"
+        f"API docs: {base}/api/docs/",
+        flush=True,
+    )
+    serve(app, args.host, args.port)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The command-line grammar."""
+    parser = argparse.ArgumentParser(prog="cortex", description="ODIN Cortex API server")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    def add_listen(sub):
+        sub.add_argument("--host", default=os.environ.get("CORTEX_HOST", "127.0.0.1"))
+        sub.add_argument("--port", type=int, default=int(os.environ.get("CORTEX_PORT", "8080")))
+
+    serve = commands.add_parser("serve", help="apply migrations and serve the API")
+    add_listen(serve)
+    serve.set_defaults(func=cmd_serve)
+
+    demo = commands.add_parser("demo", help="seed a demo user and project, then serve")
+    add_listen(demo)
+    demo.set_defaults(func=cmd_demo)
+
+    db = commands.add_parser("db", help="database maintenance").add_subparsers(dest="db_command", required=True)
+    db.add_parser("upgrade", help="apply pending migrations").set_defaults(func=cmd_db_upgrade)
+
+    admin = commands.add_parser("admin", help="accounts and projects").add_subparsers(
+        dest="admin_command", required=True
+    )
+    user = admin.add_parser("create-user", help="create a user (and a tenant unless --tenant-id)")
+    user.add_argument("--email", required=True)
+    user.add_argument("--password", required=True)
+    user.add_argument("--name")
+    user.add_argument("--tenant-id")
+    user.set_defaults(func=cmd_create_user)
+
+    project = admin.add_parser("create-project", help="create a project owned (as admin) by a user")
+    project.add_argument("--owner", required=True, help="owner's email")
+    project.add_argument("--name", required=True)
+    project.add_argument("--type", choices=["sdk", "conferencing"], default="sdk")
+    project.add_argument("--description")
+    project.add_argument("--domain")
+    project.set_defaults(func=cmd_create_project)
+    return parser
+
+
+def main(argv=None) -> int:
+    """Entry point of the ``cortex`` console script."""
+    args = build_parser().parse_args(argv)
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,78 @@
+"""Secrets at rest: Argon2id password hashes, SHA-256 token hashes, Fernet encryption of readable secrets."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import secrets
+
+from argon2 import PasswordHasher
+from argon2.exceptions import InvalidHashError, VerificationError
+from cryptography.fernet import Fernet, InvalidToken
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+
+_hasher = PasswordHasher()  # Argon2id, memory-hard (64 MiB, t=3) per RFC 9106 defaults
+_fernet: Fernet | None = None
+
+
+def init_encryption(secret_key: str) -> None:
+    """Derive the data-encryption key from the server secret (HKDF-SHA256)."""
+    global _fernet
+    derived = HKDF(algorithm=hashes.SHA256(), length=32, salt=b"cortex-at-rest-v1", info=b"fernet").derive(
+        secret_key.encode()
+    )
+    _fernet = Fernet(base64.urlsafe_b64encode(derived))
+
+
+def encrypt(plaintext: str) -> str:
+    """Encrypt a secret that must be read back later."""
+    if _fernet is None:
+        raise RuntimeError("encryption is not initialised (cortex.crypto.init_encryption)")
+    return _fernet.encrypt(plaintext.encode()).decode()
+
+
+def decrypt(token: str) -> str:
+    """Decrypt a secret written by :func:`encrypt`."""
+    if _fernet is None:
+        raise RuntimeError("encryption is not initialised (cortex.crypto.init_encryption)")
+    try:
+        return _fernet.decrypt(token.encode()).decode()
+    except InvalidToken as exc:  # wrong CORTEX_SECRET_KEY for this database
+        raise RuntimeError("stored secret cannot be decrypted with the configured secret key") from exc
+
+
+def hash_password(password: str) -> str:
+    """Argon2id hash of a password."""
+    return _hasher.hash(password)
+
+
+def verify_password(password_hash: str, password: str) -> bool:
+    """Check a password against its Argon2id hash."""
+    try:
+        return _hasher.verify(password_hash, password)
+    except (VerificationError, InvalidHashError):
+        return False
+
+
+# A valid hash to verify against when the user does not exist, so timing does not reveal emails.
+_DUMMY_HASH = None
+
+
+def burn_password_check(password: str) -> None:
+    """Spend the same time as a real verification (unknown user)."""
+    global _DUMMY_HASH
+    if _DUMMY_HASH is None:
+        _DUMMY_HASH = _hasher.hash(secrets.token_hex(8))
+    verify_password(_DUMMY_HASH, password)
+
+
+def token_hash(token: str) -> str:
+    """SHA-256 hex digest used to store bearer secrets (API keys, session ids)."""
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+def constant_time_equal(a: str, b: str) -> bool:
+    """Compare two strings without leaking where they differ."""
+    return hmac.compare_digest(a.encode(), b.encode())

@@ -1,0 +1,99 @@
+"""Bind the deferred Peewee database from DATABASE_URL, and apply versioned migrations."""
+
+from __future__ import annotations
+
+import logging
+from urllib.parse import unquote, urlparse
+
+import peewee as pw
+from playhouse.pool import PooledPostgresqlDatabase, PooledSqliteDatabase
+
+from models import MIGRATIONS
+from models.base import db, utcnow
+
+log = logging.getLogger(__name__)
+
+SQLITE_PRAGMAS = {
+    "journal_mode": "wal",
+    "foreign_keys": 1,
+    "synchronous": "normal",
+    "busy_timeout": 10000,
+    "cache_size": -16000,
+}
+
+
+def make_database(url: str, pool_size: int = 32) -> pw.Database:
+    """Create the Peewee database for a ``sqlite:///path`` or ``postgresql://…`` URL."""
+    parsed = urlparse(url)
+    if parsed.scheme == "sqlite":
+        path = unquote(parsed.path)
+        if path.startswith("//"):  # sqlite:////abs/path
+            path = path[1:]
+        elif url.startswith("sqlite:///"):
+            path = url[len("sqlite:///") :]
+        return PooledSqliteDatabase(
+            path or ":memory:", pragmas=SQLITE_PRAGMAS, max_connections=pool_size, stale_timeout=300,
+            check_same_thread=False,
+        )
+    if parsed.scheme in ("postgres", "postgresql"):
+        return PooledPostgresqlDatabase(
+            unquote(parsed.path.lstrip("/")) or "postgres",
+            user=unquote(parsed.username) if parsed.username else None,
+            password=unquote(parsed.password) if parsed.password else None,
+            host=parsed.hostname or "127.0.0.1",
+            port=parsed.port or 5432,
+            max_connections=pool_size,
+            stale_timeout=300,
+            timeout=10,
+        )
+    raise ValueError(f"DATABASE_URL scheme {parsed.scheme!r} is not supported (use sqlite:/// or postgresql://)")
+
+
+def init_database(url: str, pool_size: int = 32) -> pw.Database:
+    """Bind the shared database proxy to ``url`` (closing any previous binding)."""
+    if db.obj is not None:
+        db.obj.close_all() if hasattr(db.obj, "close_all") else db.obj.close()
+    database = make_database(url, pool_size)
+    db.initialize(database)
+    return database
+
+
+class SchemaVersion(pw.Model):
+    """One row per applied migration."""
+
+    version = pw.IntegerField(primary_key=True)
+    name = pw.CharField(max_length=200)
+    applied_at = pw.DateTimeField(default=utcnow)
+
+    class Meta:
+        database = db
+        table_name = "schema_version"
+
+
+def current_version() -> int:
+    """Highest applied migration version (0 for an empty database)."""
+    SchemaVersion.create_table(safe=True)
+    return SchemaVersion.select(pw.fn.MAX(SchemaVersion.version)).scalar() or 0
+
+
+def upgrade() -> list[int]:
+    """Apply every pending migration in order, each in its own transaction; returns what was applied."""
+    applied = []
+    with db.connection_context():
+        if db.obj is not None and isinstance(db.obj, pw.PostgresqlDatabase):
+            # Several processes may start at once: serialise migrations with an advisory lock.
+            db.execute_sql("SELECT pg_advisory_lock(7415001)")
+        try:
+            version = current_version()
+            for number, name, migrate in MIGRATIONS:
+                if number <= version:
+                    continue
+                with db.atomic():
+                    migrate(db)
+                    SchemaVersion.create(version=number, name=name)
+                log.info("applied migration %s: %s", number, name)
+                applied.append(number)
+        finally:
+            if isinstance(db.obj, pw.PostgresqlDatabase):
+                db.execute_sql("SELECT pg_advisory_unlock(7415001)")
+    return applied

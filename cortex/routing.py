@@ -1,0 +1,297 @@
+"""From the OpenAPI document to handler calls.
+
+Connexion reads the document, resolves ``$ref``s, builds one :class:`OpenAPIOperation` per operation and
+registers a Flask URL rule for it (``FlaskApi``); our resolver picks the handler by operationId. Instead of
+Connexion's per-request ASGI middleware stack (measured too slow, see ARCHITECTURE.md), every operation gets
+one precompiled :class:`OperationGate` that authenticates, validates and calls the handler synchronously.
+"""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+import json
+import re
+from dataclasses import dataclass
+
+import flask
+from connexion.apps.flask import FlaskApi
+from connexion.decorators.parameter import pythonic
+from connexion.exceptions import ProblemException, TypeValidationError
+from connexion.json_schema import Draft4RequestValidator, format_error_with_path
+from connexion.resolver import Resolution, Resolver
+from jsonschema import Draft4Validator, ValidationError
+
+from cortex import security
+from cortex.problems import ApiProblem
+
+HTTP_METHODS = ("get", "put", "post", "delete", "patch", "head", "options", "trace")
+UNIMPLEMENTED_MARK = "__cortex_unimplemented__"
+JSON_MIMETYPE = "application/json"
+
+
+# ----------------------------------------------------------------- naming: operationId → handler
+
+
+def snake_case(name: str) -> str:
+    """``listSessions`` → ``list_sessions``; ``API Keys`` → ``api_keys``."""
+    name = re.sub(r"[^0-9A-Za-z]+", "_", name.strip())
+    name = re.sub(r"([a-z0-9])([A-Z])", r"\1_\2", name)
+    name = re.sub(r"([A-Z]+)([A-Z][a-z])", r"\1_\2", name)
+    return name.strip("_").lower()
+
+
+def handler_location(operation: dict) -> tuple[str, str]:
+    """(module, function) that serves an operation: ``handlers/<first tag>.py::<snake operationId>``."""
+    tags = operation.get("tags") or ["default"]
+    return f"handlers.{snake_case(tags[0])}", snake_case(operation["operationId"])
+
+
+def unimplemented(function):
+    """Mark a scaffolded handler: it answers 501 and is listed by ``tools/check_handlers.py``."""
+    setattr(function, UNIMPLEMENTED_MARK, True)
+    return function
+
+
+def find_handler(operation: dict):
+    """The implemented handler function of an operation, or None (→ 501)."""
+    module_name, function_name = handler_location(operation)
+    try:
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError as exc:
+        if exc.name != module_name:
+            raise
+        return None
+    function = getattr(module, function_name, None)
+    if function is None or getattr(function, UNIMPLEMENTED_MARK, False):
+        return None
+    return function
+
+
+def iter_operations(spec: dict):
+    """Yield (method, path, operation) for every operation of a document."""
+    for path, item in spec.get("paths", {}).items():
+        for method, operation in item.items():
+            if method in HTTP_METHODS:
+                yield method, path, operation
+
+
+@dataclass(frozen=True)
+class OperationStatus:
+    """Where an operation is served and whether it is implemented yet."""
+
+    method: str
+    path: str
+    operation_id: str
+    module: str
+    function: str
+    implemented: bool
+
+
+def operation_statuses(spec: dict) -> list[OperationStatus]:
+    """The one place that decides which operations are implemented and which answer 501."""
+    statuses = []
+    for method, path, operation in iter_operations(spec):
+        module, function = handler_location(operation)
+        statuses.append(
+            OperationStatus(method, path, operation["operationId"], module, function, find_handler(operation) is not None)
+        )
+    return statuses
+
+
+def orphan_handlers(spec: dict) -> list[str]:
+    """Public functions in handler modules that no operation of the document routes to."""
+    import pkgutil
+
+    import handlers
+
+    wanted = {(s.module, s.function) for s in operation_statuses(spec)}
+    orphans = []
+    for info in pkgutil.iter_modules(handlers.__path__):
+        module_name = f"handlers.{info.name}"
+        module = importlib.import_module(module_name)
+        for name, value in vars(module).items():
+            if name.startswith("_") or not inspect.isfunction(value) or value.__module__ != module_name:
+                continue
+            if (module_name, name) not in wanted:
+                orphans.append(f"{module_name}.{name}")
+    return sorted(orphans)
+
+
+def _not_implemented(operation_id: str):
+    """A stand-in handler for an operation not built yet."""
+
+    def handler(**_):
+        raise ApiProblem(501, f"Operation {operation_id} is not implemented yet", title="Not Implemented")
+
+    handler.__name__ = snake_case(operation_id)
+    setattr(handler, UNIMPLEMENTED_MARK, True)
+    return handler
+
+
+class HandlerResolver(Resolver):
+    """operationId → ``handlers.<module of first tag>.<snake_case operationId>``; missing → 501."""
+
+    def resolve(self, operation):
+        """Resolve one Connexion operation to its handler (or the 501 stand-in)."""
+        raw = operation._operation
+        function = find_handler(raw) or _not_implemented(raw["operationId"])
+        return Resolution(function, raw["operationId"])
+
+
+# ----------------------------------------------------------------- the per-operation gate
+
+
+class ParameterSpec:
+    """One path/query/header parameter: name, pythonic argument name, precompiled validator."""
+
+    def __init__(self, definition: dict):
+        self.name = definition["name"]
+        self.location = definition["in"]
+        self.required = bool(definition.get("required")) or self.location == "path"
+        self.argument = pythonic(self.name)
+        schema = definition.get("schema", {})
+        self.validator = Draft4RequestValidator(schema, format_checker=Draft4Validator.FORMAT_CHECKER)
+
+
+class OperationGate:
+    """Authenticate → validate → resolve project → call handler → serialise, for one operation."""
+
+    def __init__(self, operation):
+        raw = operation._operation
+        self.operation_id = operation.operation_id
+        self.function = operation.function
+        self.implemented = not getattr(self.function, UNIMPLEMENTED_MARK, False)
+        self.schemes = [name for requirement in (operation.security or []) for name in requirement]
+        self.scope = raw.get("x-cortex-scope")
+        self.role = raw.get("x-cortex-role")
+        self.uri_parser = operation.uri_parser_class(operation.parameters, operation.body_definition())
+        self.parameters = [ParameterSpec(p) for p in operation.parameters]
+        body = raw.get("requestBody")
+        self.body_required = bool(body and body.get("required"))
+        self.body_validator = None
+        if body:
+            schema = operation.body_schema(JSON_MIMETYPE)
+            self.body_validator = Draft4RequestValidator(schema, format_checker=Draft4Validator.FORMAT_CHECKER)
+        signature = inspect.signature(self.function)
+        self.accepts_any = any(p.kind is p.VAR_KEYWORD for p in signature.parameters.values())
+        self.accepts = set(signature.parameters)
+        self.project_param = next((p for p in self.parameters if p.name == "projectId" and p.location == "path"), None)
+        self.__name__ = getattr(self.function, "__name__", self.operation_id)
+
+    def wants(self, argument: str) -> bool:
+        """Does the handler take this argument?"""
+        return self.accepts_any or argument in self.accepts
+
+    def __call__(self, **view_args):
+        """Serve one request (Flask view function)."""
+        request = flask.request
+        principal = security.authenticate(request, self.schemes, self.scope) if self.schemes else None
+        if not self.implemented:
+            return self.function()
+        kwargs = self._parameters(request, view_args)
+        if self.body_validator is not None:
+            body = self._body(request)
+            if self.wants("body"):
+                kwargs["body"] = body
+        if principal is not None and self.wants("principal"):
+            kwargs["principal"] = principal
+        if self.project_param is not None and principal is not None:
+            project = security.resolve_project(principal, kwargs[self.project_param.argument], self.role)
+            if self.wants("project"):
+                kwargs["project"] = project
+        if not self.accepts_any:
+            kwargs = {name: value for name, value in kwargs.items() if name in self.accepts}
+        return render(self.function(**kwargs))
+
+    def _parameters(self, request, view_args: dict) -> dict:
+        """Coerce and validate path, query and header parameters into handler arguments."""
+        if not self.parameters:
+            return {}
+        try:
+            path = self.uri_parser.resolve_path(view_args)
+            query = self.uri_parser.resolve_query(request.args.to_dict(flat=False)) if request.args else {}
+        except TypeValidationError as exc:
+            raise ApiProblem(400, str(exc)) from None
+        kwargs = {}
+        for parameter in self.parameters:
+            if parameter.location == "path":
+                value = path.get(parameter.name)
+            elif parameter.location == "query":
+                value = query.get(parameter.name)
+            elif parameter.location == "header":
+                value = request.headers.get(parameter.name)
+            else:
+                value = request.cookies.get(parameter.name)
+            if value is None:
+                if parameter.required:
+                    raise ApiProblem(400, f"Missing {parameter.location} parameter '{parameter.name}'")
+                continue
+            try:
+                parameter.validator.validate(value)
+            except ValidationError as exc:
+                raise ApiProblem(
+                    400, f"{parameter.location} parameter '{parameter.name}': {exc.message}"
+                ) from None
+            kwargs[parameter.argument] = value
+        return kwargs
+
+    def _body(self, request):
+        """Parse and validate the JSON request body."""
+        raw = request.get_data(cache=True)
+        if not raw:
+            if self.body_required:
+                raise ApiProblem(400, "Request body is required")
+            return None
+        mimetype = request.mimetype or ""
+        if mimetype != JSON_MIMETYPE and not mimetype.endswith("+json"):
+            raise ApiProblem(415, f"Request body must be {JSON_MIMETYPE}, not {mimetype or 'untyped'}")
+        try:
+            body = json.loads(raw)
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise ApiProblem(400, f"Request body is not valid JSON: {exc}") from None
+        try:
+            self.body_validator.validate(body)
+        except ValidationError as exc:
+            raise ApiProblem(400, f"Request body: {exc.message}{format_error_with_path(exc)}") from None
+        return body
+
+
+def render(result) -> flask.Response:
+    """Turn a handler's return value (body, (body, status) or (body, status, headers)) into a response."""
+    if isinstance(result, flask.Response):
+        return result
+    status, headers = 200, None
+    if isinstance(result, tuple):
+        if len(result) == 3:
+            result, status, headers = result
+        else:
+            result, status = result
+    if result is None:
+        response = flask.Response(status=status)
+    else:
+        response = flask.Response(json.dumps(result, separators=(",", ":")), status=status, mimetype=JSON_MIMETYPE)
+    if headers:
+        response.headers.update(headers)
+    return response
+
+
+class CortexApi(FlaskApi):
+    """Connexion's Flask API (document → URL rules) with one precompiled gate per operation."""
+
+    def make_operation(self, operation):
+        """Build the view for one operation."""
+        return OperationGate(operation)
+
+
+__all__ = [
+    "CortexApi",
+    "HandlerResolver",
+    "OperationGate",
+    "ProblemException",
+    "handler_location",
+    "operation_statuses",
+    "orphan_handlers",
+    "snake_case",
+    "unimplemented",
+]

@@ -1,0 +1,83 @@
+"""Configuration: read once from the environment into one immutable object."""
+
+from __future__ import annotations
+
+import os
+import secrets
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from cortex import ROOT
+
+
+def _bool(value: str | None, default: bool = False) -> bool:
+    """Parse a boolean environment value (1/true/yes/on)."""
+    if value is None or value == "":
+        return default
+    return value.strip().lower() in {"1", "true", "yes", "on"}
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Every tunable of the server; see the configuration table in README.md."""
+
+    data_dir: Path
+    database_url: str
+    secret_key: str
+    redis_url: str | None = None
+    spec_path: Path = ROOT / "openapi" / "cortex.json"
+    access_token_ttl: int = 3600
+    fusion_session_ttl: int = 30 * 24 * 3600
+    db_pool_size: int = 32
+    api_key_touch_interval: int = 60
+    log_level: str = "INFO"
+    identity_provider: str = "embedded"
+    max_body_bytes: int = 1024 * 1024
+    extra: dict = field(default_factory=dict)
+
+    @classmethod
+    def from_env(cls, env: dict | None = None, **overrides) -> Settings:
+        """Build settings from environment variables (``os.environ`` by default)."""
+        env = dict(os.environ if env is None else env)
+        data_dir = Path(overrides.pop("data_dir", None) or env.get("CORTEX_DATA_DIR") or "data").resolve()
+        database_url = overrides.pop("database_url", None) or env.get("DATABASE_URL") or (
+            f"sqlite:///{data_dir / 'cortex.db'}"
+        )
+        secret_key = overrides.pop("secret_key", None) or env.get("CORTEX_SECRET_KEY") or ""
+        values = dict(
+            data_dir=data_dir,
+            database_url=database_url,
+            secret_key=secret_key,
+            redis_url=env.get("REDIS_URL") or None,
+            access_token_ttl=int(env.get("CORTEX_ACCESS_TOKEN_TTL", 3600)),
+            fusion_session_ttl=int(env.get("CORTEX_SESSION_TTL", 30 * 24 * 3600)),
+            db_pool_size=int(env.get("CORTEX_DB_POOL_SIZE", 32)),
+            api_key_touch_interval=int(env.get("CORTEX_API_KEY_TOUCH_INTERVAL", 60)),
+            log_level=env.get("CORTEX_LOG_LEVEL", "INFO"),
+            identity_provider=env.get("CORTEX_IDENTITY_PROVIDER", "embedded"),
+            max_body_bytes=int(env.get("CORTEX_MAX_BODY_BYTES", 1024 * 1024)),
+        )
+        if env.get("CORTEX_SPEC_PATH"):
+            values["spec_path"] = Path(env["CORTEX_SPEC_PATH"])
+        values.update(overrides)
+        return cls(**values)
+
+    def with_secret_key(self) -> Settings:
+        """Return settings whose secret key is set, generating and persisting one in the data dir."""
+        if self.secret_key:
+            return self
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        key_file = self.data_dir / "secret.key"
+        if not key_file.exists():
+            fd = os.open(key_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "w") as handle:
+                handle.write(secrets.token_urlsafe(48))
+        os.chmod(key_file, 0o600)
+        return _replace(self, secret_key=key_file.read_text().strip())
+
+
+def _replace(settings: Settings, **changes) -> Settings:
+    """dataclasses.replace for the frozen Settings."""
+    from dataclasses import replace
+
+    return replace(settings, **changes)
