@@ -36,8 +36,8 @@ JSON_MIMETYPE = "application/json"
 def snake_case(name: str) -> str:
     """``listSessions`` → ``list_sessions``; ``API Keys`` → ``api_keys``."""
     name = re.sub(r"[^0-9A-Za-z]+", "_", name.strip())
-    name = re.sub(r"([a-z0-9])([A-Z])", r"\1_\2", name)
-    name = re.sub(r"([A-Z]+)([A-Z][a-z])", r"\1_\2", name)
+    name = re.sub(r"([a-z])([A-Z])", r"\1_\2", name)
+    name = re.sub(r"([A-Z0-9]+)([A-Z][a-z])", r"\1_\2", name)
     return name.strip("_").lower()
 
 
@@ -155,13 +155,16 @@ class ParameterSpec:
 
 
 class OperationGate:
-    """Authenticate → validate → resolve project → call handler → serialise, for one operation."""
+    """Authenticate → validate → resolve project and role → call handler → serialise, for one operation.
+
+    Operations not implemented yet go through the same gate, so their 501 comes only after the caller was
+    authenticated, the input validated and the project resolved (tenancy and roles hold from day one).
+    """
 
     def __init__(self, operation):
         raw = operation._operation
         self.operation_id = operation.operation_id
         self.function = operation.function
-        self.implemented = not getattr(self.function, UNIMPLEMENTED_MARK, False)
         self.schemes = [name for requirement in (operation.security or []) for name in requirement]
         self.scope = raw.get("x-cortex-scope")
         self.role = raw.get("x-cortex-role")
@@ -187,8 +190,6 @@ class OperationGate:
         """Serve one request (Flask view function)."""
         request = flask.request
         principal = security.authenticate(request, self.schemes, self.scope) if self.schemes else None
-        if not self.implemented:
-            return self.function()
         kwargs = self._parameters(request, view_args)
         if self.body_validator is not None:
             body = self._body(request)

@@ -7,7 +7,7 @@ from models.base import parse_timestamp, rfc3339, utcnow
 from models.identity import create_api_key, live_api_keys, revoke_api_key
 
 
-def serialize_api_key(row) -> dict:
+def _serialize_api_key(row) -> dict:
     """ApiKeyResponse (the one place an API key is turned into JSON)."""
     body = {
         "id": row.id,
@@ -30,7 +30,7 @@ def get_scopes():
 
 def list_keys(principal):
     """GET /api/api-keys: the tenant's live keys (never the secret)."""
-    return [serialize_api_key(row) for row in live_api_keys(principal.tenant_id)]
+    return [_serialize_api_key(row) for row in live_api_keys(principal.tenant_id)]
 
 
 def create_key(principal, body):
@@ -59,7 +59,7 @@ def create_key(principal, body):
         if expires_at <= utcnow():
             raise bad_request("expiresAt must be in the future")
     row, key = create_api_key(principal.tenant_id, principal.user_id, name, body["scopes"], project_id, expires_at)
-    return {**serialize_api_key(row), "key": key}, 201
+    return {**_serialize_api_key(row), "key": key}, 201
 
 
 def revoke_key(principal, id_):
@@ -67,4 +67,4 @@ def revoke_key(principal, id_):
     row = revoke_api_key(principal.tenant_id, id_)
     if row is None:
         raise ApiProblem(404, f"API key {id_} not found")
-    return serialize_api_key(row)
+    return _serialize_api_key(row)

@@ -101,6 +101,7 @@ ERROR_DESCRIPTIONS = {
     "403": "Authenticated, but the role or API-key scope is insufficient",
     "404": "Resource not found (or belongs to another tenant)",
     "409": "Conflict with stored state",
+    "413": "Request body larger than the configured limit (CORTEX_MAX_BODY_BYTES)",
     "415": "Request body is not application/json",
     "429": "Rate limit exceeded",
     "501": "Operation not implemented",
@@ -170,6 +171,7 @@ def extend(spec: dict) -> dict:
             if "{" in path:
                 _problem_response(responses, "404")
             if operation.get("requestBody"):
+                _problem_response(responses, "413")
                 _problem_response(responses, "415")
     return spec
 

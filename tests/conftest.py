@@ -1,0 +1,170 @@
+"""Fixture chain: settings → app → client → principals (users, projects, tokens, API keys).
+
+The suite runs on SQLite by default and on PostgreSQL when DATABASE_URL is set (REDIS_URL likewise).
+Every response the behaviour tests receive for a documented operation is validated against the served
+document with openapi-core, so a handler cannot drift from the contract unnoticed.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+
+import pytest
+from flask.testing import FlaskClient
+from openapi_core import Config, OpenAPI
+from openapi_core.contrib.werkzeug import WerkzeugOpenAPIRequest, WerkzeugOpenAPIResponse
+from openapi_core.templating.paths.exceptions import OperationNotFound, PathNotFound
+from werkzeug.test import EnvironBuilder
+from werkzeug.wrappers import Request
+
+from cortex import ROOT, security
+from cortex.app import create_app
+from cortex.db import upgrade
+from cortex.settings import Settings
+from models.base import db
+from models.identity import ProjectMember, create_api_key, create_project, create_user
+
+PASSWORD = "correct horse battery"
+_openapi = None
+
+
+def openapi() -> OpenAPI:
+    """The served document as an openapi-core validator (built once)."""
+    global _openapi
+    if _openapi is None:
+        spec = json.loads((ROOT / "openapi" / "cortex.json").read_text())
+        spec["servers"] = [{"url": "http://localhost/"}]
+        config = Config(extra_media_type_deserializers={"application/problem+json": json.loads})
+        _openapi = OpenAPI.from_dict(spec, config=config)
+    return _openapi
+
+
+class ContractClient(FlaskClient):
+    """Flask test client that validates every documented response against the document."""
+
+    def open(self, *args, **kwargs):
+        response = super().open(*args, **kwargs)
+        request = response.request
+        if response.status_code == 501:  # operations not implemented yet are outside the contract so far
+            return response
+        # The original body stream is consumed; response validation only needs method and path.
+        bare = Request(EnvironBuilder(method=request.method, path=request.path, base_url="http://localhost/").get_environ())
+        try:
+            result = openapi().unmarshal_response(WerkzeugOpenAPIRequest(bare), WerkzeugOpenAPIResponse(response))
+        except (PathNotFound, OperationNotFound):
+            return response
+        if any(isinstance(error, PathNotFound | OperationNotFound) for error in result.errors):
+            return response  # not a documented operation (unknown route, 405, the document itself)
+        errors = [str(error) for error in result.errors]
+        if errors:
+            raise AssertionError(
+                f"{request.method} {request.path} → {response.status_code} violates the document: {errors}\n"
+                f"body: {response.get_data(as_text=True)[:500]}"
+            )
+        return response
+
+
+def database_url(tmp_path) -> str:
+    """DATABASE_URL when set (PostgreSQL in CI), else a fresh SQLite file."""
+    return os.environ.get("DATABASE_URL") or f"sqlite:///{tmp_path / 'cortex.db'}"
+
+
+def reset_database() -> None:
+    """Empty every table (PostgreSQL shares one database across tests)."""
+    tables = [t for t in db.get_tables() if t != "schema_version"]
+    if tables and not db.obj.__class__.__name__.endswith("SqliteDatabase"):
+        db.execute_sql(f"TRUNCATE {', '.join(tables)} CASCADE")
+
+
+@pytest.fixture
+def settings(tmp_path):
+    """Settings for one test: its own data dir and database."""
+    return Settings.from_env(
+        data_dir=tmp_path, database_url=database_url(tmp_path), secret_key="test-secret-key-0123456789abcdef"
+    )
+
+
+@pytest.fixture
+def app(settings):
+    """The application with a migrated, empty database."""
+    application = create_app(settings)
+    upgrade()
+    with db.connection_context():
+        reset_database()
+    with application.app_context():
+        yield application
+    db.close_all() if hasattr(db.obj, "close_all") else db.close()
+
+
+@pytest.fixture
+def client(app):
+    """A test client validating responses against the document."""
+    app.test_client_class = ContractClient
+    return app.test_client()
+
+
+@dataclass
+class Member:
+    """A user with a project role, and how to authenticate as them."""
+
+    user: object
+    project: object
+    role: str
+    secret: str | None = None
+
+    @property
+    def headers(self) -> dict:
+        """Bearer headers for this user."""
+        return {"Authorization": f"Bearer {security.issue_access_token(self.user.id, self.user.tenant_id)}"}
+
+
+@pytest.fixture
+def make_user(app):
+    """Factory: make_user(email, tenant_id=None) → User."""
+
+    def make(email: str, tenant_id: str | None = None, name: str | None = None):
+        return create_user(email, PASSWORD, name, tenant_id)
+
+    return make
+
+
+@pytest.fixture
+def owner(make_user) -> Member:
+    """A user who owns (admin) one project in a fresh tenant."""
+    user = make_user("owner@example.com", name="Olivia Owner")
+    project, secret = create_project(user, "Game One")
+    return Member(user=user, project=project, role="admin", secret=secret)
+
+
+@pytest.fixture
+def add_member(make_user, owner):
+    """Factory: add_member(role) → Member of the owner's project (same tenant)."""
+    counter = iter(range(1000))
+
+    def add(role: str) -> Member:
+        user = make_user(f"{role}{next(counter)}@example.com", tenant_id=owner.user.tenant_id)
+        ProjectMember.create(project=owner.project, user=user, email=user.email, role=role)
+        return Member(user=user, project=owner.project, role=role)
+
+    return add
+
+
+@pytest.fixture
+def stranger(make_user) -> Member:
+    """A user of another tenant with a project of their own."""
+    user = make_user("stranger@example.org")
+    project, secret = create_project(user, "Other Game")
+    return Member(user=user, project=project, role="admin", secret=secret)
+
+
+@pytest.fixture
+def api_key_headers(owner):
+    """Factory: api_key_headers(scopes, project_id=None, expires_at=None) → X-API-Key headers."""
+
+    def make(scopes, project_id=None, expires_at=None) -> dict:
+        _row, key = create_api_key(owner.user.tenant_id, owner.user.id, "test", list(scopes), project_id, expires_at)
+        return {"X-API-Key": key}
+
+    return make

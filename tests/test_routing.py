@@ -1,0 +1,116 @@
+"""The gate: routing from the document, 501 list, problem+json errors, validation, tenancy and roles."""
+
+import json
+
+import pytest
+
+from cortex import ROOT
+from cortex.routing import handler_location, operation_statuses, snake_case
+
+SPEC = json.loads((ROOT / "openapi" / "cortex.json").read_text())
+IMPLEMENTED = {
+    "getData", "login", "loginWithCredentials", "getProfile", "listKeys", "createKey", "revokeKey", "getScopes",
+}
+
+
+def test_every_operation_is_routed_and_only_the_foundation_is_implemented():
+    statuses = operation_statuses(SPEC)
+    assert len(statuses) >= 117
+    assert {s.operation_id for s in statuses if s.implemented} == IMPLEMENTED
+
+
+@pytest.mark.parametrize(
+    "name,expected", [("listSessions", "list_sessions"), ("API Keys", "api_keys"), ("getE2EKey", "get_e2e_key")]
+)
+def test_snake_case(name, expected):
+    assert snake_case(name) == expected
+
+
+def test_handler_location_uses_first_tag():
+    assert handler_location({"operationId": "listInstances", "tags": ["Plugin Instances", "X"]}) == (
+        "handlers.plugin_instances",
+        "list_instances",
+    )
+
+
+def test_unimplemented_operation_answers_501_problem(client, owner):
+    response = client.get(f"/api/projects/{owner.project.id}/sessions", headers=owner.headers)
+    assert response.status_code == 501
+    assert response.mimetype == "application/problem+json"
+    assert response.get_json()["detail"] == "Operation listSessions is not implemented yet"
+
+
+def test_unknown_route_is_404_problem(client):
+    response = client.get("/api/nothing-here")
+    assert response.status_code == 404 and response.mimetype == "application/problem+json"
+
+
+def test_wrong_method_is_405_with_allow(client):
+    response = client.put("/api/api-keys")
+    assert response.status_code == 405
+    assert response.mimetype == "application/problem+json"
+    assert set(response.headers["Allow"].replace(" ", "").split(",")) >= {"GET", "POST"}
+
+
+def test_invalid_json_is_400_and_wrong_content_type_415(client, owner):
+    bad = client.post("/api/api-keys", data="{not json", content_type="application/json", headers=owner.headers)
+    assert bad.status_code == 400 and "not valid JSON" in bad.get_json()["detail"]
+    text = client.post("/api/api-keys", data="name=x", content_type="text/plain", headers=owner.headers)
+    assert text.status_code == 415
+    empty = client.post("/api/api-keys", headers=owner.headers)
+    assert empty.status_code == 400 and empty.get_json()["detail"] == "Request body is required"
+
+
+def test_query_parameters_are_coerced_and_validated(client, owner):
+    url = f"/api/projects/{owner.project.id}/participants"
+    response = client.get(url + "?limit=abc", headers=owner.headers)
+    assert response.status_code == 400 and "limit" in response.get_json()["detail"]
+    assert client.get(url + "?limit=5", headers=owner.headers).status_code == 501
+
+
+def test_oversized_body_is_413(client, owner):
+    response = client.post("/api/api-keys", data="x" * (1024 * 1024 + 1), content_type="application/json",
+                           headers=owner.headers)
+    assert response.status_code == 413 and response.mimetype == "application/problem+json"
+
+
+def test_other_tenants_project_is_indistinguishable_from_missing(client, owner, stranger):
+    theirs = client.get(f"/api/projects/{stranger.project.id}/sessions", headers=owner.headers)
+    missing = client.get("/api/projects/does-not-exist/sessions", headers=owner.headers)
+    assert theirs.status_code == missing.status_code == 404
+    assert theirs.get_json()["title"] == missing.get_json()["title"]
+
+
+def test_project_is_found_by_app_id_too(client, owner):
+    response = client.get(f"/api/projects/{owner.project.app_id}/sessions", headers=owner.headers)
+    assert response.status_code == 501
+
+
+def test_non_member_of_same_tenant_gets_404(client, owner, make_user):
+    from cortex.security import issue_access_token
+
+    outsider = make_user("outsider@example.com", tenant_id=owner.user.tenant_id)
+    headers = {"Authorization": f"Bearer {issue_access_token(outsider.id, outsider.tenant_id)}"}
+    assert client.get(f"/api/projects/{owner.project.id}/sessions", headers=headers).status_code == 404
+
+
+@pytest.mark.parametrize(
+    "role,method,path,expected",
+    [
+        ("developer", "post", "/sessions", 501),  # runtime data: developers may write
+        ("developer", "put", "/voice/peer-limit", 403),  # configuration: maintainer+
+        ("maintainer", "put", "/voice/peer-limit", 501),
+        ("maintainer", "post", "/users/invite", 403),  # members: admin only
+        ("admin", "post", "/users/invite", 501),
+        ("developer", "get", "/settings/secret", 403),
+    ],
+)
+def test_roles_are_enforced_from_the_document(client, add_member, owner, role, method, path, expected):
+    member = owner if role == "admin" else add_member(role)
+    bodies = {"/sessions": {"title": "t", "externalRoomId": "r"}, "/voice/peer-limit": {"peerLimit": 5},
+              "/users/invite": {"email": "x@example.com", "role": "developer"}}
+    kwargs = {"json": bodies[path]} if path in bodies else {}
+    response = getattr(client, method)(f"/api/projects/{owner.project.id}{path}", headers=member.headers, **kwargs)
+    assert response.status_code == expected, response.get_json()
+    if expected == 403:
+        assert "role" in response.get_json()["detail"]

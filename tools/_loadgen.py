@@ -1,0 +1,768 @@
+"""Load generator and orchestration for ``tools/bench_http.py`` (the parent process, never the server).
+
+gevent is used *without* monkey-patching: the HTTP client talks to ``gevent.socket`` directly, one greenlet per
+keep-alive connection, with pre-built request bytes and a minimal HTTP/1.1 response parser (status line,
+Content-Length or chunked body). Every loop checks a deadline and every socket has a timeout, so a run always
+ends by itself. Only 127.0.0.1 is ever contacted.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import platform
+import select
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from datetime import datetime
+from importlib import metadata
+from importlib.util import find_spec
+from time import perf_counter
+from urllib.parse import urlparse
+
+import gevent
+from gevent import socket as gsocket
+from gevent.lock import BoundedSemaphore
+
+HOST = "127.0.0.1"
+WARMUP = 1.0
+API_KEYS = 50
+STREAM_OPEN_TIMEOUT = 30.0  # row (c): all streams must have their first chunk within this
+COMPARE_STREAMS = 200
+FIRST_BYTE_WINDOW = 5.0  # --compare: streams that got their first byte within this many seconds
+STREAM_CONNECT_CONCURRENCY = 200
+SERVER_START_TIMEOUT = 90.0
+
+
+class BenchError(Exception):
+    """The benchmark cannot go on (server did not start, unexpected response, ...)."""
+
+
+# ----------------------------------------------------------------- raw HTTP/1.1 client
+
+
+def build_request(path: str, token: str | None = None, accept: str = "application/json") -> bytes:
+    """The bytes of one keep-alive GET request."""
+    lines = [f"GET {path} HTTP/1.1", f"Host: {HOST}", f"Accept: {accept}", "User-Agent: cortex-bench"]
+    if token:
+        lines.append(f"Authorization: Bearer {token}")
+    return ("\r\n".join(lines) + "\r\n\r\n").encode("ascii")
+
+
+class HttpConnection:
+    """One keep-alive connection: send pre-built bytes, read exactly one response."""
+
+    def __init__(self, port: int, timeout: float):
+        self.sock = gsocket.create_connection((HOST, port), timeout=timeout)
+        self.sock.setsockopt(gsocket.IPPROTO_TCP, gsocket.TCP_NODELAY, 1)
+        self.buf = bytearray()
+
+    def close(self) -> None:
+        try:
+            self.sock.close()
+        except OSError:
+            pass
+
+    def _fill(self) -> None:
+        data = self.sock.recv(65536)
+        if not data:
+            raise ConnectionResetError("server closed the connection")
+        self.buf += data
+
+    def _until(self, separator: bytes) -> bytes:
+        while True:
+            index = self.buf.find(separator)
+            if index >= 0:
+                out = bytes(self.buf[:index])
+                del self.buf[: index + len(separator)]
+                return out
+            self._fill()
+
+    def _exact(self, size: int) -> bytes:
+        while len(self.buf) < size:
+            self._fill()
+        out = bytes(self.buf[:size])
+        del self.buf[:size]
+        return out
+
+    def _to_eof(self) -> bytes:
+        while True:
+            data = self.sock.recv(65536)
+            if not data:
+                out = bytes(self.buf)
+                self.buf.clear()
+                return out
+            self.buf += data
+
+    def request(self, raw: bytes) -> tuple[int, bytes, bool]:
+        """Send one request; returns (status, body, connection reusable)."""
+        self.sock.sendall(raw)
+        lines = self._until(b"\r\n\r\n").split(b"\r\n")
+        parts = lines[0].split(b" ", 2)
+        if len(parts) < 2 or not parts[0].startswith(b"HTTP/1."):
+            raise ValueError(f"bad status line {lines[0][:80]!r}")
+        status = int(parts[1])
+        headers = {}
+        for line in lines[1:]:
+            name, _, value = line.partition(b":")
+            headers[name.strip().lower()] = value.strip()
+        keep = headers.get(b"connection", b"").lower() != b"close" and parts[0] == b"HTTP/1.1"
+        if b"content-length" in headers:
+            body = self._exact(int(headers[b"content-length"]))
+        elif headers.get(b"transfer-encoding", b"").lower() == b"chunked":
+            chunks = []
+            while True:
+                size = int(self._until(b"\r\n").split(b";", 1)[0], 16)
+                if size == 0:
+                    while self._until(b"\r\n"):  # trailers, then the empty line
+                        pass
+                    break
+                chunks.append(self._exact(size))
+                self._exact(2)
+            body = b"".join(chunks)
+        elif status in (204, 304) or 100 <= status < 200:
+            body = b""
+        else:
+            body, keep = self._to_eof(), False
+        return status, body, keep
+
+
+def _close(connection: HttpConnection | None) -> None:
+    if connection is not None:
+        connection.close()
+
+
+def fetch(port: int, raw: bytes, timeout: float) -> tuple[int, bytes]:
+    """One request on a fresh connection."""
+    connection = HttpConnection(port, timeout)
+    try:
+        status, body, _keep = connection.request(raw)
+        return status, body
+    finally:
+        connection.close()
+
+
+# ----------------------------------------------------------------- CPU accounting
+
+
+def process_cpu_seconds(pid: int | None) -> float | None:
+    """user+system CPU seconds of a process (all its threads), from /proc; None when unavailable."""
+    if pid is None:
+        return None
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as handle:
+            fields = handle.read().rsplit(b")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, IndexError, ValueError):
+        return None
+
+
+def own_cpu_seconds() -> float:
+    """user+system CPU seconds of this process."""
+    times = os.times()
+    return times.user + times.system
+
+
+# ----------------------------------------------------------------- the latency loop
+
+
+@dataclass
+class Result:
+    """One measured row."""
+
+    key: str
+    label: str
+    duration: float
+    connections: int
+    timeout: float
+    ok: int = 0
+    latencies: list = field(default_factory=list)  # seconds; math.inf for a timed-out request
+    errors: Counter = field(default_factory=Counter)
+    server_cpu: float | None = None  # fraction of one CPU during the measured window
+    loadgen_cpu: float | None = None
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def rps(self) -> float:
+        return self.ok / self.duration
+
+    def percentile(self, p: float) -> float | None:
+        """Nearest-rank percentile of the latencies (inf when it falls on a timeout); None without samples."""
+        values = sorted(self.latencies)
+        if not values:
+            return None
+        return values[max(0, math.ceil(p / 100 * len(values)) - 1)]
+
+    def as_dict(self) -> dict:
+        def ms(value):
+            return None if value is None or math.isinf(value) else round(value * 1000, 3)
+
+        p50, p99 = self.percentile(50), self.percentile(99)
+        return {
+            "key": self.key,
+            "label": self.label,
+            "requests_per_second": round(self.rps, 1),
+            "requests_ok": self.ok,
+            "p50_ms": ms(p50),
+            "p99_ms": ms(p99),
+            "p50_is_timeout": p50 is not None and math.isinf(p50),
+            "p99_is_timeout": p99 is not None and math.isinf(p99),
+            "errors": dict(self.errors),
+            "error_count": sum(self.errors.values()),
+            "duration_s": self.duration,
+            "connections": self.connections,
+            "request_timeout_s": self.timeout,
+            "server_cpu_percent": None if self.server_cpu is None else round(self.server_cpu * 100, 1),
+            "loadgen_cpu_percent": None if self.loadgen_cpu is None else round(self.loadgen_cpu * 100, 1),
+            **self.extra,
+        }
+
+
+def measure(key: str, label: str, port: int, raw: bytes, *, connections: int, duration: float, timeout: float,
+            server_pid: int | None = None) -> Result:
+    """``connections`` greenlets send ``raw`` back to back for WARMUP + duration seconds.
+
+    Requests started inside the measured window count: a 200 adds its latency, a timeout adds +inf to the
+    latencies (so percentiles show it) and an error, anything else is an error by status or exception name.
+    """
+    result = Result(key, label, duration, connections, timeout)
+    start = perf_counter()
+    window_start = start + WARMUP
+    deadline = window_start + duration
+    marks = {}
+
+    def mark(name):
+        marks[name] = (perf_counter(), process_cpu_seconds(server_pid), own_cpu_seconds())
+
+    def worker():
+        connection = None
+        while perf_counter() < deadline:
+            began = perf_counter()
+            counted = began >= window_start
+            try:
+                if connection is None:
+                    connection = HttpConnection(port, timeout)
+                status, _body, keep = connection.request(raw)
+            except TimeoutError:
+                if counted:
+                    result.latencies.append(math.inf)
+                    result.errors["timeout"] += 1
+                _close(connection)
+                connection = None
+                continue
+            except (OSError, ValueError) as exc:
+                if counted:
+                    result.errors[type(exc).__name__] += 1
+                _close(connection)
+                connection = None
+                gevent.sleep(0.01)  # a refused connection must not become a busy loop
+                continue
+            elapsed = perf_counter() - began
+            if counted:
+                if status == 200:
+                    result.ok += 1
+                    result.latencies.append(elapsed)
+                else:
+                    result.errors[f"HTTP {status}"] += 1
+            if not keep:
+                _close(connection)
+                connection = None
+        _close(connection)
+
+    greenlets = [gevent.spawn_later(WARMUP, mark, "start"), gevent.spawn_later(WARMUP + duration, mark, "end")]
+    greenlets += [gevent.spawn(worker) for _ in range(connections)]
+    gevent.joinall(greenlets, timeout=WARMUP + duration + timeout + 5)
+    gevent.killall(greenlets, timeout=5)
+    if "start" in marks and "end" in marks:
+        (t0, s0, l0), (t1, s1, l1) = marks["start"], marks["end"]
+        if s0 is not None and s1 is not None:
+            result.server_cpu = (s1 - s0) / (t1 - t0)
+        result.loadgen_cpu = (l1 - l0) / (t1 - t0)
+    return result
+
+
+# ----------------------------------------------------------------- long-lived streams
+
+
+@dataclass
+class Stream:
+    """One open /bench/stream response as seen by the client."""
+
+    sent_at: float | None = None
+    first_at: float | None = None
+    status: int | None = None
+    ticks: int = 0
+    closed: bool = False  # the server ended the response / closed the connection
+    error: str | None = None
+    sock: object = None
+
+    @property
+    def alive(self) -> bool:
+        return self.status == 200 and not self.closed and self.error is None
+
+
+class StreamSet:
+    """``count`` concurrent GET /bench/stream responses, each read by its own greenlet counting ticks."""
+
+    def __init__(self, port: int, count: int, seconds: int, read_timeout: float):
+        self.port = port
+        self.raw = build_request(f"/bench/stream?seconds={seconds}", accept="text/event-stream")
+        self.streams = [Stream() for _ in range(count)]
+        self.read_timeout = read_timeout
+        self.greenlets = []
+        self.opened_at = None
+
+    def open(self) -> None:
+        gate = BoundedSemaphore(STREAM_CONNECT_CONCURRENCY)
+        self.opened_at = perf_counter()
+        self.greenlets = [gevent.spawn(self._read, stream, gate) for stream in self.streams]
+
+    def _read(self, stream: Stream, gate) -> None:
+        try:
+            with gate:
+                sock = gsocket.create_connection((HOST, self.port), timeout=self.read_timeout)
+                stream.sock = sock
+                sock.sendall(self.raw)
+                stream.sent_at = perf_counter()
+            buf = b""
+            while b"\r\n\r\n" not in buf:
+                data = sock.recv(4096)
+                if not data:
+                    stream.closed = True
+                    return
+                buf += data
+            head, _, data = buf.partition(b"\r\n\r\n")
+            stream.status = int(head.split(b" ", 2)[1])
+            if stream.status != 200:
+                stream.error = f"HTTP {stream.status}"
+                return
+            tail = b""
+            while True:
+                if data:
+                    window = tail + data  # a tick split across two reads is counted once
+                    ticks = window.count(b"tick")
+                    if ticks:
+                        stream.ticks += ticks
+                        if stream.first_at is None:
+                            stream.first_at = perf_counter()
+                    tail = window[-3:]
+                data = sock.recv(4096)
+                if not data:
+                    stream.closed = True
+                    return
+        except Exception as exc:  # recorded per stream and reported
+            stream.error = type(exc).__name__
+
+    def with_first_chunk(self) -> int:
+        return sum(stream.first_at is not None for stream in self.streams)
+
+    def wait_first_chunks(self, limit: float) -> float:
+        """Wait until every stream has its first tick (or failed), at most ``limit`` s; returns seconds waited."""
+        end = self.opened_at + limit
+        while perf_counter() < end:
+            pending = [s for s in self.streams if s.first_at is None and s.error is None and not s.closed]
+            if not pending:
+                break
+            gevent.sleep(0.05)
+        return perf_counter() - self.opened_at
+
+    def first_byte_within(self, seconds: float) -> int:
+        return sum(
+            s.first_at is not None and s.sent_at is not None and s.first_at - s.sent_at <= seconds
+            for s in self.streams
+        )
+
+    def ticks(self) -> list[int]:
+        return [stream.ticks for stream in self.streams]
+
+    def failures(self) -> dict:
+        return dict(Counter(stream.error for stream in self.streams if stream.error))
+
+    def close(self) -> None:
+        gevent.killall(self.greenlets, timeout=5)
+        for stream in self.streams:
+            if stream.sock is not None:
+                try:
+                    stream.sock.close()
+                except OSError:
+                    pass
+
+
+def measure_with_streams(key: str, label: str, port: int, raw: bytes, *, count: int, wait_limit: float,
+                         args, server_pid: int | None, first_byte_window: float | None = None) -> Result:
+    """Open ``count`` streams, wait for their first chunk, measure ``raw`` meanwhile, report the streams."""
+    seconds = math.ceil(wait_limit + WARMUP + args.duration + 15)
+    streams = StreamSet(port, count, seconds, read_timeout=seconds + 30)
+    streams.open()
+    try:
+        waited = streams.wait_first_chunks(wait_limit)
+        first = streams.with_first_chunk()
+        within = streams.first_byte_within(first_byte_window) if first_byte_window else None
+        before = streams.ticks()
+        window_started = perf_counter()
+        result = measure(key, label, port, raw, connections=args.connections, duration=args.duration,
+                         timeout=args.timeout, server_pid=server_pid)
+        window = perf_counter() - window_started
+        after = streams.ticks()
+        alive = [i for i, stream in enumerate(streams.streams) if stream.alive]
+        received = [after[i] - before[i] for i in alive]
+        expected = math.floor(window)
+        result.extra["streams"] = {
+            "requested": count,
+            "first_chunk": first,
+            "first_chunk_wait_s": round(waited, 2),
+            "first_byte_within_s": first_byte_window,
+            "first_byte_within_count": within,
+            "open_at_end": len(alive),
+            "ticks_window_s": round(window, 2),
+            "ticks_min": min(received) if received else None,
+            "ticks_median": statistics.median(received) if received else None,
+            "ticks_max": max(received) if received else None,
+            "kept_ticking": sum(r >= max(1, expected - 2) for r in received),
+            "failures": streams.failures(),
+        }
+        return result
+    finally:
+        streams.close()
+
+
+# ----------------------------------------------------------------- server subprocesses
+
+
+class ServerProcess:
+    """``bench_http.py --serve <kind>`` in its own session; reports its port on its first stdout line."""
+
+    def __init__(self, kind: str, script: str, workdir: str, cpu: int | None, database_url: str | None = None):
+        self.kind = kind
+        self.script = script
+        self.workdir = workdir
+        self.cpu = cpu
+        self.database_url = database_url
+        self.proc = None
+        self.log = None
+        self.info = {}
+
+    @property
+    def port(self) -> int:
+        return self.info["port"]
+
+    @property
+    def pid(self) -> int | None:
+        return self.proc.pid if self.proc else None
+
+    def start(self) -> ServerProcess:
+        log_path = os.path.join(self.workdir, f"{self.kind}-server.log")
+        self.log = open(log_path, "wb")  # closed in stop()
+        data_dir = os.path.join(self.workdir, f"{self.kind}-data")
+        command = [sys.executable, self.script, "--serve", self.kind, "--data-dir", data_dir]
+        if self.cpu is not None:
+            command += ["--cpu", str(self.cpu)]
+        if self.database_url:
+            command += ["--database-url", self.database_url]
+        # A session of its own: Ctrl-C reaches only us, and we stop the server in order (terminate, wait).
+        self.proc = subprocess.Popen(
+            command,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=self.log,
+            cwd=os.path.dirname(os.path.dirname(self.script)),
+            start_new_session=True,
+        )
+        try:
+            self.info = self._first_line(SERVER_START_TIMEOUT)
+            self._wait_serving(SERVER_START_TIMEOUT)
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def _first_line(self, timeout: float) -> dict:
+        deadline = time.monotonic() + timeout
+        fd = self.proc.stdout.fileno()
+        buf = b""
+        while b"\n" not in buf:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise BenchError(f"{self.kind} server did not start within {timeout:.0f} s{self.log_tail()}")
+            ready, _, _ = select.select([fd], [], [], remaining)
+            if ready:
+                data = os.read(fd, 65536)
+                if not data:
+                    self.proc.wait(timeout=5)
+                    raise BenchError(f"{self.kind} server exited with {self.proc.returncode}{self.log_tail()}")
+                buf += data
+        return json.loads(buf.split(b"\n", 1)[0])
+
+    def _wait_serving(self, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        probe = build_request("/api")
+        while True:
+            try:
+                fetch(self.port, probe, 2.0)
+                return
+            except OSError:
+                if self.proc.poll() is not None or time.monotonic() > deadline:
+                    raise BenchError(f"{self.kind} server is not answering on port {self.port}{self.log_tail()}") from None
+                gevent.sleep(0.1)
+
+    def log_tail(self, size: int = 4000) -> str:
+        try:
+            if self.log:
+                self.log.flush()
+            with open(os.path.join(self.workdir, f"{self.kind}-server.log"), "rb") as handle:
+                handle.seek(0, os.SEEK_END)
+                handle.seek(max(0, handle.tell() - size))
+                text = handle.read().decode("utf-8", "replace").strip()
+        except OSError:
+            return ""
+        return f"\n--- {self.kind} server log (tail) ---\n{text}" if text else ""
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            if self.proc.poll() is None:
+                self.proc.terminate()
+                try:
+                    self.proc.wait(timeout=10)
+                except subprocess.TimeoutExpired:
+                    self.proc.kill()
+                    self.proc.wait(timeout=10)
+            if self.proc.stdout:
+                self.proc.stdout.close()
+        if self.log is not None:
+            self.log.close()
+            self.log = None
+
+
+# ----------------------------------------------------------------- reporting
+
+
+def fmt_latency(value: float | None, timeout: float) -> str:
+    if value is None:
+        return "n/a"
+    if math.isinf(value):
+        return f">{timeout:g} s"
+    return f"{value * 1000:.1f} ms"
+
+
+def fmt_row(label: str, result: Result, width: int = 34) -> str:
+    errors = sum(result.errors.values())
+    detail = f" ({', '.join(f'{k}: {v}' for k, v in sorted(result.errors.items()))})" if errors else ""
+    cpu = ""
+    if result.server_cpu is not None:
+        cpu = f"   cpu server {result.server_cpu * 100:.0f}% loadgen {result.loadgen_cpu * 100:.0f}%"
+    return (
+        f"{label:<{width}} req/s {result.rps:>7.0f}   p50 {fmt_latency(result.percentile(50), result.timeout):>9}"
+        f"   p99 {fmt_latency(result.percentile(99), result.timeout):>9}   errors {errors}{detail}{cpu}"
+    )
+
+
+def version_of(package: str) -> str:
+    try:
+        return metadata.version(package)
+    except metadata.PackageNotFoundError:
+        return "not installed"
+
+
+def describe_database(url: str | None) -> str:
+    if not url:
+        return "sqlite (temporary file)"
+    parsed = urlparse(url)
+    kind = "postgresql" if parsed.scheme in ("postgres", "postgresql") else parsed.scheme
+    where = f"{parsed.hostname or '127.0.0.1'}:{parsed.port or 5432}{parsed.path}" if kind == "postgresql" else url
+    return f"{kind} ({where})"
+
+
+def header(args, pinning: str, title: str) -> tuple[list[str], dict]:
+    now = datetime.now().astimezone()
+    meta = {
+        "date": now.isoformat(timespec="seconds"),
+        "python": f"{platform.python_implementation()} {platform.python_version()}",
+        "platform": f"{platform.system()} {platform.release()} {platform.machine()}",
+        "cpu_count": os.cpu_count(),
+        "cpu_model": cpu_model(),
+        "pinning": pinning,
+        "database": describe_database(args.database_url) if not args.compare else "sqlite (temporary file)",
+        "versions": {name: version_of(name) for name in ("gevent", "flask", "connexion", "uvicorn", "a2wsgi")},
+        "connections": args.connections,
+        "warmup_s": WARMUP,
+        "duration_s": args.duration,
+        "request_timeout_s": args.timeout,
+    }
+    versions = ", ".join(f"{name} {version}" for name, version in meta["versions"].items())
+    lines = [
+        f"{title}  {now:%Y-%m-%d %H:%M:%S %z}",
+        f"python    {meta['python']} on {meta['platform']}",
+        f"packages  {versions}",
+        f"cpus      {meta['cpu_count']} ({meta['cpu_model']}); {pinning}",
+        f"database  {meta['database']}",
+        f"load      {args.connections} keep-alive connections per row, {WARMUP:g} s warm-up + {args.duration:g} s "
+        f"measured, request timeout {args.timeout:g} s; load generator = this process (gevent, raw sockets)",
+    ]
+    return lines, meta
+
+
+def cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as handle:
+            for line in handle:
+                if line.lower().startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown CPU"
+
+
+def stream_line(info: dict) -> str:
+    return (
+        f"  streams: {info['first_chunk']}/{info['requested']} got their first chunk "
+        f"(waited {info['first_chunk_wait_s']:.2f} s); during the {info['ticks_window_s']:.1f} s GET /api run each "
+        f"open stream received {info['ticks_min']}..{info['ticks_max']} ticks (median {info['ticks_median']}); "
+        f"{info['kept_ticking']}/{info['requested']} kept ticking, {info['open_at_end']}/{info['requested']} "
+        f"open at the end" + (f"; failures {info['failures']}" if info["failures"] else "")
+    )
+
+
+# ----------------------------------------------------------------- the two modes
+
+
+def run_main(args, script: str, workdir: str, cpus: tuple, pinning: str) -> dict:
+    lines, meta = header(args, pinning, "Cortex HTTP benchmark (one server process)")
+    print("\n".join(lines), flush=True)
+    server = ServerProcess("cortex", script, workdir, cpus[0], args.database_url)
+    rows = []
+    try:
+        server.start()
+        token = server.info["token"]
+        list_request = build_request("/api/api-keys", token)
+        health_request = build_request("/api")
+        status, body = fetch(server.port, list_request, args.timeout)
+        items = json.loads(body) if status == 200 else None
+        if not isinstance(items, list) or len(items) != API_KEYS:
+            raise BenchError(f"GET /api/api-keys answered {status} with {body[:300]!r}; expected {API_KEYS} items")
+        status, body = fetch(server.port, health_request, args.timeout)
+        if status != 200 or json.loads(body).get("status") != "ok":
+            raise BenchError(f"GET /api answered {status} with {body[:300]!r}")
+        print(f"server    pid {server.pid} on {HOST}:{server.port}; verified GET /api/api-keys -> 200 with "
+              f"{len(items)} items, GET /api -> 200", flush=True)
+        print()
+        common = dict(connections=args.connections, duration=args.duration, timeout=args.timeout,
+                      server_pid=server.pid)
+        label_list = f"list {API_KEYS} api keys (auth, db)"
+        result = measure("list_api_keys", label_list, server.port, list_request, **common)
+        rows.append(result)
+        print(fmt_row(label_list, result), flush=True)
+        result = measure("health", "GET /api", server.port, health_request, **common)
+        rows.append(result)
+        print(fmt_row("GET /api", result), flush=True)
+        if args.streams:
+            label = f"GET /api with {args.streams} open streams"
+            result = measure_with_streams("health_with_streams", label, server.port, health_request,
+                                          count=args.streams, wait_limit=STREAM_OPEN_TIMEOUT, args=args,
+                                          server_pid=server.pid)
+            rows.append(result)
+            info = result.extra["streams"]
+            print(f"{fmt_row(label, result)}   streams open {info['open_at_end']}/{info['requested']}")
+            print(stream_line(info), flush=True)
+            if info["first_chunk"] < info["requested"]:
+                print(f"  WARNING: only {info['first_chunk']}/{info['requested']} streams received their first "
+                      f"chunk within {STREAM_OPEN_TIMEOUT:g} s")
+    finally:
+        server.stop()
+    return {"mode": "single-process", "meta": meta, "rows": [row.as_dict() for row in rows]}
+
+
+def run_compare(args, script: str, workdir: str, cpus: tuple, pinning: str) -> dict:
+    lines, meta = header(args, pinning, "Cortex HTTP benchmark: GET /api across server stacks")
+    print("\n".join(lines), flush=True)
+    print()
+    health_request = build_request("/api")
+    rows, notes = [], []
+    width = 58
+
+    def stream_row(key, label, server):
+        result = measure_with_streams(key, label, server.port, health_request, count=COMPARE_STREAMS,
+                                      wait_limit=FIRST_BYTE_WINDOW, args=args, server_pid=server.pid,
+                                      first_byte_window=FIRST_BYTE_WINDOW)
+        rows.append(result)
+        info = result.extra["streams"]
+        print(f"{fmt_row(label, result, width)}   streams with first byte within {FIRST_BYTE_WINDOW:g} s "
+              f"{info['first_byte_within_count']}/{info['requested']}", flush=True)
+
+    server = ServerProcess("cortex", script, workdir, cpus[0])
+    try:
+        server.start()
+        label = "(1) cortex: gevent WSGIServer + Flask + Connexion routes"
+        result = measure("cortex", label, server.port, health_request, connections=args.connections,
+                         duration=args.duration, timeout=args.timeout, server_pid=server.pid)
+        rows.append(result)
+        print(fmt_row(label, result, width), flush=True)
+        stream_row("cortex_streams", f"    same, {COMPARE_STREAMS} streams open", server)
+    finally:
+        server.stop()
+
+    missing = [name for name in ("connexion", "uvicorn", "a2wsgi", "flask") if find_spec(name) is None]
+    if missing:
+        note = (f"skipped connexion.FlaskApp on uvicorn: missing package(s) {', '.join(missing)} "
+                "(pip install 'connexion[flask,uvicorn]')")
+        notes.append(note)
+        print(f"(2)/(3) {note}")
+    else:
+        server = ServerProcess("connexion", script, workdir, cpus[0])
+        try:
+            server.start()
+            label = "(2) connexion.FlaskApp on uvicorn (out of the box)"
+            result = measure("connexion_uvicorn", label, server.port, health_request, connections=args.connections,
+                             duration=args.duration, timeout=args.timeout, server_pid=server.pid)
+            rows.append(result)
+            print(fmt_row(label, result, width), flush=True)
+            stream_row("connexion_uvicorn_streams", f"(3) same, {COMPARE_STREAMS} streams open", server)
+        finally:
+            server.stop()
+    return {"mode": "compare", "meta": meta, "rows": [row.as_dict() for row in rows], "notes": notes}
+
+
+def run(args, script: str, fd_limit: int) -> int:
+    """Entry point of the parent process: pin, make a temp dir, run a mode, clean up whatever happens."""
+
+    def on_sigterm(_signum, _frame):
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, on_sigterm)
+    needed = max(args.streams, COMPARE_STREAMS) + args.connections + 64
+    if fd_limit < needed:
+        print(f"bench: the open-file limit is {fd_limit}, fewer than the {needed} sockets needed", file=sys.stderr)
+        return 2
+    allowed = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []
+    if len(allowed) >= 2:
+        cpus = (allowed[0], allowed[1])
+        os.sched_setaffinity(0, {cpus[1]})
+        pinning = f"server pinned to CPU {cpus[0]}, load generator to CPU {cpus[1]}"
+    else:
+        cpus = (None, None)
+        pinning = "not pinned (fewer than 2 CPUs available): server and load generator share the CPU"
+    workdir = tempfile.mkdtemp(prefix="cortex-bench-")
+    try:
+        if args.compare:
+            report = run_compare(args, script, workdir, cpus, pinning)
+        else:
+            report = run_main(args, script, workdir, cpus, pinning)
+        if args.json:
+            print()
+            print(json.dumps(report, indent=2))
+        return 0
+    except BenchError as exc:
+        print(f"bench: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("bench: interrupted; servers stopped", file=sys.stderr)
+        return 130
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)

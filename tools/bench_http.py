@@ -1,0 +1,260 @@
+#!/usr/bin/env python3
+"""Benchmark one Cortex server process over HTTP: requests/s and p50/p99 latency, with and without open streams.
+
+The server is the real thing: a subprocess that calls ``cortex.serve.patch()`` first, builds the app with
+``cortex.app.create_app`` (gevent WSGIServer + Flask + the Connexion-built routes of ``openapi/cortex.json``),
+migrates a fresh database, seeds one user whose tenant owns exactly 50 API keys, and serves through
+``cortex.serve.make_server`` on 127.0.0.1. Three rows are measured against that one process:
+
+  (a) ``GET /api/api-keys`` with ``Authorization: Bearer <token>`` (JWT check + a 50-row query + JSON);
+  (b) ``GET /api`` (health, no database);
+  (c) ``GET /api`` while ``--streams`` (default 1000) long-lived ``text/event-stream`` responses are open on
+      the same process. Before the SSE feature exists the server adds one bench-only route to the real app,
+      ``/bench/stream``, whose generator yields ``b": tick\\n\\n"`` every second.
+
+``--compare`` measures ``GET /api`` on alternative stacks instead, each in its own subprocess: ours, Connexion 3's
+``connexion.FlaskApp`` out of the box on uvicorn with the same document (every operation answers
+``{"status": "ok"}``), and that FlaskApp again while 200 streaming responses are open (a2wsgi runs Flask in a
+10-thread pool, so streams starve everything else). Stacks whose packages are missing are skipped with a note.
+
+The load generator is this script's own process (``tools/_loadgen.py``): gevent greenlets on raw keep-alive
+HTTP/1.1 sockets with pre-built request bytes, ``--connections`` of them for ``--duration`` seconds after a 1 s
+warm-up, per-request latency from ``time.perf_counter``. No wrk or ab is needed. With 2+ CPUs the server is
+pinned to one CPU and the load generator to another. All traffic goes to 127.0.0.1 and every loop ends by
+itself at its deadline; subprocesses and the temporary directory are removed on exit and on Ctrl-C.
+
+Usage:
+    tools/bench_http.py [--duration 10] [--connections 20] [--streams 1000] [--json]
+                        [--database-url postgresql://postgres@127.0.0.1:5432/test]
+    tools/bench_http.py --compare [--duration 10] [--connections 20] [--json]
+"""
+
+from __future__ import annotations
+
+# Only modules that do not pull in socket/threading/ssl are imported here: the same file is the server
+# subprocess (``--serve cortex``), which must run cortex.serve.patch() before anything else imports them.
+import argparse
+import json
+import os
+import sys
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SPEC_PATH = os.path.join(ROOT, "openapi", "cortex.json")
+HOST = "127.0.0.1"
+API_KEYS = 50
+TICK = b": tick\n\n"
+MAX_STREAM_SECONDS = 3600
+FD_LIMIT = 65536
+
+
+# ----------------------------------------------------------------- helpers shared by both kinds of process
+
+
+def raise_fd_limit(wanted: int = FD_LIMIT) -> int:
+    """Raise the soft RLIMIT_NOFILE towards ``wanted`` (capped by the hard limit); returns the new soft limit."""
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = wanted if hard == resource.RLIM_INFINITY else min(wanted, hard)
+    if soft != resource.RLIM_INFINITY and soft < target:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+    return resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+
+
+def pin_to_cpu(cpu: int | None) -> None:
+    """Pin this process (and the threads it starts later) to one CPU."""
+    if cpu is not None and cpu >= 0 and hasattr(os, "sched_setaffinity"):
+        os.sched_setaffinity(0, {cpu})
+
+
+def exit_with_parent(stop) -> None:
+    """Call ``stop()`` once the parent (the load generator) is gone, e.g. after a SIGKILL."""
+    import threading
+    import time
+
+    parent = os.getppid()
+
+    def watch():
+        while os.getppid() == parent:
+            time.sleep(1)
+        stop()
+
+    threading.Thread(target=watch, name="bench-parent-watch", daemon=True).start()
+
+
+def stream_seconds(request_args) -> int:
+    """How long a /bench/stream response lasts: ``?seconds=`` clamped to [0, MAX_STREAM_SECONDS]."""
+    try:
+        seconds = int(request_args.get("seconds", "60"))
+    except ValueError:
+        seconds = 60
+    return max(0, min(seconds, MAX_STREAM_SECONDS))
+
+
+# ----------------------------------------------------------------- server subprocess: our stack
+
+
+def serve_cortex(args) -> int:
+    """The real app on cortex.serve.make_server, seeded with 50 API keys; prints {"port", "token"} when ready."""
+    pin_to_cpu(args.cpu)
+    raise_fd_limit()
+    from cortex.serve import patch
+
+    patch()  # first: before anything imports socket, threading or ssl
+
+    import secrets
+    import signal
+    import time
+
+    import flask
+    import gevent
+    from gevent.event import Event
+
+    from cortex import security
+    from cortex.app import create_app
+    from cortex.db import upgrade
+    from cortex.serve import make_server
+    from cortex.settings import Settings
+    from models.base import db
+    from models.identity import ApiKey, Tenant, User, create_api_key, create_user
+
+    os.makedirs(args.data_dir, exist_ok=True)  # with_secret_key() only creates it when it generates a key
+    settings = Settings.from_env(
+        env={"CORTEX_LOG_LEVEL": "WARNING"},  # not os.environ: a DATABASE_URL in the shell must not leak in
+        data_dir=args.data_dir,
+        database_url=args.database_url or None,
+        secret_key=secrets.token_urlsafe(48),
+    )
+    app = create_app(settings)
+    upgrade()
+    with db.connection_context():
+        user = create_user(f"bench-{secrets.token_hex(6)}@bench.invalid", secrets.token_urlsafe(16), "Bench User")
+        for number in range(API_KEYS):
+            create_api_key(user.tenant_id, user.id, f"bench key {number:02d}", ["sessions:read"], None, None)
+    token = security.issue_access_token(user.id, user.tenant_id)
+
+    def bench_stream():
+        """Bench-only long-lived response: one SSE comment per second for ``?seconds=``."""
+        seconds = stream_seconds(flask.request.args)
+
+        def ticks():
+            end = time.monotonic() + seconds
+            yield TICK
+            while time.monotonic() < end:
+                time.sleep(1)  # gevent's sleep: this greenlet only
+                yield TICK
+
+        return flask.Response(ticks(), mimetype="text/event-stream", headers={"Cache-Control": "no-cache"})
+
+    app.add_url_rule("/bench/stream", "bench_stream", view_func=bench_stream)
+
+    server = make_server(app, HOST, 0)
+    server.start()
+    stop = Event()
+    gevent.signal_handler(signal.SIGTERM, stop.set)
+    gevent.signal_handler(signal.SIGINT, stop.set)
+    exit_with_parent(stop.set)
+    print(json.dumps({"port": server.server_port, "token": token, "pid": os.getpid()}), flush=True)
+    try:
+        stop.wait()
+    finally:
+        server.stop(timeout=1)
+        try:  # leave a reused (PostgreSQL) database as we found it
+            with db.connection_context():
+                ApiKey.delete().where(ApiKey.tenant == user.tenant_id).execute()
+                User.delete().where(User.id == user.id).execute()
+                Tenant.delete().where(Tenant.id == user.tenant_id).execute()
+        except Exception as exc:  # best effort on the way out
+            print(f"bench: could not remove the seeded tenant {user.tenant_id}: {exc}", file=sys.stderr)
+    return 0
+
+
+# ----------------------------------------------------------------- server subprocess: Connexion 3 on uvicorn
+
+
+def serve_connexion(args) -> int:
+    """connexion.FlaskApp out of the box on uvicorn, same document, every operation answering {"status": "ok"}."""
+    pin_to_cpu(args.cpu)
+    raise_fd_limit()
+    import socket
+    import time
+
+    import connexion
+    import flask
+    import uvicorn
+    from connexion.resolver import Resolver
+
+    def handler(*_args, **_kwargs):
+        return {"status": "ok"}
+
+    cx_app = connexion.FlaskApp(__name__)
+    cx_app.add_api(SPEC_PATH, resolver=Resolver(function_resolver=lambda _operation_id: handler))
+
+    def bench_stream():
+        """Bench-only long-lived response: it holds one of a2wsgi's worker threads while it lasts."""
+        seconds = stream_seconds(flask.request.args)
+
+        def ticks():
+            end = time.monotonic() + seconds
+            yield TICK
+            while time.monotonic() < end:
+                time.sleep(1)
+                yield TICK
+
+        return flask.Response(ticks(), mimetype="text/event-stream", headers={"Cache-Control": "no-cache"})
+
+    cx_app.app.add_url_rule("/bench/stream", "bench_stream", view_func=bench_stream)
+
+    with socket.socket() as probe:  # a free port (the parent waits until uvicorn answers on it)
+        probe.bind((HOST, 0))
+        port = probe.getsockname()[1]
+    exit_with_parent(lambda: os._exit(0))
+    print(json.dumps({"port": port, "pid": os.getpid()}), flush=True)
+    uvicorn.run(cx_app, host=HOST, port=port, log_level="error")
+    return 0
+
+
+# ----------------------------------------------------------------- command line
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The command-line grammar (``--serve`` and its companions are internal)."""
+    parser = argparse.ArgumentParser(
+        description="HTTP benchmark of one Cortex server process (stdlib + gevent load generator).",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    parser.add_argument("--duration", type=float, default=10.0, help="measured seconds per row (after 1 s warm-up)")
+    parser.add_argument("--connections", type=int, default=20, help="concurrent keep-alive connections")
+    parser.add_argument("--streams", type=int, default=1000, help="open streaming responses for row (c)")
+    parser.add_argument("--timeout", type=float, default=5.0, help="per-request timeout in seconds")
+    parser.add_argument(
+        "--database-url",
+        help="e.g. postgresql://postgres@127.0.0.1:5432/test (default: SQLite in a temporary directory); "
+        "the seeded tenant is deleted again when the server stops",
+    )
+    parser.add_argument("--json", action="store_true", help="also print the figures as JSON")
+    parser.add_argument("--compare", action="store_true", help="compare GET /api across server stacks")
+    parser.add_argument("--serve", choices=["cortex", "connexion"], help=argparse.SUPPRESS)
+    parser.add_argument("--cpu", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--data-dir", help=argparse.SUPPRESS)
+    return parser
+
+
+def main(argv=None) -> int:
+    """Dispatch: a server subprocess (internal) or the benchmark itself."""
+    args = build_parser().parse_args(argv)
+    if args.serve == "cortex":
+        return serve_cortex(args)
+    if args.serve == "connexion":
+        return serve_connexion(args)
+    if args.duration <= 0 or args.connections < 1 or args.streams < 0 or args.timeout <= 0:
+        print("bench: --duration and --timeout must be > 0, --connections >= 1, --streams >= 0", file=sys.stderr)
+        return 2
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    import _loadgen  # the parent only: gevent without monkey-patching
+
+    return _loadgen.run(args, script=os.path.abspath(__file__), fd_limit=raise_fd_limit())
+
+
+if __name__ == "__main__":
+    sys.exit(main())
