@@ -16,7 +16,7 @@ from cortex import crypto, security
 from cortex.db import init_database
 from cortex.identity import IdentityProvider, make_identity_provider
 from cortex.problems import problem_response, render_problem
-from cortex.routing import CortexApi, HandlerResolver
+from cortex.routing import CortexApi, DocumentedPaths, HandlerResolver
 from cortex.settings import Settings
 from models.base import db
 
@@ -37,6 +37,7 @@ class Runtime:
     spec: dict
     spec_bytes: bytes
     identity: IdentityProvider
+    paths: DocumentedPaths
 
 
 def runtime() -> Runtime:
@@ -86,6 +87,7 @@ def create_app(settings: Settings | None = None) -> flask.Flask:
         spec=raw_spec,
         spec_bytes=spec_bytes,
         identity=make_identity_provider(settings.identity_provider, settings.fusion_session_ttl),
+        paths=DocumentedPaths(raw_spec),
     )
     api = CortexApi(load_specification(spec_bytes), base_path="", resolver=HandlerResolver())
     app.register_blueprint(api.blueprint)
@@ -130,8 +132,11 @@ def _add_error_handlers(app: flask.Flask) -> None:
     @app.errorhandler(HTTPException)
     def _http(exc):
         headers = {}
-        if isinstance(exc, MethodNotAllowed) and exc.valid_methods:
-            headers["Allow"] = ", ".join(sorted(exc.valid_methods))
+        if isinstance(exc, MethodNotAllowed):
+            allow = runtime().paths.allow(flask.request.path) or sorted(exc.valid_methods or [])
+            headers["Allow"] = ", ".join(allow)
+            if flask.request.method == "OPTIONS":
+                return flask.Response(status=204, headers=headers)
         detail = {
             404: f"No route matches {flask.request.path}",
             405: f"{flask.request.method} is not allowed on {flask.request.path}",

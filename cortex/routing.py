@@ -139,6 +139,55 @@ class HandlerResolver(Resolver):
         return Resolution(function, raw["operationId"])
 
 
+# ----------------------------------------------------------------- documented resources (Allow, 405)
+
+
+class DocumentedPaths:
+    """The document's path templates, matched as OpenAPI says: concrete paths before templated ones.
+
+    Flask would route ``DELETE /api/api-keys/scopes`` to ``/api/api-keys/{id}``; the document says that URL is
+    the ``/api/api-keys/scopes`` resource, which has no DELETE, so the answer is 405 with its ``Allow``.
+    """
+
+    def __init__(self, spec: dict):
+        self.templates = []
+        for path, item in spec.get("paths", {}).items():
+            methods = {m.upper() for m in item if m in HTTP_METHODS}
+            pattern = re.compile("^" + re.sub(r"\\\{[^/]+?\\\}", "[^/]+", re.escape(path)) + "$")
+            self.templates.append((path.count("{"), path, pattern, methods))
+        self.templates.sort(key=lambda t: (t[0], t[1]))
+
+    def resource(self, url_path: str) -> tuple[str, set[str]] | None:
+        """(template, methods) of the most concrete documented path matching a URL path."""
+        for _params, path, pattern, methods in self.templates:
+            if pattern.match(url_path):
+                return path, methods
+        return None
+
+    def allow(self, url_path: str) -> list[str] | None:
+        """The Allow header value for a URL path, from the document (None when undocumented)."""
+        found = self.resource(url_path)
+        if found is None:
+            return None
+        methods = set(found[1]) | {"OPTIONS"}
+        if "GET" in methods:
+            methods.add("HEAD")
+        return sorted(methods)
+
+    def shadows(self, template: str) -> list[re.Pattern]:
+        """Patterns of more concrete documented paths that also match URLs of ``template``."""
+        own = template.count("{")
+        segments = template.split("/")
+        found = []
+        for params, path, pattern, _methods in self.templates:
+            other = path.split("/")
+            if params >= own or len(other) != len(segments):
+                continue
+            if all(a == b or a.startswith("{") for a, b in zip(segments, other, strict=True)):
+                found.append(pattern)
+        return found
+
+
 # ----------------------------------------------------------------- the per-operation gate
 
 
@@ -161,8 +210,9 @@ class OperationGate:
     authenticated, the input validated and the project resolved (tenancy and roles hold from day one).
     """
 
-    def __init__(self, operation):
+    def __init__(self, operation, shadows: list[re.Pattern] | None = None):
         raw = operation._operation
+        self.shadows = shadows or []
         self.operation_id = operation.operation_id
         self.function = operation.function
         self.schemes = [name for requirement in (operation.security or []) for name in requirement]
@@ -189,6 +239,9 @@ class OperationGate:
     def __call__(self, **view_args):
         """Serve one request (Flask view function)."""
         request = flask.request
+        for pattern in self.shadows:  # the URL is a more concrete resource without this method
+            if pattern.match(request.path):
+                flask.abort(405)
         principal = security.authenticate(request, self.schemes, self.scope) if self.schemes else None
         kwargs = self._parameters(request, view_args)
         if self.body_validator is not None:
@@ -280,9 +333,17 @@ def render(result) -> flask.Response:
 class CortexApi(FlaskApi):
     """Connexion's Flask API (document → URL rules) with one precompiled gate per operation."""
 
+    def __init__(self, *args, **kwargs):
+        self.paths = None
+        super().__init__(*args, **kwargs)
+
     def make_operation(self, operation):
         """Build the view for one operation."""
-        return OperationGate(operation)
+        if self.paths is None:
+            self.paths = DocumentedPaths(self.specification.raw)
+        gate = OperationGate(operation, self.paths.shadows(operation.path))
+        gate.provide_automatic_options = False  # OPTIONS is answered from the document (see cortex.app)
+        return gate
 
 
 __all__ = [

@@ -226,12 +226,24 @@ class Result:
         }
 
 
-def measure(key: str, label: str, port: int, raw: bytes, *, connections: int, duration: float, timeout: float,
-            server_pid: int | None = None) -> Result:
+def measure(
+    key: str,
+    label: str,
+    port: int,
+    raw: bytes,
+    *,
+    connections: int,
+    duration: float,
+    timeout: float,
+    server_pid: int | None = None,
+) -> Result:
     """``connections`` greenlets send ``raw`` back to back for WARMUP + duration seconds.
 
-    Requests started inside the measured window count: a 200 adds its latency, a timeout adds +inf to the
-    latencies (so percentiles show it) and an error, anything else is an error by status or exception name.
+    req/s counts the 200 responses that completed inside the measured window. Latencies and errors cover every
+    request that overlaps the window (started before its end, finished after its start), each with its full
+    latency: a request in flight at the deadline is awaited (at most ``timeout``), so a stalled server shows up
+    as timeouts (+inf in the latencies, so percentiles show it) instead of as no data. Anything but a 200 is an
+    error, by status or exception name. No request is started after the deadline.
     """
     result = Result(key, label, duration, connections, timeout)
     start = perf_counter()
@@ -246,30 +258,29 @@ def measure(key: str, label: str, port: int, raw: bytes, *, connections: int, du
         connection = None
         while perf_counter() < deadline:
             began = perf_counter()
-            counted = began >= window_start
             try:
                 if connection is None:
                     connection = HttpConnection(port, timeout)
                 status, _body, keep = connection.request(raw)
             except TimeoutError:
-                if counted:
+                if perf_counter() >= window_start:
                     result.latencies.append(math.inf)
                     result.errors["timeout"] += 1
                 _close(connection)
                 connection = None
                 continue
             except (OSError, ValueError) as exc:
-                if counted:
+                if perf_counter() >= window_start:
                     result.errors[type(exc).__name__] += 1
                 _close(connection)
                 connection = None
                 gevent.sleep(0.01)  # a refused connection must not become a busy loop
                 continue
-            elapsed = perf_counter() - began
-            if counted:
+            ended = perf_counter()
+            if ended >= window_start:
                 if status == 200:
-                    result.ok += 1
-                    result.latencies.append(elapsed)
+                    result.latencies.append(ended - began)
+                    result.ok += ended < deadline
                 else:
                     result.errors[f"HTTP {status}"] += 1
             if not keep:
@@ -277,7 +288,10 @@ def measure(key: str, label: str, port: int, raw: bytes, *, connections: int, du
                 connection = None
         _close(connection)
 
-    greenlets = [gevent.spawn_later(WARMUP, mark, "start"), gevent.spawn_later(WARMUP + duration, mark, "end")]
+    greenlets = [
+        gevent.spawn_later(WARMUP, mark, "start"),
+        gevent.spawn_later(WARMUP + duration, mark, "end"),
+    ]
     greenlets += [gevent.spawn(worker) for _ in range(connections)]
     gevent.joinall(greenlets, timeout=WARMUP + duration + timeout + 5)
     gevent.killall(greenlets, timeout=5)
@@ -396,8 +410,18 @@ class StreamSet:
                     pass
 
 
-def measure_with_streams(key: str, label: str, port: int, raw: bytes, *, count: int, wait_limit: float,
-                         args, server_pid: int | None, first_byte_window: float | None = None) -> Result:
+def measure_with_streams(
+    key: str,
+    label: str,
+    port: int,
+    raw: bytes,
+    *,
+    count: int,
+    wait_limit: float,
+    args,
+    server_pid: int | None,
+    first_byte_window: float | None = None,
+) -> Result:
     """Open ``count`` streams, wait for their first chunk, measure ``raw`` meanwhile, report the streams."""
     seconds = math.ceil(wait_limit + WARMUP + args.duration + 15)
     streams = StreamSet(port, count, seconds, read_timeout=seconds + 30)
@@ -408,8 +432,16 @@ def measure_with_streams(key: str, label: str, port: int, raw: bytes, *, count: 
         within = streams.first_byte_within(first_byte_window) if first_byte_window else None
         before = streams.ticks()
         window_started = perf_counter()
-        result = measure(key, label, port, raw, connections=args.connections, duration=args.duration,
-                         timeout=args.timeout, server_pid=server_pid)
+        result = measure(
+            key,
+            label,
+            port,
+            raw,
+            connections=args.connections,
+            duration=args.duration,
+            timeout=args.timeout,
+            server_pid=server_pid,
+        )
         window = perf_counter() - window_started
         after = streams.ticks()
         alive = [i for i, stream in enumerate(streams.streams) if stream.alive]
@@ -440,7 +472,9 @@ def measure_with_streams(key: str, label: str, port: int, raw: bytes, *, count: 
 class ServerProcess:
     """``bench_http.py --serve <kind>`` in its own session; reports its port on its first stdout line."""
 
-    def __init__(self, kind: str, script: str, workdir: str, cpu: int | None, database_url: str | None = None):
+    def __init__(
+        self, kind: str, script: str, workdir: str, cpu: int | None, database_url: str | None = None
+    ):
         self.kind = kind
         self.script = script
         self.workdir = workdir
@@ -497,7 +531,9 @@ class ServerProcess:
                 data = os.read(fd, 65536)
                 if not data:
                     self.proc.wait(timeout=5)
-                    raise BenchError(f"{self.kind} server exited with {self.proc.returncode}{self.log_tail()}")
+                    raise BenchError(
+                        f"{self.kind} server exited with {self.proc.returncode}{self.log_tail()}"
+                    )
                 buf += data
         return json.loads(buf.split(b"\n", 1)[0])
 
@@ -510,7 +546,9 @@ class ServerProcess:
                 return
             except OSError:
                 if self.proc.poll() is not None or time.monotonic() > deadline:
-                    raise BenchError(f"{self.kind} server is not answering on port {self.port}{self.log_tail()}") from None
+                    raise BenchError(
+                        f"{self.kind} server is not answering on port {self.port}{self.log_tail()}"
+                    ) from None
                 gevent.sleep(0.1)
 
     def log_tail(self, size: int = 4000) -> str:
@@ -576,7 +614,11 @@ def describe_database(url: str | None) -> str:
         return "sqlite (temporary file)"
     parsed = urlparse(url)
     kind = "postgresql" if parsed.scheme in ("postgres", "postgresql") else parsed.scheme
-    where = f"{parsed.hostname or '127.0.0.1'}:{parsed.port or 5432}{parsed.path}" if kind == "postgresql" else url
+    where = (
+        f"{parsed.hostname or '127.0.0.1'}:{parsed.port or 5432}{parsed.path}"
+        if kind == "postgresql"
+        else url
+    )
     return f"{kind} ({where})"
 
 
@@ -590,7 +632,9 @@ def header(args, pinning: str, title: str) -> tuple[list[str], dict]:
         "cpu_model": cpu_model(),
         "pinning": pinning,
         "database": describe_database(args.database_url) if not args.compare else "sqlite (temporary file)",
-        "versions": {name: version_of(name) for name in ("gevent", "flask", "connexion", "uvicorn", "a2wsgi")},
+        "versions": {
+            name: version_of(name) for name in ("gevent", "flask", "connexion", "uvicorn", "a2wsgi")
+        },
         "connections": args.connections,
         "warmup_s": WARMUP,
         "duration_s": args.duration,
@@ -646,15 +690,21 @@ def run_main(args, script: str, workdir: str, cpus: tuple, pinning: str) -> dict
         status, body = fetch(server.port, list_request, args.timeout)
         items = json.loads(body) if status == 200 else None
         if not isinstance(items, list) or len(items) != API_KEYS:
-            raise BenchError(f"GET /api/api-keys answered {status} with {body[:300]!r}; expected {API_KEYS} items")
+            raise BenchError(
+                f"GET /api/api-keys answered {status} with {body[:300]!r}; expected {API_KEYS} items"
+            )
         status, body = fetch(server.port, health_request, args.timeout)
         if status != 200 or json.loads(body).get("status") != "ok":
             raise BenchError(f"GET /api answered {status} with {body[:300]!r}")
-        print(f"server    pid {server.pid} on {HOST}:{server.port}; verified GET /api/api-keys -> 200 with "
-              f"{len(items)} items, GET /api -> 200", flush=True)
+        print(
+            f"server    pid {server.pid} on {HOST}:{server.port}; verified GET /api/api-keys -> 200 with "
+            f"{len(items)} items, GET /api -> 200",
+            flush=True,
+        )
         print()
-        common = dict(connections=args.connections, duration=args.duration, timeout=args.timeout,
-                      server_pid=server.pid)
+        common = dict(
+            connections=args.connections, duration=args.duration, timeout=args.timeout, server_pid=server.pid
+        )
         label_list = f"list {API_KEYS} api keys (auth, db)"
         result = measure("list_api_keys", label_list, server.port, list_request, **common)
         rows.append(result)
@@ -664,16 +714,25 @@ def run_main(args, script: str, workdir: str, cpus: tuple, pinning: str) -> dict
         print(fmt_row("GET /api", result), flush=True)
         if args.streams:
             label = f"GET /api with {args.streams} open streams"
-            result = measure_with_streams("health_with_streams", label, server.port, health_request,
-                                          count=args.streams, wait_limit=STREAM_OPEN_TIMEOUT, args=args,
-                                          server_pid=server.pid)
+            result = measure_with_streams(
+                "health_with_streams",
+                label,
+                server.port,
+                health_request,
+                count=args.streams,
+                wait_limit=STREAM_OPEN_TIMEOUT,
+                args=args,
+                server_pid=server.pid,
+            )
             rows.append(result)
             info = result.extra["streams"]
             print(f"{fmt_row(label, result)}   streams open {info['open_at_end']}/{info['requested']}")
             print(stream_line(info), flush=True)
             if info["first_chunk"] < info["requested"]:
-                print(f"  WARNING: only {info['first_chunk']}/{info['requested']} streams received their first "
-                      f"chunk within {STREAM_OPEN_TIMEOUT:g} s")
+                print(
+                    f"  WARNING: only {info['first_chunk']}/{info['requested']} streams received their first "
+                    f"chunk within {STREAM_OPEN_TIMEOUT:g} s"
+                )
     finally:
         server.stop()
     return {"mode": "single-process", "meta": meta, "rows": [row.as_dict() for row in rows]}
@@ -688,20 +747,39 @@ def run_compare(args, script: str, workdir: str, cpus: tuple, pinning: str) -> d
     width = 58
 
     def stream_row(key, label, server):
-        result = measure_with_streams(key, label, server.port, health_request, count=COMPARE_STREAMS,
-                                      wait_limit=FIRST_BYTE_WINDOW, args=args, server_pid=server.pid,
-                                      first_byte_window=FIRST_BYTE_WINDOW)
+        result = measure_with_streams(
+            key,
+            label,
+            server.port,
+            health_request,
+            count=COMPARE_STREAMS,
+            wait_limit=FIRST_BYTE_WINDOW,
+            args=args,
+            server_pid=server.pid,
+            first_byte_window=FIRST_BYTE_WINDOW,
+        )
         rows.append(result)
         info = result.extra["streams"]
-        print(f"{fmt_row(label, result, width)}   streams with first byte within {FIRST_BYTE_WINDOW:g} s "
-              f"{info['first_byte_within_count']}/{info['requested']}", flush=True)
+        print(
+            f"{fmt_row(label, result, width)}   streams with first byte within {FIRST_BYTE_WINDOW:g} s "
+            f"{info['first_byte_within_count']}/{info['requested']}",
+            flush=True,
+        )
 
     server = ServerProcess("cortex", script, workdir, cpus[0])
     try:
         server.start()
         label = "(1) cortex: gevent WSGIServer + Flask + Connexion routes"
-        result = measure("cortex", label, server.port, health_request, connections=args.connections,
-                         duration=args.duration, timeout=args.timeout, server_pid=server.pid)
+        result = measure(
+            "cortex",
+            label,
+            server.port,
+            health_request,
+            connections=args.connections,
+            duration=args.duration,
+            timeout=args.timeout,
+            server_pid=server.pid,
+        )
         rows.append(result)
         print(fmt_row(label, result, width), flush=True)
         stream_row("cortex_streams", f"    same, {COMPARE_STREAMS} streams open", server)
@@ -710,8 +788,10 @@ def run_compare(args, script: str, workdir: str, cpus: tuple, pinning: str) -> d
 
     missing = [name for name in ("connexion", "uvicorn", "a2wsgi", "flask") if find_spec(name) is None]
     if missing:
-        note = (f"skipped connexion.FlaskApp on uvicorn: missing package(s) {', '.join(missing)} "
-                "(pip install 'connexion[flask,uvicorn]')")
+        note = (
+            f"skipped connexion.FlaskApp on uvicorn: missing package(s) {', '.join(missing)} "
+            "(pip install 'connexion[flask,uvicorn]')"
+        )
         notes.append(note)
         print(f"(2)/(3) {note}")
     else:
@@ -719,8 +799,16 @@ def run_compare(args, script: str, workdir: str, cpus: tuple, pinning: str) -> d
         try:
             server.start()
             label = "(2) connexion.FlaskApp on uvicorn (out of the box)"
-            result = measure("connexion_uvicorn", label, server.port, health_request, connections=args.connections,
-                             duration=args.duration, timeout=args.timeout, server_pid=server.pid)
+            result = measure(
+                "connexion_uvicorn",
+                label,
+                server.port,
+                health_request,
+                connections=args.connections,
+                duration=args.duration,
+                timeout=args.timeout,
+                server_pid=server.pid,
+            )
             rows.append(result)
             print(fmt_row(label, result, width), flush=True)
             stream_row("connexion_uvicorn_streams", f"(3) same, {COMPARE_STREAMS} streams open", server)
@@ -736,9 +824,14 @@ def run(args, script: str, fd_limit: int) -> int:
         raise KeyboardInterrupt
 
     signal.signal(signal.SIGTERM, on_sigterm)
+    hub = gevent.get_hub()  # Ctrl-C still reaches the main greenlet, without the hub printing it first
+    hub.NOT_ERROR = (*hub.NOT_ERROR, KeyboardInterrupt)
     needed = max(args.streams, COMPARE_STREAMS) + args.connections + 64
     if fd_limit < needed:
-        print(f"bench: the open-file limit is {fd_limit}, fewer than the {needed} sockets needed", file=sys.stderr)
+        print(
+            f"bench: the open-file limit is {fd_limit}, fewer than the {needed} sockets needed",
+            file=sys.stderr,
+        )
         return 2
     allowed = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []
     if len(allowed) >= 2:

@@ -128,7 +128,9 @@ def serve_cortex(args) -> int:
     app = create_app(settings)
     upgrade()
     with db.connection_context():
-        user = create_user(f"bench-{secrets.token_hex(6)}@bench.invalid", secrets.token_urlsafe(16), "Bench User")
+        user = create_user(
+            f"bench-{secrets.token_hex(6)}@bench.invalid", secrets.token_urlsafe(16), "Bench User"
+        )
         for number in range(API_KEYS):
             create_api_key(user.tenant_id, user.id, f"bench key {number:02d}", ["sessions:read"], None, None)
     token = security.issue_access_token(user.id, user.tenant_id)
@@ -210,8 +212,12 @@ def serve_connexion(args) -> int:
         port = probe.getsockname()[1]
     exit_with_parent(lambda: os._exit(0))
     print(json.dumps({"port": port, "pid": os.getpid()}), flush=True)
-    uvicorn.run(cx_app, host=HOST, port=port, log_level="error")
-    return 0
+    # On SIGTERM uvicorn waits for in-flight responses, which stream-holding worker threads never finish: give
+    # up after 2 s (uvicorn then re-raises the SIGTERM); should run() return instead, leave without joining
+    # a2wsgi's thread pool, whose queued streams would otherwise keep the process alive.
+    uvicorn.run(cx_app, host=HOST, port=port, log_level="error", timeout_graceful_shutdown=2)
+    sys.stdout.flush()
+    os._exit(0)
 
 
 # ----------------------------------------------------------------- command line
@@ -223,14 +229,16 @@ def build_parser() -> argparse.ArgumentParser:
         description="HTTP benchmark of one Cortex server process (stdlib + gevent load generator).",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    parser.add_argument("--duration", type=float, default=10.0, help="measured seconds per row (after 1 s warm-up)")
+    parser.add_argument(
+        "--duration", type=float, default=10.0, help="measured seconds per row (after 1 s warm-up)"
+    )
     parser.add_argument("--connections", type=int, default=20, help="concurrent keep-alive connections")
     parser.add_argument("--streams", type=int, default=1000, help="open streaming responses for row (c)")
     parser.add_argument("--timeout", type=float, default=5.0, help="per-request timeout in seconds")
     parser.add_argument(
         "--database-url",
         help="e.g. postgresql://postgres@127.0.0.1:5432/test (default: SQLite in a temporary directory); "
-        "the seeded tenant is deleted again when the server stops",
+        "the seeded tenant is deleted again when the server stops; --compare always uses SQLite",
     )
     parser.add_argument("--json", action="store_true", help="also print the figures as JSON")
     parser.add_argument("--compare", action="store_true", help="compare GET /api across server stacks")
@@ -248,7 +256,9 @@ def main(argv=None) -> int:
     if args.serve == "connexion":
         return serve_connexion(args)
     if args.duration <= 0 or args.connections < 1 or args.streams < 0 or args.timeout <= 0:
-        print("bench: --duration and --timeout must be > 0, --connections >= 1, --streams >= 0", file=sys.stderr)
+        print(
+            "bench: --duration and --timeout must be > 0, --connections >= 1, --streams >= 0", file=sys.stderr
+        )
         return 2
     sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
     import _loadgen  # the parent only: gevent without monkey-patching

@@ -51,6 +51,13 @@ FAMILY_DESCRIPTIONS = {
     "settings": "app settings and project secrets",
     "voice": "voice settings, access keys and analytics",
 }
+#: operations whose scope is not their tag's read/write pair.
+SCOPE_OVERRIDES = {
+    "getSessionAnnotations": "plugin-endpoints",
+    "getMessageAnnotationsBatch": "plugin-endpoints",
+}
+EXTRA_SCOPES = {"plugin-endpoints": "Endpoints analysis plugins call back (session and message annotations)"}
+
 #: tag → minimum role for changes; reads need only membership (developer).
 WRITE_ROLES = {
     "Sessions": "developer",
@@ -115,6 +122,8 @@ def scope_for(method: str, operation: dict) -> str | None:
     family = SCOPE_FAMILIES.get((operation.get("tags") or [""])[0])
     if not accepts_key or family is None:
         return None
+    if operation.get("operationId") in SCOPE_OVERRIDES:
+        return SCOPE_OVERRIDES[operation["operationId"]]
     return f"{family}:{'read' if method == 'get' else 'write'}"
 
 
@@ -144,7 +153,10 @@ def extend(spec: dict) -> dict:
     for family in sorted(set(SCOPE_FAMILIES.values())):
         scopes[f"{family}:read"] = f"Read {FAMILY_DESCRIPTIONS[family]}"
         scopes[f"{family}:write"] = f"Create, change and delete {FAMILY_DESCRIPTIONS[family]}"
-    spec.setdefault("x-cortex-scopes", scopes)
+    scopes.update(EXTRA_SCOPES)
+    catalogue = spec.setdefault("x-cortex-scopes", {})
+    for name, text in scopes.items():
+        catalogue.setdefault(name, text)
     spec.setdefault("x-cortex-roles", ROLES_DOC)
     for path, item in spec["paths"].items():
         path_params = [p for p in item.get("parameters", [])]

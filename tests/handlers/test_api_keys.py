@@ -51,7 +51,6 @@ def test_scopes_catalogue_matches_the_document(client, owner, app):
         ({"name": "   "}, "name must not be empty"),
         ({"expiresAt": "tomorrow"}, "expiresAt must be an ISO 8601"),
         ({"expiresAt": "2001-01-01T00:00:00Z"}, "must be in the future"),
-        ({"projectId": "no-such-project"}, "is not a project of yours"),
     ],
 )
 def test_create_rejects_bad_input(client, owner, body, detail):
@@ -60,9 +59,13 @@ def test_create_rejects_bad_input(client, owner, body, detail):
     assert detail in response.get_json()["detail"]
 
 
-def test_project_of_another_tenant_cannot_be_bound(client, owner, stranger):
+def test_project_must_be_one_of_the_callers(client, owner, stranger):
+    assert create(client, owner, projectId="no-such-project").status_code == 404
     response = create(client, owner, projectId=stranger.project.id)
-    assert response.status_code == 400
+    assert response.status_code == 404
+    assert response.get_json()["detail"] == f"Project {stranger.project.id} not found"
+    bound = create(client, owner, projectId=owner.project.app_id).get_json()
+    assert bound["projectId"] == owner.project.id
 
 
 def test_api_key_operations_take_bearer_only(client, owner, api_key_headers):

@@ -16,5 +16,5 @@ def test_document_and_swagger_ui_are_served(client):
     assert document.get_json()["info"]["title"] == "ODIN Cortex API"
     page = client.get("/api/docs/")
     assert page.status_code == 200 and b"swagger-ui" in page.data
-    with client.get("/api/docs/swagger-ui-bundle.js") as asset:
+    with client.get("/api/docs/swagger-ui-bundle.js", buffered=True) as asset:
         assert asset.status_code == 200 and len(asset.data) > 100_000
