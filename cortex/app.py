@@ -73,6 +73,7 @@ def load_specification(spec_bytes: bytes) -> Specification:
 def create_app(settings: Settings | None = None) -> flask.Flask:
     """Build the WSGI application (no migrations, no server: see ``cortex.cli``)."""
     settings = (settings or Settings.from_env()).with_secret_key()
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
     logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     init_database(settings.database_url, settings.db_pool_size)
     crypto.init_encryption(settings.secret_key)

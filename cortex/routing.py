@@ -15,6 +15,7 @@ import re
 from dataclasses import dataclass
 
 import flask
+import orjson
 from connexion.apps.flask import FlaskApi
 from connexion.decorators.parameter import pythonic
 from connexion.exceptions import ProblemException, TypeValidationError
@@ -324,7 +325,7 @@ def render(result) -> flask.Response:
     if result is None:
         response = flask.Response(status=status)
     else:
-        response = flask.Response(json.dumps(result, separators=(",", ":")), status=status, mimetype=JSON_MIMETYPE)
+        response = flask.Response(orjson.dumps(result), status=status, mimetype=JSON_MIMETYPE)
     if headers:
         response.headers.update(headers)
     return response

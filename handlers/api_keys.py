@@ -3,24 +3,26 @@
 from cortex.app import current_spec
 from cortex.problems import ApiProblem, bad_request
 from cortex.security import resolve_project
-from models.base import parse_timestamp, rfc3339, utcnow
-from models.identity import create_api_key, live_api_keys, revoke_api_key
+from models.base import parse_timestamp, rfc3339, rfc3339_raw, split_names, utcnow
+from models.identity import LIVE_API_KEY_ROWS, create_api_key, revoke_api_key
+
+
+def _api_key_body(key_id, name, prefix, scopes, project_id, last_used_at, expires_at, created_at) -> dict:
+    """ApiKeyResponse (the one place an API key is turned into JSON); timestamps already RFC 3339."""
+    body = {"id": key_id, "name": name, "keyPrefix": prefix, "scopes": scopes, "createdAt": created_at}
+    if project_id is not None:
+        body["projectId"] = project_id
+    if last_used_at is not None:
+        body["lastUsedAt"] = last_used_at
+    if expires_at is not None:
+        body["expiresAt"] = expires_at
+    return body
 
 
 def _serialize_api_key(row) -> dict:
-    """ApiKeyResponse (the one place an API key is turned into JSON)."""
-    body = {
-        "id": row.id,
-        "name": row.name,
-        "keyPrefix": row.key_prefix,
-        "scopes": list(row.scopes or []),
-        "createdAt": rfc3339(row.created_at),
-    }
-    for field, value in (("projectId", row.project_id), ("lastUsedAt", rfc3339(row.last_used_at)),
-                         ("expiresAt", rfc3339(row.expires_at))):
-        if value is not None:
-            body[field] = value
-    return body
+    """ApiKeyResponse from a model instance."""
+    return _api_key_body(row.id, row.name, row.key_prefix, list(row.scopes or []), row.project_id,
+                         rfc3339(row.last_used_at), rfc3339(row.expires_at), rfc3339(row.created_at))
 
 
 def get_scopes():
@@ -30,7 +32,10 @@ def get_scopes():
 
 def list_keys(principal):
     """GET /api/api-keys: the tenant's live keys (never the secret)."""
-    return [_serialize_api_key(row) for row in live_api_keys(principal.tenant_id)]
+    return [
+        _api_key_body(i, n, p, split_names(s), pid, rfc3339_raw(used), rfc3339_raw(exp), rfc3339_raw(created))
+        for i, n, p, s, pid, used, exp, created in LIVE_API_KEY_ROWS.rows(tenant=principal.tenant_id)
+    ]
 
 
 def create_key(principal, body):

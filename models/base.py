@@ -41,11 +41,50 @@ def as_utc(value: datetime | None) -> datetime | None:
 
 
 def rfc3339(value: datetime | None) -> str | None:
-    """Format a datetime as an RFC 3339 UTC timestamp with a ``Z`` suffix."""
-    value = as_utc(value)
+    """Format a datetime as an RFC 3339 UTC timestamp with millisecond precision and a ``Z`` suffix."""
     if value is None:
         return None
-    return value.strftime("%Y-%m-%dT%H:%M:%S.") + f"{value.microsecond // 1000:03d}Z"
+    if isinstance(value, str):
+        value = datetime.fromisoformat(value)
+    if value.tzinfo is not None:
+        value = value.astimezone(UTC).replace(tzinfo=None)
+    return value.isoformat(timespec="milliseconds") + "Z"  # naive values are UTC by convention
+
+
+def rfc3339_raw(value) -> str | None:
+    """RFC 3339 from a raw database value: SQLite's stored text or a PostgreSQL datetime (hot paths)."""
+    if value is None:
+        return None
+    if isinstance(value, str):  # "YYYY-MM-DD HH:MM:SS[.ffffff]", always UTC (see UTCDateTimeField)
+        return f"{value[:10]}T{value[11:19]}.{value[20:23] if len(value) > 19 else '000'}Z"
+    return rfc3339(value)
+
+
+class Prepared:
+    """A query compiled to SQL once per bound database, then executed with fresh parameters.
+
+    Compiling a Peewee query and turning 50 rows into model instances cost ~1.5 ms; list endpoints on the hot
+    path use this instead and read raw rows (see ``rfc3339_raw``/``json_raw`` for the column decoders).
+    ``build`` receives one placeholder string per parameter name and returns the Peewee query.
+    """
+
+    def __init__(self, build):
+        self.build = build
+        self._compiled = {}
+
+    def rows(self, **params) -> list[tuple]:
+        """Execute with these parameter values; raw tuples in the query's column order."""
+        compiled = self._compiled.get(id(db.obj))
+        if compiled is None:
+            marks = {name: f"\x00{name}\x00" for name in params}
+            sql, values = self.build(**marks).sql()
+            slots = [(i, name) for i, v in enumerate(values) for name, mark in marks.items() if v == mark]
+            compiled = self._compiled[id(db.obj)] = (sql, tuple(values), tuple(slots))
+        sql, values, slots = compiled
+        values = list(values)
+        for index, name in slots:
+            values[index] = params[name]
+        return db.execute_sql(sql, values).fetchall()
 
 
 def parse_timestamp(text: str) -> datetime:
@@ -76,6 +115,30 @@ class JSONField(pw.TextField):
 
     def python_value(self, value):
         return None if value is None else json.loads(value)
+
+
+class NameListField(pw.TextField):
+    """A list of names without commas (e.g. API-key scopes), stored as comma-separated text.
+
+    Cheaper than JSON to decode on hot list endpoints (``split`` instead of a JSON parse per row).
+    """
+
+    def db_value(self, value):
+        if value is None:
+            return None
+        if any("," in item for item in value):
+            raise ValueError("names in a NameListField must not contain commas")
+        return ",".join(value)
+
+    def python_value(self, value):
+        return split_names(value)
+
+
+def split_names(value: str | None) -> list[str] | None:
+    """Decode a raw NameListField value."""
+    if value is None:
+        return None
+    return value.split(",") if value else []
 
 
 class BaseModel(pw.Model):

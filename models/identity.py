@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import peewee as pw
 
-from models.base import BaseModel, JSONField, UTCDateTimeField
+from models.base import BaseModel, NameListField, UTCDateTimeField
 
 ROLES = ("developer", "maintainer", "admin")  # ascending privilege
 
@@ -67,7 +67,7 @@ class ApiKey(BaseModel):
     name = pw.CharField(max_length=200)
     key_prefix = pw.CharField(max_length=32)
     key_hash = pw.CharField(max_length=64, unique=True)
-    scopes = JSONField()
+    scopes = NameListField()
     expires_at = UTCDateTimeField(null=True)
     last_used_at = UTCDateTimeField(null=True)
     revoked_at = UTCDateTimeField(null=True)
@@ -81,7 +81,7 @@ import secrets  # noqa: E402
 from datetime import timedelta  # noqa: E402
 
 from cortex import crypto  # noqa: E402
-from models.base import new_id, transaction, utcnow  # noqa: E402
+from models.base import Prepared, new_id, transaction, utcnow  # noqa: E402
 
 API_KEY_PREFIX = "ots_live_"
 KEY_PREFIX_LENGTH = len(API_KEY_PREFIX) + 8
@@ -221,6 +221,16 @@ def live_api_keys(tenant_id: str):
         .where(ApiKey.tenant == tenant_id, ApiKey.revoked_at.is_null())
         .order_by(ApiKey.created_at.desc(), ApiKey.id)
     )
+
+
+#: Columns of the API-key listing, in this order: id, name, key_prefix, scopes, project_id, last_used_at,
+#: expires_at, created_at (raw values: see models.base.Prepared).
+LIVE_API_KEY_ROWS = Prepared(
+    lambda tenant: live_api_keys(tenant).select(
+        ApiKey.id, ApiKey.name, ApiKey.key_prefix, ApiKey.scopes, ApiKey.project,
+        ApiKey.last_used_at, ApiKey.expires_at, ApiKey.created_at,
+    )
+)
 
 
 def revoke_api_key(tenant_id: str, key_id: str) -> ApiKey | None:
