@@ -23,6 +23,9 @@ class User(BaseModel):
     name = pw.CharField(max_length=200)
     password_hash = pw.CharField(max_length=200)
 
+    class Meta:
+        table_name = "users"  # "user" is reserved in PostgreSQL
+
 
 class FusionSession(BaseModel):
     """A server-side login session; only the SHA-256 of its id is stored."""

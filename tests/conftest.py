@@ -75,7 +75,8 @@ def reset_database() -> None:
     """Empty every table (PostgreSQL shares one database across tests)."""
     tables = [t for t in db.get_tables() if t != "schema_version"]
     if tables and not db.obj.__class__.__name__.endswith("SqliteDatabase"):
-        db.execute_sql(f"TRUNCATE {', '.join(tables)} CASCADE")
+        quoted = ", ".join(f'"{table}"' for table in tables)
+        db.execute_sql(f"TRUNCATE {quoted} CASCADE")
 
 
 @pytest.fixture
