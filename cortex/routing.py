@@ -278,6 +278,8 @@ class OperationGate:
                 value = request.headers.get(parameter.name)
             else:
                 value = request.cookies.get(parameter.name)
+            if isinstance(value, str) and "\x00" in value:
+                raise ApiProblem(400, f"{parameter.location} parameter '{parameter.name}' contains a NUL character")
             if value is None:
                 if parameter.required:
                     raise ApiProblem(400, f"Missing {parameter.location} parameter '{parameter.name}'")
@@ -305,11 +307,24 @@ class OperationGate:
             body = json.loads(raw)
         except (ValueError, UnicodeDecodeError) as exc:
             raise ApiProblem(400, f"Request body is not valid JSON: {exc}") from None
+        if (b"\\u0000" in raw or b"\x00" in raw) and _contains_nul(body):
+            raise ApiProblem(400, "Request body: strings must not contain NUL characters (\\u0000)")
         try:
             self.body_validator.validate(body)
         except ValidationError as exc:
             raise ApiProblem(400, f"Request body: {exc.message}{format_error_with_path(exc)}") from None
         return body
+
+
+def _contains_nul(value) -> bool:
+    """Does any string (or key) in a JSON document contain U+0000? PostgreSQL cannot store it."""
+    if isinstance(value, str):
+        return "\x00" in value
+    if isinstance(value, dict):
+        return any(_contains_nul(k) or _contains_nul(v) for k, v in value.items())
+    if isinstance(value, list):
+        return any(_contains_nul(v) for v in value)
+    return False
 
 
 def render(result) -> flask.Response:

@@ -114,3 +114,13 @@ def test_roles_are_enforced_from_the_document(client, add_member, owner, role, m
     assert response.status_code == expected, response.get_json()
     if expected == 403:
         assert "role" in response.get_json()["detail"]
+
+
+def test_nul_characters_are_rejected_not_stored(client, owner):
+    body = client.post("/api/auth/login-credentials", json={"email": "a\x00@b.c", "password": "longenough"})
+    assert body.status_code == 400 and "NUL" in body.get_json()["detail"]
+    path = client.delete("/api/api-keys/abc%00def", headers=owner.headers)
+    assert path.status_code == 400 and "NUL" in path.get_json()["detail"]
+    escaped = client.post("/api/api-keys", json={"name": "back\\u0000slash", "scopes": ["sessions:read"]},
+                          headers=owner.headers)
+    assert escaped.status_code == 201  # a literal backslash-u sequence is fine
