@@ -38,11 +38,9 @@ def make_database(url: str, pool_size: int = 32) -> pw.Database:
     """Create the Peewee database for a ``sqlite:///path`` or ``postgresql://…`` URL."""
     parsed = urlparse(url)
     if parsed.scheme == "sqlite":
-        path = unquote(parsed.path)
-        if path.startswith("//"):  # sqlite:////abs/path
-            path = path[1:]
-        elif url.startswith("sqlite:///"):
-            path = url[len("sqlite:///") :]
+        if not url.startswith("sqlite:///"):
+            raise ValueError("a SQLite DATABASE_URL is sqlite:///relative/path.db or sqlite:////absolute/path.db")
+        path = unquote(url[len("sqlite:///") :].split("?", 1)[0])
         return PooledSqliteDatabase(
             path or ":memory:", pragmas=SQLITE_PRAGMAS, max_connections=pool_size, stale_timeout=300,
             check_same_thread=False,

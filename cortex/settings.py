@@ -69,11 +69,22 @@ class Settings:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         key_file = self.data_dir / "secret.key"
         if not key_file.exists():
-            fd = os.open(key_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            # Write a complete file under a temporary name, then link it into place: concurrent first starts
+            # agree on one key, and nobody ever reads a half-written file.
+            temporary = self.data_dir / f".secret.key.{os.getpid()}.{secrets.token_hex(4)}"
+            fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
             with os.fdopen(fd, "w") as handle:
                 handle.write(secrets.token_urlsafe(48))
-        os.chmod(key_file, 0o600)
-        return _replace(self, secret_key=key_file.read_text().strip())
+            try:
+                os.link(temporary, key_file)
+            except FileExistsError:
+                pass  # another process won the race; use its key
+            finally:
+                os.unlink(temporary)
+        key = key_file.read_text().strip()
+        if len(key) < 32:
+            raise ValueError(f"{key_file} holds no usable secret key (need 32+ characters); delete it or set CORTEX_SECRET_KEY")
+        return _replace(self, secret_key=key)
 
 
 def _replace(settings: Settings, **changes) -> Settings:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import threading
 import uuid
+import weakref
 from contextlib import contextmanager
 from datetime import UTC, datetime
 
@@ -70,16 +71,16 @@ class Prepared:
 
     def __init__(self, build):
         self.build = build
-        self._compiled = {}
+        self._compiled = weakref.WeakKeyDictionary()  # bound database → (sql, values, slots)
 
     def rows(self, **params) -> list[tuple]:
         """Execute with these parameter values; raw tuples in the query's column order."""
-        compiled = self._compiled.get(id(db.obj))
+        compiled = self._compiled.get(db.obj)
         if compiled is None:
             marks = {name: f"\x00{name}\x00" for name in params}
             sql, values = self.build(**marks).sql()
             slots = [(i, name) for i, v in enumerate(values) for name, mark in marks.items() if v == mark]
-            compiled = self._compiled[id(db.obj)] = (sql, tuple(values), tuple(slots))
+            compiled = self._compiled[db.obj] = (sql, tuple(values), tuple(slots))
         sql, values, slots = compiled
         values = list(values)
         for index, name in slots:

@@ -1,0 +1,49 @@
+"""Settings: environment parsing and the generated secret key."""
+
+import multiprocessing
+import stat
+
+import pytest
+
+from cortex.settings import Settings
+
+
+def test_environment_is_read_once_into_settings(tmp_path):
+    settings = Settings.from_env(
+        {"CORTEX_DATA_DIR": str(tmp_path), "CORTEX_ACCESS_TOKEN_TTL": "60", "REDIS_URL": "redis://x:1/0"}
+    )
+    assert settings.data_dir == tmp_path
+    assert settings.database_url == f"sqlite:///{tmp_path / 'cortex.db'}"
+    assert settings.access_token_ttl == 60 and settings.redis_url == "redis://x:1/0"
+
+
+def test_secret_key_is_generated_once_with_mode_0600(tmp_path):
+    first = Settings.from_env({}, data_dir=tmp_path).with_secret_key()
+    second = Settings.from_env({}, data_dir=tmp_path).with_secret_key()
+    assert len(first.secret_key) >= 32 and first.secret_key == second.secret_key
+    assert stat.S_IMODE((tmp_path / "secret.key").stat().st_mode) == 0o600
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["secret.key"]
+
+
+def test_empty_secret_key_file_is_refused(tmp_path):
+    (tmp_path / "secret.key").write_text("  \n")
+    with pytest.raises(ValueError, match="no usable secret key"):
+        Settings.from_env({}, data_dir=tmp_path).with_secret_key()
+
+
+def _generate(directory, queue):
+    queue.put(Settings.from_env({}, data_dir=directory).with_secret_key().secret_key)
+
+
+def test_concurrent_first_starts_agree_on_one_key(tmp_path):
+    context = multiprocessing.get_context("fork")
+    for round_number in range(5):
+        directory = tmp_path / str(round_number)
+        queue = context.Queue()
+        workers = [context.Process(target=_generate, args=(directory, queue)) for _ in range(4)]
+        for worker in workers:
+            worker.start()
+        for worker in workers:
+            worker.join(20)
+        keys = {queue.get(timeout=5) for _ in workers}
+        assert len(keys) == 1 and len(keys.pop()) >= 32
