@@ -82,6 +82,24 @@ def exit_with_parent(stop) -> None:
     threading.Thread(target=watch, name="bench-parent-watch", daemon=True).start()
 
 
+def bench_stream_view():
+    """Bench-only long-lived response: one SSE comment per second for ``?seconds=``."""
+    import time
+
+    import flask  # imported here: server subprocesses patch gevent before importing flask
+
+    seconds = stream_seconds(flask.request.args)
+
+    def ticks():
+        end = time.monotonic() + seconds
+        yield TICK
+        while time.monotonic() < end:
+            time.sleep(1)
+            yield TICK
+
+    return flask.Response(ticks(), mimetype="text/event-stream", headers={"Cache-Control": "no-cache"})
+
+
 def stream_seconds(request_args) -> int:
     """How long a /bench/stream response lasts: ``?seconds=`` clamped to [0, MAX_STREAM_SECONDS]."""
     try:
@@ -104,9 +122,7 @@ def serve_cortex(args) -> int:
 
     import secrets
     import signal
-    import time
 
-    import flask
     import gevent
     from gevent.event import Event
 
@@ -135,20 +151,8 @@ def serve_cortex(args) -> int:
             create_api_key(user.tenant_id, user.id, f"bench key {number:02d}", ["sessions:read"], None, None)
     token = security.issue_access_token(user.id, user.tenant_id)
 
-    def bench_stream():
-        """Bench-only long-lived response: one SSE comment per second for ``?seconds=``."""
-        seconds = stream_seconds(flask.request.args)
-
-        def ticks():
-            end = time.monotonic() + seconds
-            yield TICK
-            while time.monotonic() < end:
-                time.sleep(1)  # gevent's sleep: this greenlet only
-                yield TICK
-
-        return flask.Response(ticks(), mimetype="text/event-stream", headers={"Cache-Control": "no-cache"})
-
-    app.add_url_rule("/bench/stream", "bench_stream", view_func=bench_stream)
+    # time.sleep is gevent's here (patched first): each stream costs one greenlet.
+    app.add_url_rule("/bench/stream", "bench_stream", view_func=bench_stream_view)
 
     server = make_server(app, HOST, 0)
     server.start()
@@ -179,10 +183,8 @@ def serve_connexion(args) -> int:
     pin_to_cpu(args.cpu)
     raise_fd_limit()
     import socket
-    import time
 
     import connexion
-    import flask
     import uvicorn
     from connexion.resolver import Resolver
 
@@ -192,20 +194,8 @@ def serve_connexion(args) -> int:
     cx_app = connexion.FlaskApp(__name__)
     cx_app.add_api(SPEC_PATH, resolver=Resolver(function_resolver=lambda _operation_id: handler))
 
-    def bench_stream():
-        """Bench-only long-lived response: it holds one of a2wsgi's worker threads while it lasts."""
-        seconds = stream_seconds(flask.request.args)
-
-        def ticks():
-            end = time.monotonic() + seconds
-            yield TICK
-            while time.monotonic() < end:
-                time.sleep(1)
-                yield TICK
-
-        return flask.Response(ticks(), mimetype="text/event-stream", headers={"Cache-Control": "no-cache"})
-
-    cx_app.app.add_url_rule("/bench/stream", "bench_stream", view_func=bench_stream)
+    # time.sleep blocks one of a2wsgi's worker threads for the life of each stream.
+    cx_app.app.add_url_rule("/bench/stream", "bench_stream", view_func=bench_stream_view)
 
     with socket.socket() as probe:  # a free port (the parent waits until uvicorn answers on it)
         probe.bind((HOST, 0))
