@@ -33,6 +33,10 @@ class Settings:
     log_level: str = "INFO"
     identity_provider: str = "embedded"
     max_body_bytes: int = 1024 * 1024
+    smtp_url: str | None = None
+    mail_from: str = "cortex@localhost"
+    rooms_api_url: str = "https://rooms.4players.io/api"
+    token_provider_timeout: float = 10.0
     extra: dict = field(default_factory=dict)
 
     @classmethod
@@ -56,6 +60,10 @@ class Settings:
             log_level=env.get("CORTEX_LOG_LEVEL", "INFO"),
             identity_provider=env.get("CORTEX_IDENTITY_PROVIDER", "embedded"),
             max_body_bytes=int(env.get("CORTEX_MAX_BODY_BYTES", 1024 * 1024)),
+            smtp_url=env.get("CORTEX_SMTP_URL") or None,
+            mail_from=env.get("CORTEX_MAIL_FROM", "cortex@localhost"),
+            rooms_api_url=(env.get("CORTEX_ROOMS_API_URL") or "https://rooms.4players.io/api").rstrip("/"),
+            token_provider_timeout=float(env.get("CORTEX_TOKEN_PROVIDER_TIMEOUT", 10)),
         )
         if env.get("CORTEX_SPEC_PATH"):
             values["spec_path"] = Path(env["CORTEX_SPEC_PATH"])
