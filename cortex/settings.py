@@ -35,7 +35,7 @@ class Settings:
     max_body_bytes: int = 1024 * 1024
     smtp_url: str | None = None
     mail_from: str = "cortex@localhost"
-    rooms_api_url: str = "https://rooms.4players.io/api"
+    rooms_api_url: str | None = None
     token_provider_timeout: float = 10.0
     extra: dict = field(default_factory=dict)
 
@@ -62,7 +62,7 @@ class Settings:
             max_body_bytes=int(env.get("CORTEX_MAX_BODY_BYTES", 1024 * 1024)),
             smtp_url=env.get("CORTEX_SMTP_URL") or None,
             mail_from=env.get("CORTEX_MAIL_FROM", "cortex@localhost"),
-            rooms_api_url=(env.get("CORTEX_ROOMS_API_URL") or "https://rooms.4players.io/api").rstrip("/"),
+            rooms_api_url=(env.get("CORTEX_ROOMS_API_URL") or "").rstrip("/") or None,
             token_provider_timeout=float(env.get("CORTEX_TOKEN_PROVIDER_TIMEOUT", 10)),
         )
         if env.get("CORTEX_SPEC_PATH"):

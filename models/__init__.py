@@ -1,6 +1,9 @@
 """Peewee models and the domain rules that belong to them (usable without HTTP)."""
 
-from models import identity
+from playhouse.migrate import SchemaMigrator, migrate
+
+from models import identity, settings, voice
+from models.base import UTCDateTimeField
 
 
 def _v1_identity(database):
@@ -8,7 +11,24 @@ def _v1_identity(database):
     database.create_tables(identity.MODELS, safe=True)
 
 
+def add_column_if_missing(database, table: str, column: str, field) -> None:
+    """Add a column unless the table already has it.
+
+    Migrations create their new tables from the current models (``create_tables(safe=True)``), so a fresh
+    database already has columns that later migrations add to older tables: every added column is guarded.
+    """
+    if column not in {c.name for c in database.get_columns(table)}:
+        migrate(SchemaMigrator.from_database(database).add_column(table, column, field))
+
+
+def _v2_projects_settings_voice(database):
+    """Project update time, app settings, secret cache, voice activation and ODIN access keys."""
+    add_column_if_missing(database, "project", "updated_at", UTCDateTimeField(null=True))
+    database.create_tables(settings.MODELS + voice.MODELS, safe=True)
+
+
 #: Versioned migrations: (version, name, function(database)). Append only; never edit an applied one.
 MIGRATIONS = [
     (1, "identity and projects", _v1_identity),
+    (2, "project settings and voice", _v2_projects_settings_voice),
 ]

@@ -45,7 +45,8 @@ class Project(BaseModel):
     type = pw.CharField(max_length=32, default="sdk")
     description = pw.TextField(null=True)
     domain = pw.CharField(max_length=253, null=True)
-    secret_encrypted = pw.TextField()
+    secret_encrypted = pw.TextField(null=True)  # the project registry's secret; None: project has none
+    updated_at = UTCDateTimeField(null=True)
 
 
 class ProjectMember(BaseModel):

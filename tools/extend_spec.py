@@ -129,7 +129,7 @@ def scope_for(method: str, operation: dict) -> str | None:
 
 def role_for(method: str, path: str, operation: dict) -> str | None:
     """Minimum project role, for operations addressed by a project id."""
-    if "{projectId}" not in path:
+    if "{projectId}" not in path or not operation.get("security"):
         return None
     if operation["operationId"] in ROLE_OVERRIDES:
         return ROLE_OVERRIDES[operation["operationId"]]
