@@ -15,6 +15,7 @@ from werkzeug.exceptions import HTTPException, MethodNotAllowed
 from cortex import crypto, security
 from cortex.db import init_database
 from cortex.identity import IdentityProvider, make_identity_provider
+from cortex.mail import Mailer
 from cortex.problems import problem_response, render_problem
 from cortex.routing import CortexApi, DocumentedPaths, HandlerResolver
 from cortex.settings import Settings
@@ -38,6 +39,7 @@ class Runtime:
     spec_bytes: bytes
     identity: IdentityProvider
     paths: DocumentedPaths
+    mailer: Mailer
 
 
 def runtime() -> Runtime:
@@ -53,6 +55,11 @@ def current_spec() -> dict:
 def current_settings() -> Settings:
     """The running app's settings."""
     return runtime().settings
+
+
+def mailer() -> Mailer:
+    """The one mailer every feature sends through."""
+    return runtime().mailer
 
 
 def identity_provider() -> IdentityProvider:
@@ -82,13 +89,16 @@ def create_app(settings: Settings | None = None) -> flask.Flask:
     spec_bytes = settings.spec_path.read_bytes()
     raw_spec = json.loads(spec_bytes)
     app = flask.Flask("cortex")
-    app.config.update(MAX_CONTENT_LENGTH=settings.max_body_bytes, JSON_SORT_KEYS=False)
+    # Body size is enforced by the gate (cortex.routing.read_body), which also catches chunked bodies:
+    # werkzeug's MAX_CONTENT_LENGTH silently truncates those.
+    app.config.update(JSON_SORT_KEYS=False)
     app.extensions["cortex"] = Runtime(
         settings=settings,
         spec=raw_spec,
         spec_bytes=spec_bytes,
         identity=make_identity_provider(settings.identity_provider, settings.fusion_session_ttl),
         paths=DocumentedPaths(raw_spec),
+        mailer=Mailer.from_settings(settings.smtp_url, settings.mail_from, settings.data_dir),
     )
     api = CortexApi(load_specification(spec_bytes), base_path="", resolver=HandlerResolver())
     app.register_blueprint(api.blueprint)

@@ -43,17 +43,36 @@ def decrypt(token: str) -> str:
         raise RuntimeError("stored secret cannot be decrypted with the configured secret key") from exc
 
 
+def _off_the_event_loop(function, *args):
+    """Run CPU-heavy work (Argon2: tens of ms, GIL released) in gevent's thread pool when serving.
+
+    Under ``cortex serve`` every request shares one event loop; an Argon2 computation there would stall all
+    other connections. Outside gevent (CLI, tests) it simply runs inline.
+    """
+    try:
+        from gevent import get_hub, monkey
+    except ImportError:  # pragma: no cover - gevent is a dependency
+        return function(*args)
+    if not monkey.is_module_patched("threading"):
+        return function(*args)
+    return get_hub().threadpool.apply(function, args)
+
+
 def hash_password(password: str) -> str:
     """Argon2id hash of a password."""
-    return _hasher.hash(password)
+    return _off_the_event_loop(_hasher.hash, password)
 
 
-def verify_password(password_hash: str, password: str) -> bool:
-    """Check a password against its Argon2id hash."""
+def _verify(password_hash: str, password: str) -> bool:
     try:
         return _hasher.verify(password_hash, password)
     except (VerificationError, InvalidHashError):
         return False
+
+
+def verify_password(password_hash: str, password: str) -> bool:
+    """Check a password against its Argon2id hash."""
+    return _off_the_event_loop(_verify, password_hash, password)
 
 
 # A valid hash to verify against when the user does not exist, so timing does not reveal emails.

@@ -43,7 +43,7 @@ def make_database(url: str, pool_size: int = 32) -> pw.Database:
         path = unquote(url[len("sqlite:///") :].split("?", 1)[0])
         return PooledSqliteDatabase(
             path or ":memory:", pragmas=SQLITE_PRAGMAS, max_connections=pool_size, stale_timeout=300,
-            check_same_thread=False,
+            timeout=10, check_same_thread=False,  # wait up to 10 s for a free pooled connection
         )
     if parsed.scheme in ("postgres", "postgresql"):
         return CortexPostgresqlDatabase(

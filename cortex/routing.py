@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import importlib
 import inspect
-import json
 import re
 from dataclasses import dataclass
 
@@ -243,10 +242,12 @@ class OperationGate:
         for pattern in self.shadows:  # the URL is a more concrete resource without this method
             if pattern.match(request.path):
                 flask.abort(405)
+        # The body is read before any database work: a slow client must not hold a pooled connection.
+        raw = read_body(request) if self.body_validator is not None else None
         principal = security.authenticate(request, self.schemes, self.scope) if self.schemes else None
         kwargs = self._parameters(request, view_args)
         if self.body_validator is not None:
-            body = self._body(request)
+            body = self._body(request, raw)
             if self.wants("body"):
                 kwargs["body"] = body
         if principal is not None and self.wants("principal"):
@@ -293,9 +294,8 @@ class OperationGate:
             kwargs[parameter.argument] = value
         return kwargs
 
-    def _body(self, request):
+    def _body(self, request, raw: bytes):
         """Parse and validate the JSON request body."""
-        raw = request.get_data(cache=True)
         if not raw:
             if self.body_required:
                 raise ApiProblem(400, "Request body is required")
@@ -304,8 +304,8 @@ class OperationGate:
         if mimetype != JSON_MIMETYPE and not mimetype.endswith("+json"):
             raise ApiProblem(415, f"Request body must be {JSON_MIMETYPE}, not {mimetype or 'untyped'}")
         try:
-            body = json.loads(raw)
-        except (ValueError, UnicodeDecodeError) as exc:
+            body = orjson.loads(raw)  # strict: no lone surrogates, NaN or nesting deeper than 1024
+        except ValueError as exc:
             raise ApiProblem(400, f"Request body is not valid JSON: {exc}") from None
         if (b"\\u0000" in raw or b"\x00" in raw) and _contains_nul(body):
             raise ApiProblem(400, "Request body: strings must not contain NUL characters (\\u0000)")
@@ -318,13 +318,30 @@ class OperationGate:
 
 def _contains_nul(value) -> bool:
     """Does any string (or key) in a JSON document contain U+0000? PostgreSQL cannot store it."""
-    if isinstance(value, str):
-        return "\x00" in value
-    if isinstance(value, dict):
-        return any(_contains_nul(k) or _contains_nul(v) for k, v in value.items())
-    if isinstance(value, list):
-        return any(_contains_nul(v) for v in value)
+    pending = [value]
+    while pending:  # iterative: documents may nest up to orjson's limit
+        item = pending.pop()
+        if isinstance(item, str):
+            if "\x00" in item:
+                return True
+        elif isinstance(item, dict):
+            pending.extend(item.keys())
+            pending.extend(item.values())
+        elif isinstance(item, list):
+            pending.extend(item)
     return False
+
+
+def read_body(request) -> bytes:
+    """The raw request body, at most ``max_body_bytes`` (413 beyond, chunked bodies included)."""
+    limit = flask.current_app.extensions["cortex"].settings.max_body_bytes
+    length = request.content_length
+    if length is not None and length > limit:
+        raise ApiProblem(413, f"Request body is larger than {limit} bytes")
+    data = request.stream.read(limit + 1)
+    if len(data) > limit:
+        raise ApiProblem(413, f"Request body is larger than {limit} bytes")
+    return data
 
 
 def render(result) -> flask.Response:

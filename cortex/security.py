@@ -100,7 +100,9 @@ def authenticate(request, schemes: list[str], scope: str | None) -> Principal:
     authorization = request.headers.get("Authorization", "") if "bearer" in schemes else ""
     if api_key:
         principal = _from_api_key(api_key)
-        if scope and scope not in principal.scopes:
+        if not scope:  # fail closed: an operation that names no scope takes no API key
+            raise forbidden("This operation declares no API-key scope; use a bearer token")
+        if scope not in principal.scopes:
             raise forbidden(f"API key lacks the scope '{scope}' required by this operation")
         return principal
     if authorization:
@@ -118,18 +120,20 @@ def role_at_least(role: str, minimum: str | None) -> bool:
 
 
 def resolve_project(principal: Principal, project_ref: str, minimum_role: str | None = None) -> Project:
-    """The project (by id or appId) this principal may use, or 404; 403 when its role is too low."""
-    project = (
-        Project.select()
-        .where(((Project.id == project_ref) | (Project.app_id == project_ref)), Project.tenant == principal.tenant_id)
-        .first()
-    )
+    """The project (by id or appId) this principal may use, or 404; 403 when its role is too low.
+
+    Access is membership: a user reaches the projects they are an active member of (their own tenant's or,
+    once invited, another's). An API key acts for the user who created it: it reaches that user's projects in
+    the key's tenant (only its bound project, if it has one), with that user's role, further limited by its
+    scopes. Removing a member ends their access, and their keys', on the very next request.
+    """
+    project = Project.select().where((Project.id == project_ref) | (Project.app_id == project_ref)).first()
     if project is None:
         raise not_found(f"Project {project_ref}")
-    if principal.kind == "api_key":
-        if principal.project_id and principal.project_id != project.id:
-            raise not_found(f"Project {project_ref}")
-        return project  # API keys are limited by scopes, not roles
+    if principal.kind == "api_key" and (
+        project.tenant_id != principal.tenant_id or (principal.project_id and principal.project_id != project.id)
+    ):
+        raise not_found(f"Project {project_ref}")
     member = (
         ProjectMember.select(ProjectMember.role)
         .where(
@@ -138,6 +142,8 @@ def resolve_project(principal: Principal, project_ref: str, minimum_role: str | 
             ProjectMember.status == "active",
         )
         .first()
+        if principal.user_id
+        else None
     )
     if member is None:
         raise not_found(f"Project {project_ref}")

@@ -31,10 +31,10 @@ def get_scopes():
 
 
 def list_keys(principal):
-    """GET /api/api-keys: the tenant's live keys (never the secret)."""
+    """GET /api/api-keys: the caller's live keys (never the secret)."""
     return [
         _api_key_body(i, n, p, split_names(s), pid, rfc3339_raw(used), rfc3339_raw(exp), rfc3339_raw(created))
-        for i, n, p, s, pid, used, exp, created in LIVE_API_KEY_ROWS.rows(tenant=principal.tenant_id)
+        for i, n, p, s, pid, used, exp, created in LIVE_API_KEY_ROWS.rows(tenant=principal.tenant_id, owner=principal.user_id)
     ]
 
 
@@ -50,10 +50,10 @@ def create_key(principal, body):
     if not body["scopes"]:
         raise bad_request("scopes must name at least one scope")
     project_id = None
-    if body.get("projectId"):
+    if "projectId" in body:
         project_id = resolve_project(principal, body["projectId"]).id  # 404 unless the caller's project
     expires_at = None
-    if body.get("expiresAt"):
+    if "expiresAt" in body:
         try:
             expires_at = parse_timestamp(body["expiresAt"])
         except ValueError:
@@ -66,7 +66,7 @@ def create_key(principal, body):
 
 def revoke_key(principal, id_):
     """DELETE /api/api-keys/{id}: revoke at once."""
-    row = revoke_api_key(principal.tenant_id, id_)
+    row = revoke_api_key(principal.tenant_id, principal.user_id, id_)
     if row is None:
         raise ApiProblem(404, f"API key {id_} not found")
     return _serialize_api_key(row)

@@ -4,6 +4,7 @@ from cortex import security
 from cortex.app import identity_provider
 from cortex.problems import ApiProblem
 from models.identity import User
+from models.projects import activate_invitations
 
 
 def login_with_credentials(body):
@@ -11,6 +12,7 @@ def login_with_credentials(body):
     user = identity_provider().authenticate(body["email"], body["password"])
     if user is None:
         raise ApiProblem(401, "Wrong email or password", headers={"WWW-Authenticate": 'Bearer realm="cortex"'})
+    activate_invitations(user)
     session_id = identity_provider().open_session(user)
     return {"accessToken": security.issue_access_token(user.id, user.tenant_id), "sessionId": session_id}, 201
 
@@ -22,6 +24,7 @@ def login(body):
         raise ApiProblem(
             401, "Fusion session is unknown, expired or revoked", headers={"WWW-Authenticate": 'Bearer realm="cortex"'}
         )
+    activate_invitations(user)
     return {"accessToken": security.issue_access_token(user.id, user.tenant_id)}, 201
 
 

@@ -93,8 +93,10 @@ def parse_timestamp(text: str) -> datetime:
     text = text.strip()
     if text.endswith(("Z", "z")):
         text = text[:-1] + "+00:00"
-    value = datetime.fromisoformat(text)
-    return as_utc(value)
+    try:
+        return as_utc(datetime.fromisoformat(text))
+    except OverflowError:  # e.g. 9999-12-31T23:59:59-01:00 is past datetime.max in UTC
+        raise ValueError(f"{text!r} is out of range") from None
 
 
 class UTCDateTimeField(pw.DateTimeField):

@@ -68,7 +68,7 @@ class ApiKey(BaseModel):
     tenant = pw.ForeignKeyField(Tenant, backref="api_keys", on_delete="CASCADE")
     created_by = pw.ForeignKeyField(User, null=True, on_delete="SET NULL")
     project = pw.ForeignKeyField(Project, null=True, on_delete="CASCADE")
-    name = pw.CharField(max_length=200)
+    name = pw.TextField()
     key_prefix = pw.CharField(max_length=32)
     key_hash = pw.CharField(max_length=64, unique=True)
     scopes = NameListField()
@@ -112,6 +112,7 @@ def create_user(email: str, password: str, name: str | None = None, tenant_id: s
         raise IdentityError("invalid", f"email {email!r} is not an email address")
     if len(password) < 6:
         raise IdentityError("invalid", "password must be at least 6 characters")
+    password_hash = crypto.hash_password(password)  # slow on purpose: not inside the write transaction
     with transaction():
         if User.select().where(User.email == email).exists():
             raise IdentityError("conflict", f"a user with email {email} already exists")
@@ -122,7 +123,7 @@ def create_user(email: str, password: str, name: str | None = None, tenant_id: s
         else:
             tenant = Tenant.create(name=name or email)
         return User.create(
-            tenant=tenant, email=email, name=name or email.split("@")[0], password_hash=crypto.hash_password(password)
+            tenant=tenant, email=email, name=name or email.split("@")[0], password_hash=password_hash
         )
 
 
@@ -218,11 +219,11 @@ def create_api_key(
     return row, key
 
 
-def live_api_keys(tenant_id: str):
-    """The tenant's unrevoked keys, newest first."""
+def live_api_keys(tenant_id: str, owner_id: str):
+    """The unrevoked keys a user created in a tenant, newest first (keys act for their creator)."""
     return (
         ApiKey.select()
-        .where(ApiKey.tenant == tenant_id, ApiKey.revoked_at.is_null())
+        .where(ApiKey.tenant == tenant_id, ApiKey.created_by == owner_id, ApiKey.revoked_at.is_null())
         .order_by(ApiKey.created_at.desc(), ApiKey.id)
     )
 
@@ -230,17 +231,17 @@ def live_api_keys(tenant_id: str):
 #: Columns of the API-key listing, in this order: id, name, key_prefix, scopes, project_id, last_used_at,
 #: expires_at, created_at (raw values: see models.base.Prepared).
 LIVE_API_KEY_ROWS = Prepared(
-    lambda tenant: live_api_keys(tenant).select(
+    lambda tenant, owner: live_api_keys(tenant, owner).select(
         ApiKey.id, ApiKey.name, ApiKey.key_prefix, ApiKey.scopes, ApiKey.project,
         ApiKey.last_used_at, ApiKey.expires_at, ApiKey.created_at,
     )
 )
 
 
-def revoke_api_key(tenant_id: str, key_id: str) -> ApiKey | None:
-    """Revoke a live key of the tenant at once; None when there is no such live key."""
+def revoke_api_key(tenant_id: str, owner_id: str, key_id: str) -> ApiKey | None:
+    """Revoke one of the user's live keys at once; None when there is no such live key."""
     with transaction():
-        row = live_api_keys(tenant_id).where(ApiKey.id == key_id).first()
+        row = live_api_keys(tenant_id, owner_id).where(ApiKey.id == key_id).first()
         if row is None:
             return None
         row.revoked_at = utcnow()

@@ -196,6 +196,18 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     original = args.path.read_text()
     spec = extend(json.loads(original))
+    unscoped = [
+        op["operationId"]
+        for item in spec["paths"].values()
+        for method, op in item.items()
+        if method in METHODS
+        and any("api-key" in r for r in op.get("security") or [])
+        and not op.get("x-cortex-scope")
+    ]
+    if unscoped:
+        print(f"operations accept API keys but name no x-cortex-scope (add the tag to SCOPE_FAMILIES): {unscoped}",
+              file=sys.stderr)
+        return 1
     text = json.dumps(spec, indent=2, ensure_ascii=False) + "\n"
     if args.check:
         if text != original:

@@ -137,3 +137,26 @@ def test_last_used_at_is_recorded_without_a_write_per_request(client, owner, api
     assert ApiKey.select().first().last_used_at == first  # within the touch interval: no new write
     listed = client.get("/api/api-keys", headers=owner.headers).get_json()
     assert listed[0]["lastUsedAt"] == rfc3339(first)
+
+
+def test_keys_act_for_their_creator(client, owner, add_member):
+    """A key reaches only its creator's projects with the creator's role; others' keys are invisible."""
+    developer = add_member("developer")
+    body = create(client, developer, scopes=["settings:read", "voice:write"]).get_json()
+    headers = {"X-API-Key": body["key"]}
+    project = owner.project.id
+    secret = client.get(f"/api/projects/{project}/settings/secret", headers=headers)
+    assert secret.status_code == 403  # the developer's role, not more
+    assert client.get("/api/api-keys", headers=owner.headers).get_json() == []  # not the owner's key
+    assert client.delete(f"/api/api-keys/{body['id']}", headers=owner.headers).status_code == 404
+    from models.identity import ProjectMember
+
+    ProjectMember.update(status="revoked").where(ProjectMember.user == developer.user.id).execute()
+    assert client.put(f"/api/projects/{project}/voice/peer-limit", json={"peerLimit": 3},
+                      headers=headers).status_code == 404  # removed member: the key loses the project too
+
+
+@pytest.mark.parametrize("body", [{"projectId": ""}, {"expiresAt": ""}, {"expiresAt": "9999-12-31T23:59:59-01:00"}])
+def test_empty_or_out_of_range_values_are_rejected(client, owner, body):
+    assert create(client, owner, **body).status_code in (400, 404)
+    assert client.get("/api/api-keys", headers=owner.headers).get_json() == []

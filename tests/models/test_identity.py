@@ -182,7 +182,7 @@ def test_revoked_or_expired_api_key_is_not_found_by_secret(app, user):
         user.tenant_id, user.id, "expired", ["a:read"], None, utcnow() - timedelta(seconds=1)
     )
     live, live_key = create_api_key(user.tenant_id, user.id, "live", ["a:read"], None, utcnow() + timedelta(days=1))
-    assert revoke_api_key(user.tenant_id, revoked.id).revoked_at is not None
+    assert revoke_api_key(user.tenant_id, user.id, revoked.id).revoked_at is not None
     assert api_key_by_secret(revoked_key) is None
     assert api_key_by_secret(expired_key) is None
     assert api_key_by_secret(live_key).id == live.id
@@ -191,11 +191,11 @@ def test_revoked_or_expired_api_key_is_not_found_by_secret(app, user):
 def test_revoke_api_key_of_another_tenant_is_none(app, user):
     row, key = create_api_key(user.tenant_id, user.id, "mine", ["a:read"], None, None)
     outsider = create_user("outsider@example.org", PASSWORD)
-    assert revoke_api_key(outsider.tenant_id, row.id) is None
+    assert revoke_api_key(outsider.tenant_id, outsider.id, row.id) is None
     assert ApiKey.get_by_id(row.id).revoked_at is None and api_key_by_secret(key).id == row.id
-    assert revoke_api_key(user.tenant_id, row.id).id == row.id
-    assert revoke_api_key(user.tenant_id, row.id) is None  # no longer live
-    assert revoke_api_key(user.tenant_id, "no-such-key") is None
+    assert revoke_api_key(user.tenant_id, user.id, row.id).id == row.id
+    assert revoke_api_key(user.tenant_id, user.id, row.id) is None  # no longer live
+    assert revoke_api_key(user.tenant_id, user.id, "no-such-key") is None
 
 
 # ------------------------------------------------------------------------------------ Prepared, timestamps
@@ -207,14 +207,14 @@ def test_prepared_listing_matches_the_peewee_query(app, user):
     create_api_key(user.tenant_id, user.id, "one", ["a:read"], None, None)
     create_api_key(user.tenant_id, user.id, "two", ["a:read", "b:write"], project.id, parse_timestamp("2030-01-02T03:04:05.678Z"))
     gone, _ = create_api_key(user.tenant_id, user.id, "gone", ["a:read"], None, None)
-    revoke_api_key(user.tenant_id, gone.id)
+    revoke_api_key(user.tenant_id, user.id, gone.id)
     create_api_key(outsider.tenant_id, outsider.id, "theirs", ["a:read"], None, None)
 
     columns = (ApiKey.id, ApiKey.name, ApiKey.key_prefix, ApiKey.scopes, ApiKey.project,
                ApiKey.last_used_at, ApiKey.expires_at, ApiKey.created_at)
-    for tenant in (user.tenant_id, outsider.tenant_id, "nobody"):
-        raw = LIVE_API_KEY_ROWS.rows(tenant=tenant)  # second and third calls reuse the compiled SQL
-        expected = list(live_api_keys(tenant).select(*columns).tuples())
+    for tenant, owner in ((user.tenant_id, user.id), (outsider.tenant_id, outsider.id), ("nobody", user.id)):
+        raw = LIVE_API_KEY_ROWS.rows(tenant=tenant, owner=owner)  # later calls reuse the compiled SQL
+        expected = list(live_api_keys(tenant, owner).select(*columns).tuples())
         assert len(raw) == len(expected)
         decoded = [
             (i, n, p, split_names(s), pid, rfc3339_raw(used), rfc3339_raw(exp), rfc3339_raw(created))
@@ -224,7 +224,7 @@ def test_prepared_listing_matches_the_peewee_query(app, user):
             (i, n, p, s, pid, rfc3339(used), rfc3339(exp), rfc3339(created))
             for i, n, p, s, pid, used, exp, created in expected
         ]
-    rows = {row[1]: row for row in LIVE_API_KEY_ROWS.rows(tenant=user.tenant_id)}
+    rows = {row[1]: row for row in LIVE_API_KEY_ROWS.rows(tenant=user.tenant_id, owner=user.id)}
     assert sorted(rows) == ["one", "two"]
     assert rows["two"][4] == project.id and rfc3339_raw(rows["two"][6]) == "2030-01-02T03:04:05.678Z"
 
@@ -269,5 +269,5 @@ def test_timestamps_round_trip_through_the_database(app, user):
     text = "2030-01-02T03:04:05.678Z"
     row, _key = create_api_key(user.tenant_id, user.id, "dated", ["a:read"], None, parse_timestamp(text))
     assert rfc3339(ApiKey.get_by_id(row.id).expires_at) == text
-    raw = next(r for r in LIVE_API_KEY_ROWS.rows(tenant=user.tenant_id) if r[0] == row.id)
+    raw = next(r for r in LIVE_API_KEY_ROWS.rows(tenant=user.tenant_id, owner=user.id) if r[0] == row.id)
     assert rfc3339_raw(raw[6]) == text
