@@ -28,3 +28,166 @@ class OdinAccessKey(BaseModel):
 
 
 MODELS = [VoiceConfig, OdinAccessKey]
+
+
+# ---------------------------------------------------------------- domain operations
+from dataclasses import dataclass  # noqa: E402
+from datetime import datetime, timedelta  # noqa: E402
+
+from cortex import odin  # noqa: E402
+from models.base import transaction  # noqa: E402
+
+#: Largest peer limit (the column is a 32-bit integer on PostgreSQL).
+MAX_PEER_LIMIT = 2**31 - 1
+MAX_NAME_LENGTH = 255
+_TICK = timedelta(milliseconds=1)  # the precision both databases keep
+KEEP = ...  # edit_access_key: leave the description as it is
+
+
+class VoiceError(Exception):
+    """A voice rule was broken; ``kind`` is ``invalid``, ``conflict`` or ``not_found`` (the caller maps it)."""
+
+    def __init__(self, kind: str, detail: str):
+        super().__init__(detail)
+        self.kind = kind
+        self.detail = detail
+
+
+@dataclass(frozen=True)
+class VoiceStatus:
+    """The voice state of a project: activation, peer limit (0 = unlimited), number of access keys."""
+
+    activated: bool
+    peer_limit: int
+    access_keys_count: int
+
+
+def _not_activated() -> VoiceError:
+    return VoiceError("conflict", "Voice is not activated for this project; POST …/voice/activate first")
+
+
+def _later_than(previous: datetime | None) -> datetime:
+    """Now, but strictly after ``previous`` (keeps creation order and update bumps visible at ms precision)."""
+    now = utcnow()
+    return now if previous is None or now > previous else previous + _TICK
+
+
+def voice_status(project: Project) -> VoiceStatus:
+    """The project's voice state; before activation: not activated, peer limit 0, no keys."""
+    config = VoiceConfig.get_or_none(VoiceConfig.project == project.id)
+    count = OdinAccessKey.select().where(OdinAccessKey.project == project.id).count()
+    if config is None:
+        return VoiceStatus(activated=False, peer_limit=0, access_keys_count=count)
+    return VoiceStatus(activated=True, peer_limit=config.peer_limit, access_keys_count=count)
+
+
+def activate_voice(project: Project) -> VoiceStatus:
+    """Activate voice for the project; idempotent (an active project keeps its settings, no second row)."""
+    with transaction():
+        VoiceConfig.insert(project=project.id, peer_limit=0).on_conflict_ignore().execute()
+        return voice_status(project)
+
+
+def check_peer_limit(value) -> int:
+    """A peer limit as an int: a whole number from 0 (unlimited) to MAX_PEER_LIMIT, else VoiceError."""
+    whole = isinstance(value, int | float) and not isinstance(value, bool) and float(value).is_integer()
+    if not whole or not 0 <= value <= MAX_PEER_LIMIT:
+        raise VoiceError("invalid", f"peerLimit must be a whole number from 0 (unlimited) to {MAX_PEER_LIMIT}, not {value!r}")
+    return int(value)
+
+
+def set_peer_limit(project: Project, value) -> VoiceStatus:
+    """Set the maximum number of concurrent peers (0 = unlimited); conflict before activation."""
+    peer_limit = check_peer_limit(value)
+    with transaction():
+        updated = (
+            VoiceConfig.update(peer_limit=peer_limit, updated_at=utcnow())
+            .where(VoiceConfig.project == project.id)
+            .execute()
+        )
+        if not updated:
+            raise _not_activated()
+        return voice_status(project)
+
+
+def _check_name(name: str) -> str:
+    """An access-key name: not blank, at most MAX_NAME_LENGTH characters (stripped)."""
+    name = name.strip()
+    if not name:
+        raise VoiceError("invalid", "name must not be empty")
+    if len(name) > MAX_NAME_LENGTH:
+        raise VoiceError("invalid", f"name must be at most {MAX_NAME_LENGTH} characters, not {len(name)}")
+    return name
+
+
+def _clean_description(description: str | None) -> str | None:
+    """An empty or blank description means none."""
+    return (description or "").strip() or None
+
+
+def access_keys(project: Project):
+    """The project's access keys (public halves), oldest first."""
+    return (
+        OdinAccessKey.select()
+        .where(OdinAccessKey.project == project.id)
+        .order_by(OdinAccessKey.created_at, OdinAccessKey.id)
+    )
+
+
+def create_access_key(project: Project, name: str, description: str | None = None) -> tuple[OdinAccessKey, str]:
+    """Generate an ODIN access key; returns the row (public key and key id only) and the key, shown once."""
+    name, description = _check_name(name), _clean_description(description)
+    with transaction():
+        if not VoiceConfig.select().where(VoiceConfig.project == project.id).exists():
+            raise _not_activated()
+        newest = access_keys(project).order_by(OdinAccessKey.created_at.desc()).first()
+        created = _later_than(newest.created_at if newest else None)
+        access_key = odin.generate_access_key()
+        pub_key = odin.public_key_b64(access_key)
+        row = OdinAccessKey.create(
+            project=project.id,
+            name=name,
+            description=description,
+            pub_key=pub_key,
+            key_id=odin.key_id_from_pub_key(pub_key),
+            created_at=created,
+            updated_at=created,
+        )
+    return row, access_key
+
+
+def _key_of(project: Project, access_key_id: str) -> OdinAccessKey:
+    """The project's access key with this id, or VoiceError not_found (also for another project's key)."""
+    row = access_keys(project).where(OdinAccessKey.id == access_key_id).first()
+    if row is None:
+        raise VoiceError("not_found", f"Access key {access_key_id} not found")
+    return row
+
+
+def edit_access_key(project: Project, access_key_id: str, name: str, description=KEEP) -> OdinAccessKey:
+    """Rename an access key and, unless ``description`` is KEEP, replace its description (blank clears it)."""
+    name = _check_name(name)
+    with transaction():
+        row = _key_of(project, access_key_id)
+        row.name = name
+        if description is not KEEP:
+            row.description = _clean_description(description)
+        row.updated_at = _later_than(row.updated_at)
+        row.save(only=[OdinAccessKey.name, OdinAccessKey.description, OdinAccessKey.updated_at])
+    return row
+
+
+def delete_access_key(project: Project, access_key_id: str) -> OdinAccessKey:
+    """Permanently delete an access key of the project; returns the deleted row."""
+    with transaction():
+        row = _key_of(project, access_key_id)
+        row.delete_instance()
+    return row
+
+
+def public_keys(project_ref: str) -> list[str] | None:
+    """The ``pubKey`` of each access key of the project with this id or appId (oldest first); None: no project."""
+    project = Project.select(Project.id).where((Project.id == project_ref) | (Project.app_id == project_ref)).first()
+    if project is None:
+        return None
+    return [row.pub_key for row in access_keys(project).select(OdinAccessKey.pub_key)]

@@ -11,14 +11,18 @@ from __future__ import annotations
 
 import json
 import os
+import threading
+from dataclasses import replace
 from datetime import timedelta
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import hypothesis
 import pytest
 import schemathesis
 from schemathesis.config import SchemathesisConfig
 
-from cortex import ROOT
+from cortex import ROOT, odin
+from cortex.crypto import encrypt
 from cortex.routing import operation_statuses
 from models.base import rfc3339, utcnow
 
@@ -44,50 +48,208 @@ def contract_config(auth: dict) -> SchemathesisConfig:
             },
             "checks": {"enabled": True},
             "auth": {"openapi": auth},
+            "parameters": {"path.projectId": _state["owner"].project.id},
+            "operations": [
+                {
+                    # Provider rules (webservice needs webserviceConfig, an access key needs a valid checksum, manual
+                    # e2e needs a password) are conditional on other fields: the document cannot state them
+                    # without narrowing upstream types, and the examples and coverage phases combine fields
+                    # freely (they bypass map_case). For exactly these two operations a 400 naming the rule is
+                    # an expected answer to a schema-valid body; every other check stays on.
+                    "include-operation-id": ["upsertAppSettings", "patchAppSettings"],
+                    "checks": {
+                        "positive_data_acceptance": {
+                            "expected-statuses": ["2xx", "400", "401", "403", "404", "409"],
+                        }
+                    },
+                }
+            ],
             "suppress-health-check": ["too_slow", "filter_too_much", "data_too_large"],
         }
     )
 
 
+class _TokenServices(BaseHTTPRequestHandler):
+    """Local stand-ins for the external token services (Rooms API, a studio's token webservice): the contract
+    tests only ever talk to loopback."""
+
+    def do_POST(self):  # noqa: N802 (http.server naming)
+        self.rfile.read(int(self.headers.get("Content-Length") or 0))
+        self._reply()
+
+    def do_GET(self):  # noqa: N802
+        self._reply()
+
+    def _reply(self):
+        body = json.dumps({"data": {"token": "stub-token", "domain": "rooms.localhost"}}).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args):
+        pass
+
+
 @pytest.fixture
-def bearer_schema(app, owner):
-    """The document loaded from the app; requests carry the owner's bearer token."""
+def token_services(app):
+    """Serve the stand-ins on 127.0.0.1 and point the app's Rooms API URL at them."""
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _TokenServices)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    url = f"http://127.0.0.1:{server.server_port}"
+    runtime = app.extensions["cortex"]
+    original = runtime.settings
+    runtime.settings = replace(original, rooms_api_url=url)
+    _state["token_url"] = f"{url}/token"
+    yield url
+    runtime.settings = original
+    server.shutdown()
+    server.server_close()
+    thread.join(5)
+
+
+def _schema(app, auth: dict, exclude=(), include=None):
+    """The served document restricted to implemented operations, bound to the in-process app.
+
+    The document itself is filtered (not only ``include``d): the stateful phase follows links to any
+    operation of the schema, and operations still answering 501 are not part of the contract yet.
+    """
+    wanted = set(include or [op for op in IMPLEMENTED if op not in exclude])
+    document = json.loads(app.extensions["cortex"].spec_bytes)
+    for path in list(document["paths"]):
+        item = document["paths"][path]
+        for method in [m for m, op in item.items() if isinstance(op, dict) and "operationId" in op]:
+            if item[method]["operationId"] not in wanted:
+                del item[method]
+        if not any(isinstance(op, dict) and "operationId" in op for op in item.values()):
+            del document["paths"][path]
+    schema = schemathesis.openapi.from_dict(document, config=contract_config(auth))
+    schema.app = app
+    schema.location = "/api/openapi.json"
+    return schema
+
+
+#: generateProjectToken needs configured settings (400 otherwise, as documented); it runs in its own test
+#: with the settings arranged, so operations that delete settings cannot interfere.
+SEPARATE = ("generateProjectToken",)
+
+
+@pytest.fixture
+def bearer_schema(app, owner, token_services):
+    """Requests carry the owner's bearer token."""
     _state["owner"] = owner
     token = owner.headers["Authorization"].split(" ", 1)[1]
-    return schemathesis.openapi.from_wsgi(
-        "/api/openapi.json", app, config=contract_config({"bearer": {"bearer": token}})
-    ).include(operation_id=IMPLEMENTED)
+    return _schema(app, {"bearer": {"bearer": token}}, exclude=SEPARATE)
 
 
 @pytest.fixture
-def api_key_schema(app, owner, api_key_headers):
-    """The document loaded from the app; requests carry an API key holding every scope."""
+def api_key_schema(app, owner, api_key_headers, token_services):
+    """Requests carry an API key (created by the owner) holding every scope."""
     _state["owner"] = owner
     key = api_key_headers(list(app.extensions["cortex"].spec["x-cortex-scopes"]))["X-API-Key"]
-    return schemathesis.openapi.from_wsgi(
-        "/api/openapi.json", app, config=contract_config({"api-key": {"api_key": key}})
-    ).include(operation_id=IMPLEMENTED)
+    return _schema(app, {"api-key": {"api_key": key}}, exclude=SEPARATE)
 
 
-with_bearer = schemathesis.pytest.from_fixture("bearer_schema").include(operation_id=IMPLEMENTED)
-with_api_key = schemathesis.pytest.from_fixture("api_key_schema").include(operation_id=IMPLEMENTED)
+@pytest.fixture
+def token_schema(app, owner, token_services):
+    """generateProjectToken on a project whose access-key settings are configured."""
+    _state["owner"] = owner
+    configure_access_key_settings(owner.project)
+    token = owner.headers["Authorization"].split(" ", 1)[1]
+    return _schema(app, {"bearer": {"bearer": token}}, include=list(SEPARATE))
+
+
+with_bearer = schemathesis.pytest.from_fixture("bearer_schema")
+with_api_key = schemathesis.pytest.from_fixture("api_key_schema")
+with_configured_tokens = schemathesis.pytest.from_fixture("token_schema")
+
+
+# ---------------------------------------------------------------------------------------------- fix-ups
+# The document types some fields as plain strings or numbers although the server needs more (a scope name
+# from the catalogue, an email, a well-formed ODIN access key, a whole peer count); narrowing the upstream
+# types is not allowed, and the rules are in the descriptions and the README. Positive cases are mapped to
+# values of that kind so that positive_data_acceptance stays strict; negative cases stay as generated.
+
+
+def _fix_create_key(body):
+    known = list(SPEC["x-cortex-scopes"])
+    body["scopes"] = [known[len(s) % len(known)] for s in body.get("scopes") or []] or [known[0]]
+    body["name"] = (body.get("name") or "").strip() or "generated key"
+    if "expiresAt" in body:
+        body["expiresAt"] = rfc3339(utcnow() + timedelta(days=1))
+    if "projectId" in body and _state.get("owner") is not None:
+        body["projectId"] = _state["owner"].project.id
+
+
+def _fix_invite(body):
+    local = "".join(c for c in str(body.get("email", "")) if c.isalnum())[:20] or "invitee"
+    body["email"] = f"{local}@example.com"
+
+
+def _fix_settings(body):
+    provider = body.get("tokenProviderType")
+    if provider == "access_key" or "accessKeyConfig" in body:
+        body["accessKeyConfig"] = {"accessKey": odin.generate_access_key(), "botUserId": "bot"}
+        body.setdefault("tokenProviderType", "access_key")
+        body.pop("webserviceConfig", None)
+    elif provider == "webservice" or "webserviceConfig" in body:
+        body["webserviceConfig"] = {"url": _state["token_url"], "method": "POST", "responseTokenPath": "data.token"}
+        body.setdefault("tokenProviderType", "webservice")
+    if body.get("e2eEncryptionMode") == "manual" and not body.get("e2eEncryptionPassword"):
+        body["e2eEncryptionPassword"] = "generated-password"
+
+
+def _fix_e2e(body):
+    if body.get("mode") == "manual" and not body.get("password"):
+        body["password"] = "generated-password"
+
+
+def _fix_access_key_name(body):
+    body["name"] = (body.get("name") or "").strip()[:255] or "generated key"
+
+
+def _fix_peer_limit(body):
+    body["peerLimit"] = abs(int(body["peerLimit"])) if abs(body["peerLimit"]) < 1e9 else 0
+
+
+def _configure_token_provider(body):
+    """generateProjectToken needs configured settings (400 otherwise, as the issue asks)."""
+    owner = _state.get("owner")
+    if owner is not None:
+        configure_access_key_settings(owner.project)
+
+
+FIXUPS = {
+    "createKey": _fix_create_key,
+    "inviteProjectUser": _fix_invite,
+    "upsertAppSettings": _fix_settings,
+    "patchAppSettings": _fix_settings,
+    "updateE2EEncryption": _fix_e2e,
+    "updatePeerLimit": _fix_peer_limit,
+    "createAccessKey": _fix_access_key_name,
+    "editAccessKey": _fix_access_key_name,
+    "generateProjectToken": _configure_token_provider,
+}
+
+
+def configure_access_key_settings(project) -> None:
+    """Store access_key settings for a project unless it has settings (arrange step for token tests)."""
+    from models.settings import AppSettings
+
+    if not AppSettings.select().where(AppSettings.project == project.id).exists():
+        AppSettings.create(project=project.id, token_provider_type="access_key", bot_user_id="bot",
+                           access_key_encrypted=encrypt(odin.generate_access_key()))
 
 
 @schemathesis.hook
 def map_case(context, case):
-    """Positive createKey cases use values the server can accept: scope names from the catalogue (the
-    document types them as plain strings), a future expiry, a project of the caller. Negative cases stay
-    as generated, so rejection is still tested."""
-    operation_id = case.operation.definition.raw.get("operationId")
-    if operation_id == "createKey" and not case.meta.generation.mode.is_negative and isinstance(case.body, dict):
+    """Apply the positive-case fix-up of the operation, if any."""
+    fixup = FIXUPS.get(case.operation.definition.raw.get("operationId"))
+    if fixup is not None and not case.meta.generation.mode.is_negative and isinstance(case.body, dict):
         body = dict(case.body)
-        known = list(SPEC["x-cortex-scopes"])
-        body["scopes"] = [known[len(s) % len(known)] for s in body.get("scopes") or []] or [known[0]]
-        body["name"] = (body.get("name") or "").strip() or "generated key"
-        if "expiresAt" in body:
-            body["expiresAt"] = rfc3339(utcnow() + timedelta(days=1))
-        if "projectId" in body and _state.get("owner") is not None:
-            body["projectId"] = _state["owner"].project.id
+        fixup(body)
         case.body = body
     return case
 
@@ -106,9 +268,18 @@ def test_operation_conforms_with_api_key(case):
     case.call_and_validate()
 
 
-def test_stateful_workflows(bearer_schema):
+@with_configured_tokens.parametrize()
+@hypothesis.settings(deadline=None, max_examples=MAX_EXAMPLES)
+def test_room_tokens_conform_when_configured(case):
+    """generateProjectToken with access-key settings in place: all checks, zero failures."""
+    case.call_and_validate()
+
+
+def test_stateful_workflows(app, owner, token_services):
     """Linked sequences (create → list → revoke → revoke again …): zero failures."""
-    bearer_schema.as_state_machine().run(
+    _state["owner"] = owner
+    token = owner.headers["Authorization"].split(" ", 1)[1]
+    _schema(app, {"bearer": {"bearer": token}}).as_state_machine().run(
         settings=hypothesis.settings(
             max_examples=MAX_EXAMPLES,
             stateful_step_count=8,
