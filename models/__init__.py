@@ -24,6 +24,10 @@ def add_column_if_missing(database, table: str, column: str, field) -> None:
 def _v2_projects_settings_voice(database):
     """Project update time, app settings, secret cache, voice activation and ODIN access keys."""
     add_column_if_missing(database, "project", "updated_at", UTCDateTimeField(null=True))
+    # A project may have no registry secret (sync-secret then answers 400); v1 databases required one.
+    secret = next(c for c in database.get_columns("project") if c.name == "secret_encrypted")
+    if not secret.null:
+        migrate(SchemaMigrator.from_database(database).drop_not_null("project", "secret_encrypted"))
     database.create_tables(settings.MODELS + voice.MODELS, safe=True)
 
 
