@@ -178,7 +178,7 @@ def _json_object(data: bytes, what: str) -> dict[str, Any]:
     """Parse a JSON object from a token segment (raises InvalidRoomToken)."""
     try:
         value = json.loads(data)
-    except (UnicodeDecodeError, ValueError) as exc:
+    except (UnicodeDecodeError, ValueError, RecursionError) as exc:  # deep nesting must not escape
         raise InvalidRoomToken(f"token {what} is not valid JSON") from exc
     if not isinstance(value, dict):
         raise InvalidRoomToken(f"token {what} is not a JSON object")

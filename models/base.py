@@ -160,6 +160,15 @@ def is_sqlite() -> bool:
     return isinstance(db.obj, pw.SqliteDatabase)
 
 
+def release_connection() -> None:
+    """Return this request's connection to the pool before slow outside I/O (reconnects lazily after).
+
+    A no-op inside a transaction, whose connection must stay put.
+    """
+    if not db.is_closed() and not db.in_transaction():
+        db.close()
+
+
 @contextmanager
 def transaction():
     """One domain operation = one transaction (serialised writers on SQLite)."""

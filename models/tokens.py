@@ -18,6 +18,7 @@ from urllib.parse import parse_qsl, quote, urlencode, urlsplit, urlunsplit
 
 from cortex import crypto, odin
 from cortex.problems import ApiProblem
+from models.base import release_connection
 from models.identity import Project
 from models.settings import AppSettings, token_path_segments
 
@@ -42,6 +43,7 @@ def _bad_gateway(what: str, failure: str) -> ApiProblem:
 
 def _request_json(what: str, url: str, method: str, headers: dict[str, str], body: bytes | None, timeout: float):
     """Send one HTTP request and return its parsed JSON reply; any failure → 502 naming ``what``."""
+    release_connection()  # a slow provider must not hold a pooled database connection for its timeout
     request = urllib.request.Request(url, data=body, method=method)
     request.add_header("Accept", "application/json")
     for name, value in headers.items():

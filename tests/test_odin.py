@@ -359,3 +359,11 @@ def test_jwk_verifies_vector_token():
 def test_public_key_from_bad_jwk(bad):
     with pytest.raises(ValueError):
         odin.public_key_from_jwk(bad)
+
+
+def test_deeply_nested_token_header_is_rejected_not_crashing():
+    import base64
+
+    header = base64.urlsafe_b64encode(b"[" * 100_000 + b"]" * 100_000).rstrip(b"=").decode()
+    with pytest.raises(odin.InvalidRoomToken):
+        odin.verify_room_token(f"{header}.e30.AAAA", {})
