@@ -6,7 +6,7 @@ from cortex.problems import ApiProblem
 from models import projects as membership
 from models.base import rfc3339
 from models.identity import project_secret
-from models.settings import AppSettings
+from models.settings import AppSettings, is_configured
 from models.tokens import legacy_room_token, project_room_token
 from models.voice import VoiceConfig
 
@@ -81,7 +81,12 @@ def list_apps(principal):
     pairs = membership.member_projects(principal.user_id, tenant, principal.project_id)
     ids = [project.id for project, _role in pairs]
     counts = membership.active_member_counts(ids)
-    configured = {row.project_id for row in AppSettings.select(AppSettings.project).where(AppSettings.project.in_(ids))}
+    by_id = {project.id: project for project, _role in pairs}
+    configured = {
+        row.project_id
+        for row in AppSettings.select().where(AppSettings.project.in_(ids))
+        if is_configured(row, by_id[row.project_id])
+    }
     voice = {row.project_id: row for row in VoiceConfig.select().where(VoiceConfig.project.in_(ids))}
     return [
         _serialize_app(p, role, principal, counts.get(p.id, 0), p.id in configured, voice.get(p.id))

@@ -1,6 +1,7 @@
 """Projects tag: listing, members and invitations (with real mail), room tokens."""
 
 import json
+import socket
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
@@ -219,3 +220,38 @@ def test_legacy_token_without_rooms_api_is_502(client, owner):
     response = client.post("/api/projects/token", json={"roomId": "r1", "projectId": "p", "secret": "s"},
                            headers=owner.headers)
     assert response.status_code == 502 and "CORTEX_ROOMS_API_URL" in response.get_json()["detail"]
+
+
+def test_invitations_are_delivered_over_smtp(client, owner, app):
+    """With CORTEX_SMTP_URL set, the invitation reaches a real (local) SMTP server."""
+    from aiosmtpd.controller import Controller
+
+    from cortex.mail import Mailer
+
+    received = []
+
+    class Collect:
+        async def handle_DATA(self, server, session, envelope):  # noqa: N802 (aiosmtpd naming)
+            received.append((envelope.rcpt_tos, envelope.content.decode()))
+            return "250 OK"
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    controller = Controller(Collect(), hostname="127.0.0.1", port=port, server_hostname="localhost",
+                            ready_timeout=5)
+    controller.start()
+    runtime = app.extensions["cortex"]
+    original = runtime.mailer
+    try:
+        runtime.mailer = Mailer.from_settings(f"smtp://127.0.0.1:{port}", "cortex@studio.example", app.extensions[
+            "cortex"].settings.data_dir)
+        response = client.post(users_url(owner, "/invite"), json={"email": "smtp@example.com", "role": "developer"},
+                               headers=owner.headers)
+        assert response.status_code == 201
+    finally:
+        runtime.mailer = original
+        controller.stop()
+    [(recipients, content)] = received
+    assert recipients == ["smtp@example.com"]
+    assert "From: cortex@studio.example" in content and "Game One" in content
