@@ -2,7 +2,7 @@
 
 from playhouse.migrate import SchemaMigrator, migrate
 
-from models import identity, settings, voice
+from models import events, identity, participants, sessions, settings, voice
 from models.base import UTCDateTimeField
 
 
@@ -31,8 +31,14 @@ def _v2_projects_settings_voice(database):
     database.create_tables(settings.MODELS + voice.MODELS, safe=True)
 
 
+def _v3_events_sessions_participants(database):
+    """The domain-event log and consumer cursors, sessions, participants."""
+    database.create_tables(events.MODELS + sessions.MODELS + participants.MODELS, safe=True)
+
+
 #: Versioned migrations: (version, name, function(database)). Append only; never edit an applied one.
 MIGRATIONS = [
     (1, "identity and projects", _v1_identity),
     (2, "project settings and voice", _v2_projects_settings_voice),
+    (3, "event log, sessions and participants", _v3_events_sessions_participants),
 ]
