@@ -40,6 +40,7 @@ class Runtime:
     identity: IdentityProvider
     paths: DocumentedPaths
     mailer: Mailer
+    fanout: object | None = None  # cortex.dispatcher.LiveFanout, set by `cortex serve` (SSE subscribes to it)
 
 
 def runtime() -> Runtime:

@@ -27,14 +27,30 @@ def _print(obj) -> None:
     print(json.dumps(obj))
 
 
+def serve_with_engines(app, host: str, port: int) -> None:
+    """Serve with the background engines: the live event dispatcher + fan-out, and event-log retention."""
+    from cortex.dispatcher import RetentionJob, start_event_pipeline
+    from cortex.serve import serve
+
+    settings = app.extensions["cortex"].settings
+    dispatcher, fanout = start_event_pipeline(settings)
+    app.extensions["cortex"].fanout = fanout
+    retention = RetentionJob.from_settings(settings)
+    retention.start()
+    try:
+        serve(app, host, port)
+    finally:
+        retention.stop()
+        dispatcher.stop()
+        fanout.stop()
+
+
 def cmd_serve(args) -> int:
-    """cortex serve: migrate, then serve on gevent."""
+    """cortex serve: migrate, then serve on gevent with the background engines."""
     from cortex.serve import patch
 
     patch()
-    from cortex.serve import serve
-
-    serve(_app(), args.host, args.port)
+    serve_with_engines(_app(), args.host, args.port)
     return 0
 
 
@@ -97,8 +113,6 @@ def cmd_demo(args) -> int:
     from cortex.serve import patch
 
     patch()
-    from cortex.serve import serve
-
     app = _app()
     demo = seed_demo()
     base = f"http://{args.host}:{args.port}"
@@ -109,7 +123,7 @@ def cmd_demo(args) -> int:
         f"API docs: {base}/api/docs/",
         flush=True,
     )
-    serve(app, args.host, args.port)
+    serve_with_engines(app, args.host, args.port)
     return 0
 
 

@@ -8,9 +8,10 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 
 import jwt
+import peewee as pw
 
 from cortex.problems import ApiProblem, forbidden, not_found, unauthorized
-from models.base import utcnow
+from models.base import Prepared, utcnow
 from models.identity import ROLES, ApiKey, Project, ProjectMember, api_key_by_secret
 
 _config = {"secret_key": None, "access_token_ttl": 3600, "touch_interval": 60}
@@ -119,6 +120,31 @@ def role_at_least(role: str, minimum: str | None) -> bool:
     return minimum is None or ROLES.index(role) >= ROLES.index(minimum)
 
 
+_PROJECT_COLUMNS = tuple(Project._meta.sorted_fields)
+#: The project by id or appId, with the role of the caller's active membership (None when not a member): one
+#: prepared query on every project-scoped request (it was ~0.4 ms as two Peewee queries).
+_PROJECT_ACCESS = Prepared(
+    lambda ref, user: Project.select(*_PROJECT_COLUMNS, ProjectMember.role)
+    .join(
+        ProjectMember,
+        pw.JOIN.LEFT_OUTER,
+        on=(
+            (ProjectMember.project == Project.id)
+            & (ProjectMember.user == user)
+            & (ProjectMember.status == "active")
+        ),
+    )
+    .where((Project.id == ref) | (Project.app_id == ref))
+    .limit(1)
+)
+
+
+def _project_from_row(values) -> Project:
+    """A Project instance from raw column values (converted as Peewee would)."""
+    return Project(**{field.name: field.python_value(value) for field, value in zip(_PROJECT_COLUMNS, values,
+                                                                                     strict=True)})
+
+
 def resolve_project(principal: Principal, project_ref: str, minimum_role: str | None = None) -> Project:
     """The project (by id or appId) this principal may use, or 404; 403 when its role is too low.
 
@@ -127,29 +153,20 @@ def resolve_project(principal: Principal, project_ref: str, minimum_role: str | 
     the key's tenant (only its bound project, if it has one), with that user's role, further limited by its
     scopes. Removing a member ends their access, and their keys', on the very next request.
     """
-    project = Project.select().where((Project.id == project_ref) | (Project.app_id == project_ref)).first()
-    if project is None:
+    found = _PROJECT_ACCESS.rows(ref=project_ref, user=principal.user_id or "")
+    if not found:
         raise not_found(f"Project {project_ref}")
+    *columns, role = found[0]
+    project = _project_from_row(columns)
     if principal.kind == "api_key" and (
         project.tenant_id != principal.tenant_id or (principal.project_id and principal.project_id != project.id)
     ):
         raise not_found(f"Project {project_ref}")
-    member = (
-        ProjectMember.select(ProjectMember.role)
-        .where(
-            ProjectMember.project == project.id,
-            ProjectMember.user == principal.user_id,
-            ProjectMember.status == "active",
-        )
-        .first()
-        if principal.user_id
-        else None
-    )
-    if member is None:
+    if role is None:  # not an active member
         raise not_found(f"Project {project_ref}")
-    principal.roles[project.id] = member.role
-    if not role_at_least(member.role, minimum_role):
-        raise forbidden(f"This operation needs the {minimum_role} role in the project; you are {member.role}")
+    principal.roles[project.id] = role
+    if not role_at_least(role, minimum_role):
+        raise forbidden(f"This operation needs the {minimum_role} role in the project; you are {role}")
     return project
 
 

@@ -37,6 +37,8 @@ class Settings:
     mail_from: str = "cortex@localhost"
     rooms_api_url: str | None = None
     token_provider_timeout: float = 10.0
+    bot_driver: str = "local"
+    event_retention_days: float = 7.0
     extra: dict = field(default_factory=dict)
 
     @classmethod
@@ -64,6 +66,8 @@ class Settings:
             mail_from=env.get("CORTEX_MAIL_FROM", "cortex@localhost"),
             rooms_api_url=(env.get("CORTEX_ROOMS_API_URL") or "").rstrip("/") or None,
             token_provider_timeout=float(env.get("CORTEX_TOKEN_PROVIDER_TIMEOUT", 10)),
+            bot_driver=env.get("CORTEX_BOT_DRIVER", "local"),
+            event_retention_days=float(env.get("CORTEX_EVENT_RETENTION_DAYS", 7)),
         )
         if env.get("CORTEX_SPEC_PATH"):
             values["spec_path"] = Path(env["CORTEX_SPEC_PATH"])

@@ -1,10 +1,22 @@
-"""Transcription-bot sessions of a project."""
+"""Transcription-bot sessions of a project: creation, listing, bot start/stop, status reports.
+
+The statuses and the bot command flow are described in ``cortex/bot.py``. Every write is one transaction
+together with its domain event (``session.created``; ``session.updated`` carrying the previous values of the
+changed fields in ``changes``). A bot command is sent only after the transaction that recorded it
+(``starting``/``stopping``) committed, so a worker never acts on a state that could still roll back; a command
+that cannot be delivered moves the session to ``error``.
+"""
 
 from __future__ import annotations
 
+import logging
+import math
+from datetime import datetime, timedelta
+from typing import TYPE_CHECKING
+
 import peewee as pw
 
-from models.base import BaseModel, UTCDateTimeField, utcnow
+from models.base import BaseModel, Prepared, UTCDateTimeField, utcnow
 from models.identity import Project
 
 
@@ -18,6 +30,10 @@ class Session(BaseModel):
     title = pw.TextField()
     created_by_user_id = pw.CharField(max_length=64)
     status = pw.CharField(max_length=32, default="created")
+    # Idle timeout in seconds, stored as given (None/0: no auto-stop).
+    # TODO(idle auto-stop): NOT enforced yet. Stopping a session after ``idle_timeout`` seconds without
+    # participants needs the presence data of the ingest feature (participant joined/left); once it exists, a
+    # sweeper should call ``stop_session`` for sessions whose room has been empty for longer than this.
     idle_timeout = pw.FloatField(null=True)
     updated_at = UTCDateTimeField(default=utcnow)
 
@@ -26,3 +42,262 @@ class Session(BaseModel):
 
 
 MODELS = [Session]
+
+
+# ---------------------------------------------------------------- domain operations
+from cortex.problems import bad_request, not_found  # noqa: E402
+from models.base import is_sqlite, rfc3339, rfc3339_raw, transaction  # noqa: E402
+from models.events import changed_fields, emit  # noqa: E402
+from models.settings import AppSettings, is_configured  # noqa: E402
+
+if TYPE_CHECKING:
+    from cortex.bot import BotDriver
+
+log = logging.getLogger("cortex.sessions")
+
+#: Every status a session can have (see cortex/bot.py for the transitions).
+STATUSES = ("created", "starting", "active", "stopping", "stopped", "error")
+DEFAULT_GATEWAY = "gateway.odin.4players.io"
+_TICK = timedelta(milliseconds=1)  # the precision both databases keep
+
+
+class BotCommandError(Exception):
+    """A bot driver could not deliver a command (raised by drivers; the session is then marked ``error``)."""
+
+
+# ---------------------------------------------------------------- the SessionResponse shape (one place)
+
+
+def _number(value: float | None):
+    """A stored float as JSON wants it: 300.0 → 300."""
+    if value is None or not value.is_integer():
+        return value
+    return int(value)
+
+
+def _body(id_, tenant_id, room, project_id, gateway, title, creator, created_at, status, idle_timeout) -> dict:
+    body = {
+        "id": id_,
+        "tenantId": tenant_id,
+        "externalRoomId": room,
+        "projectId": project_id,
+        "gateway": gateway,
+        "title": title,
+        "createdByUserId": creator,
+        "createdAt": created_at,
+        "status": status,
+    }
+    if idle_timeout is not None:
+        body["idleTimeout"] = _number(idle_timeout)
+    return body
+
+
+def session_body(session: Session) -> dict:
+    """SessionResponse of a model instance (also the ``data`` of every session event)."""
+    return _body(session.id, session.tenant_id, session.external_room_id, session.project_id, session.gateway,
+                 session.title, session.created_by_user_id, rfc3339(session.created_at), session.status,
+                 session.idle_timeout)
+
+
+#: The listing, newest first; raw rows in _body's argument order (see models.base.Prepared).
+SESSION_ROWS = Prepared(
+    lambda project: Session.select(
+        Session.id, Session.tenant_id, Session.external_room_id, Session.project, Session.gateway, Session.title,
+        Session.created_by_user_id, Session.created_at, Session.status, Session.idle_timeout,
+    )
+    .where(Session.project == project)
+    .order_by(Session.created_at.desc(), Session.id.desc())
+)
+
+
+def list_session_bodies(project: Project) -> list[dict]:
+    """SessionResponse of every session of the project, newest first (hot path: raw rows, no instances)."""
+    return [
+        _body(i, t, room, pid, gw, title, creator, rfc3339_raw(created), status, idle)
+        for i, t, room, pid, gw, title, creator, created, status, idle in SESSION_ROWS.rows(project=project.id)
+    ]
+
+
+# ---------------------------------------------------------------- reads and shared steps
+
+
+def get_session(project: Project, session_id: str) -> Session:
+    """The project's session with this id; 404 for an unknown id or another project's session."""
+    session = Session.get_or_none(Session.id == session_id, Session.project == project.id)
+    if session is None:
+        raise not_found(f"Session {session_id}")
+    return session
+
+
+def _locked(query):
+    """Lock the selected row for the rest of the transaction (SQLite writers are already serialised)."""
+    return query if is_sqlite() else query.for_update()
+
+
+def _session_for_update(project: Project, session_id: str) -> Session:
+    session = _locked(Session.select().where(Session.id == session_id, Session.project == project.id)).first()
+    if session is None:
+        raise not_found(f"Session {session_id}")
+    return session
+
+
+def require_configured_settings(project: Project) -> None:
+    """400 unless the project's app settings exist and their token provider is complete (the bot needs it)."""
+    row = AppSettings.get_or_none(AppSettings.project == project.id)
+    if row is None or not is_configured(row, project):
+        raise bad_request(
+            f"The app settings of project {project.id} are not configured; the bot needs a token provider "
+            "(PUT /api/projects/{projectId}/settings)"
+        )
+
+
+def _emit(session: Session, action: str, data: dict, changes: dict | None = None, source: str = "cortex:api"):
+    emit(f"session.{action}", tenant_id=session.tenant_id, project_id=session.project_id,
+         resource_id=f"session:{session.id}", action=action, data=data, changes=changes, source=source)
+
+
+def _later_than(previous: datetime | None) -> datetime:
+    """Now, but strictly after ``previous`` (keeps creation and update order visible at ms precision)."""
+    now = utcnow()
+    return now if previous is None or now > previous else previous + _TICK
+
+
+def _change_status(session: Session, status: str, source: str) -> bool:
+    """Inside a transaction: set the status, emit ``session.updated`` with the previous values; False if unchanged."""
+    if session.status == status:
+        return False
+    before = session_body(session)
+    session.status = status
+    session.updated_at = _later_than(session.updated_at)
+    session.save(only=[Session.status, Session.updated_at])
+    after = session_body(session)
+    _emit(session, "updated", after, changed_fields(before, after), source)
+    return True
+
+
+# ---------------------------------------------------------------- operations (one transaction per write)
+
+
+def _clean_create(title, external_room_id, gateway, idle_timeout) -> tuple[str, str, str, float | None]:
+    if not isinstance(title, str):
+        raise bad_request("title must be a string")
+    if not isinstance(external_room_id, str) or not external_room_id.strip():
+        raise bad_request("externalRoomId must not be empty")
+    if gateway is not None and not isinstance(gateway, str):
+        raise bad_request("gateway must be a string")
+    if idle_timeout is not None:
+        if isinstance(idle_timeout, bool) or not isinstance(idle_timeout, int | float):
+            raise bad_request("idleTimeout must be a number of seconds")
+        if not math.isfinite(idle_timeout) or idle_timeout < 0:
+            raise bad_request("idleTimeout must be a number of seconds ≥ 0 (0 means no auto-stop)")
+        idle_timeout = float(idle_timeout)
+    return title, external_room_id.strip(), (gateway or "").strip() or DEFAULT_GATEWAY, idle_timeout
+
+
+def create_session(
+    project: Project,
+    created_by_user_id: str,
+    title: str,
+    external_room_id: str,
+    gateway: str | None = None,
+    idle_timeout: float | None = None,
+    *,
+    auto_start: bool = True,
+    driver: BotDriver | None = None,
+) -> Session:
+    """Create a session (status ``created``, ``session.created``); with ``auto_start`` start its bot at once.
+
+    400 when the project's app settings are not configured. The creation commits on its own: when the start
+    command then cannot be delivered, the session stays, in status ``error``, and is returned as it is.
+    """
+    title, external_room_id, gateway, idle_timeout = _clean_create(title, external_room_id, gateway, idle_timeout)
+    if auto_start and driver is None:
+        raise ValueError("auto_start needs a bot driver")
+    require_configured_settings(project)
+    with transaction():
+        newest = (
+            Session.select(Session.created_at)
+            .where(Session.project == project.id)
+            .order_by(Session.created_at.desc())
+            .first()
+        )
+        created = _later_than(newest.created_at if newest else None)
+        session = Session.create(
+            project=project.id,
+            tenant_id=project.tenant_id,
+            external_room_id=external_room_id,
+            gateway=gateway,
+            title=title,
+            created_by_user_id=created_by_user_id,
+            status="created",
+            idle_timeout=idle_timeout,
+            created_at=created,
+            updated_at=created,
+        )
+        _emit(session, "created", session_body(session))
+    if auto_start:
+        try:
+            return start_session(project, session.id, driver)
+        except BotCommandError:
+            pass  # logged and recorded as status "error" by _send
+    return get_session(project, session.id)
+
+
+def _send(command, session: Session) -> None:
+    """Send a bot command; an undeliverable one moves the session to ``error`` (own transaction), then re-raises."""
+    try:
+        command(session)
+    except BotCommandError:
+        log.exception("bot command for session %s could not be delivered", session.id)
+        set_session_status(session.id, "error", source="cortex:api", project_id=session.project_id)
+        raise
+
+
+def start_session(project: Project, session_id: str, driver: BotDriver) -> Session:
+    """Record ``starting`` and send the start command; returns the session's latest state.
+
+    404 for an unknown session, 400 when the app settings are not configured. Idempotent: a session already
+    ``starting`` or ``active`` keeps its status (no event) and the command is sent again.
+    """
+    with transaction():
+        session = _session_for_update(project, session_id)
+        require_configured_settings(project)
+        if session.status not in ("starting", "active"):
+            _change_status(session, "starting", "cortex:api")
+    _send(driver.start, session)
+    return get_session(project, session_id)
+
+
+def stop_session(project: Project, session_id: str, driver: BotDriver) -> Session:
+    """Record ``stopping`` and send the stop command; returns the session's latest state.
+
+    404 for an unknown session. Idempotent: a session already ``stopping`` or ``stopped`` keeps its status
+    (no event) and the command is sent again.
+    """
+    with transaction():
+        session = _session_for_update(project, session_id)
+        if session.status not in ("stopping", "stopped"):
+            _change_status(session, "stopping", "cortex:api")
+    _send(driver.stop, session)
+    return get_session(project, session_id)
+
+
+def set_session_status(
+    session_id: str, status: str, source: str = "cortex:ingest", *, project_id: str | None = None
+) -> Session | None:
+    """Record a status reported for a session (bot workers through signed ingest, the local driver).
+
+    One transaction; emits ``session.updated`` (``changes`` = the previous status) only when the status
+    changes. ``project_id`` limits the lookup to one project (pass it from a project-scoped ingest). Returns
+    the session, or None when there is no such session; ValueError for a status outside ``STATUSES``.
+    """
+    if status not in STATUSES:
+        raise ValueError(f"status must be one of {', '.join(STATUSES)}, not {status!r}")
+    with transaction():
+        query = Session.select().where(Session.id == session_id)
+        if project_id is not None:
+            query = query.where(Session.project == project_id)
+        session = _locked(query).first()
+        if session is not None:
+            _change_status(session, status, source)
+        return session

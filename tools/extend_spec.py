@@ -113,6 +113,7 @@ ERROR_DESCRIPTIONS = {
     "429": "Rate limit exceeded",
     "501": "Operation not implemented",
     "502": "Upstream service failed",
+    "503": "A required service is unavailable",
 }
 
 
@@ -140,7 +141,7 @@ def role_for(method: str, path: str, operation: dict) -> str | None:
 
 def _problem_response(responses: dict, code: str) -> None:
     """Add (or complete) one documented error response with the Problem schema."""
-    response = responses.setdefault(code, {"description": ERROR_DESCRIPTIONS[code]})
+    response = responses.setdefault(code, {"description": ERROR_DESCRIPTIONS.get(code, "Error")})
     content = response.setdefault("content", {})
     content.setdefault("application/problem+json", {"schema": dict(PROBLEM_REF)})
 

@@ -131,9 +131,9 @@ def _schema(app, auth: dict, exclude=(), include=None):
     return schema
 
 
-#: generateProjectToken needs configured settings (400 otherwise, as documented); it runs in its own test
-#: with the settings arranged, so operations that delete settings cannot interfere.
-SEPARATE = ("generateProjectToken",)
+#: These need configured app settings (400 otherwise, as documented); they run in their own test with the
+#: settings arranged, so operations that delete settings cannot interfere.
+SEPARATE = ("generateProjectToken", "createSession", "listSessions", "startSession")  # both methods of /sessions
 
 
 @pytest.fixture
@@ -154,11 +154,11 @@ def api_key_schema(app, owner, api_key_headers, token_services):
 
 @pytest.fixture
 def token_schema(app, owner, token_services):
-    """generateProjectToken on a project whose access-key settings are configured."""
+    """The operations that need configured settings, on a project whose access-key settings are configured."""
     _state["owner"] = owner
     configure_access_key_settings(owner.project)
     token = owner.headers["Authorization"].split(" ", 1)[1]
-    return _schema(app, {"bearer": {"bearer": token}}, include=list(SEPARATE))
+    return _schema(app, {"bearer": {"bearer": token}}, include=[op for op in SEPARATE if op in IMPLEMENTED])
 
 
 with_bearer = schemathesis.pytest.from_fixture("bearer_schema")
@@ -206,6 +206,12 @@ def _fix_e2e(body):
         body["password"] = "generated-password"
 
 
+def _fix_session(body):
+    body["externalRoomId"] = (body.get("externalRoomId") or "").strip() or "room-1"
+    if "idleTimeout" in body:
+        body["idleTimeout"] = abs(body["idleTimeout"]) if abs(body["idleTimeout"]) < 1e9 else 0
+
+
 def _fix_access_key_name(body):
     body["name"] = (body.get("name") or "").strip()[:255] or "generated key"
 
@@ -214,8 +220,8 @@ def _fix_peer_limit(body):
     body["peerLimit"] = abs(int(body["peerLimit"])) if abs(body["peerLimit"]) < 1e9 else 0
 
 
-def _configure_token_provider(body):
-    """generateProjectToken needs configured settings (400 otherwise, as the issue asks)."""
+def _configure_token_provider(_body):
+    """Room tokens and sessions need configured settings (400 otherwise, as the issues ask)."""
     owner = _state.get("owner")
     if owner is not None:
         configure_access_key_settings(owner.project)
@@ -229,8 +235,16 @@ FIXUPS = {
     "updateE2EEncryption": _fix_e2e,
     "updatePeerLimit": _fix_peer_limit,
     "createAccessKey": _fix_access_key_name,
+    "createSession": _fix_session,
     "editAccessKey": _fix_access_key_name,
+}
+
+
+#: Arrange steps run before positive cases of these operations (they have no body to fix).
+ARRANGE = {
     "generateProjectToken": _configure_token_provider,
+    "createSession": _configure_token_provider,
+    "startSession": _configure_token_provider,
 }
 
 
@@ -245,9 +259,14 @@ def configure_access_key_settings(project) -> None:
 
 @schemathesis.hook
 def map_case(context, case):
-    """Apply the positive-case fix-up of the operation, if any."""
-    fixup = FIXUPS.get(case.operation.definition.raw.get("operationId"))
-    if fixup is not None and not case.meta.generation.mode.is_negative and isinstance(case.body, dict):
+    """Apply the positive-case arrange step and body fix-up of the operation, if any."""
+    operation_id = case.operation.definition.raw.get("operationId")
+    if case.meta.generation.mode.is_negative:
+        return case
+    if operation_id in ARRANGE:
+        ARRANGE[operation_id](case.body)
+    fixup = FIXUPS.get(operation_id)
+    if fixup is not None and isinstance(case.body, dict):
         body = dict(case.body)
         fixup(body)
         case.body = body
@@ -270,8 +289,8 @@ def test_operation_conforms_with_api_key(case):
 
 @with_configured_tokens.parametrize()
 @hypothesis.settings(deadline=None, max_examples=MAX_EXAMPLES)
-def test_room_tokens_conform_when_configured(case):
-    """generateProjectToken with access-key settings in place: all checks, zero failures."""
+def test_settings_dependent_operations_conform_when_configured(case):
+    """Room tokens and sessions with access-key settings in place: all checks, zero failures."""
     case.call_and_validate()
 
 

@@ -78,7 +78,7 @@ def test_revoke_takes_effect_at_once(client, owner):
     body = create(client, owner, scopes=["sessions:read"]).get_json()
     headers = {"X-API-Key": body["key"]}
     project_sessions = f"/api/projects/{owner.project.id}/sessions"
-    assert client.get(project_sessions, headers=headers).status_code == 501  # authenticated; op not built yet
+    assert client.get(project_sessions, headers=headers).status_code == 200
     response = client.delete(f"/api/api-keys/{body['id']}", headers=owner.headers)
     assert response.status_code == 200 and response.get_json()["id"] == body["id"]
     assert client.get(project_sessions, headers=headers).status_code == 401
@@ -95,7 +95,7 @@ def test_keys_are_tenant_private(client, owner, stranger):
 def test_expired_key_is_rejected(client, owner, api_key_headers):
     headers = api_key_headers(["sessions:read"], expires_at=utcnow() + timedelta(hours=1))
     url = f"/api/projects/{owner.project.id}/sessions"
-    assert client.get(url, headers=headers).status_code == 501
+    assert client.get(url, headers=headers).status_code == 200
     ApiKey.update(expires_at=utcnow() - timedelta(seconds=1)).execute()
     response = client.get(url, headers=headers)
     assert response.status_code == 401 and "expired" in response.get_json()["detail"]
@@ -121,7 +121,7 @@ def test_project_bound_key_sees_only_its_project(client, owner, make_user, api_k
 
     other, _ = create_project(owner.user, "Game Two")
     headers = api_key_headers(["sessions:read"], project_id=owner.project.id)
-    assert client.get(f"/api/projects/{owner.project.id}/sessions", headers=headers).status_code == 501
+    assert client.get(f"/api/projects/{owner.project.id}/sessions", headers=headers).status_code == 200
     response = client.get(f"/api/projects/{other.id}/sessions", headers=headers)
     assert response.status_code == 404
 

@@ -1,0 +1,530 @@
+"""Publishing committed domain events to their consumers (the reading side of the transactional outbox).
+
+``models.events.emit`` writes an event in the transaction that makes the change; nothing is published at
+commit time. A :class:`Dispatcher` polls the log instead: it reads the events after its cursor in ``seq``
+order, hands them to its handler and only then advances the cursor. A process that dies between commit and
+publish therefore loses nothing — the next dispatcher hands the event over (at least once).
+
+- **Persistent consumers** (webhooks, later) keep their cursor in ``EventCursor`` (created at 0).
+- **The live consumer** (SSE, later) keeps its cursor in memory, starting at the newest event at start-up
+  (``persist=False``): live streams need no per-process row, and a restarted process does not replay the log
+  to browsers (they resume with ``Last-Event-ID`` from the log instead).
+- :class:`LiveFanout` is the in-process pub/sub the live consumers subscribe to. With ``REDIS_URL`` every
+  publish goes through the Redis channel ``cortex:events`` and each process's listener feeds its local
+  subscribers, so several server processes share one fan-out. Every process runs its own live dispatcher, so
+  the same event reaches the channel once per process: listeners drop envelopes whose ``id`` they delivered
+  recently.
+- :func:`prune_events` / :class:`RetentionJob` delete old events, never one a persistent consumer has not
+  processed yet.
+
+Background loops run in a gevent greenlet when gevent has monkey-patched the process (``cortex serve``),
+else in a daemon thread; every ``start()`` has a ``stop()``.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import queue
+import threading
+import time
+from collections.abc import Callable
+from contextlib import contextmanager
+from datetime import timedelta
+
+import orjson
+import peewee as pw
+
+from models.base import db, transaction, utcnow
+from models.events import DomainEvent, EventCursor, envelope
+
+log = logging.getLogger("cortex.dispatcher")
+
+CHANNEL = "cortex:events"  # the Redis pub/sub channel of the live fan-out
+LIVE_CONSUMER = "live"  # name of the (non-persisted) live consumer, for logs
+DEFAULT_RETENTION_DAYS = 7.0
+RETENTION_INTERVAL = 3600.0  # seconds between two prunes
+MAX_BACKOFF = 30.0  # seconds: the longest pause after repeated failures
+
+
+# ----------------------------------------------------------------- background loops: greenlet or thread
+
+
+def gevent_patched() -> bool:
+    """True when gevent has monkey-patched threading (``cortex serve``): background loops are greenlets."""
+    try:
+        from gevent import monkey
+    except ImportError:  # pragma: no cover - gevent is a dependency
+        return False
+    return monkey.is_module_patched("threading")
+
+
+def _pause(stop_event: threading.Event, seconds: float) -> None:
+    """Sleep ``seconds`` with ``time.sleep`` (gevent's once patched), waking early when the loop is stopped."""
+    deadline = time.monotonic() + seconds
+    while not stop_event.is_set():
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            return
+        time.sleep(min(remaining, 0.1))
+
+
+class _Worker:
+    """One background loop ``target(stop_event)``: a greenlet under gevent, else a daemon thread."""
+
+    def __init__(self, name: str, target: Callable[[threading.Event], None]):
+        self.name = name
+        self.target = target
+        self.stop_event = threading.Event()
+        self._runner = None
+
+    @property
+    def alive(self) -> bool:
+        """True while the loop runs."""
+        if self._runner is None:
+            return False
+        return not self._runner.dead if hasattr(self._runner, "dead") else self._runner.is_alive()
+
+    def start(self) -> None:
+        """Start the loop (once)."""
+        if self.alive:
+            return
+        self.stop_event = threading.Event()
+        if gevent_patched():
+            import gevent
+
+            self._runner = gevent.spawn(self.target, self.stop_event)
+        else:
+            self._runner = threading.Thread(target=self.target, args=(self.stop_event,), name=self.name, daemon=True)
+            self._runner.start()
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Ask the loop to end and wait for it (a greenlet still running after ``timeout`` is killed)."""
+        self.stop_event.set()
+        runner, self._runner = self._runner, None
+        if runner is None:
+            return
+        runner.join(timeout)
+        if hasattr(runner, "kill") and not runner.dead:
+            runner.kill(block=True, timeout=timeout)
+        elif hasattr(runner, "is_alive") and runner.is_alive():
+            log.warning("%s did not stop within %s s", self.name, timeout)
+
+
+@contextmanager
+def _own_connection():
+    """Return the database connection to the pool afterwards if this block opened it."""
+    opened = db.is_closed()
+    try:
+        yield
+    finally:
+        if opened and not db.is_closed() and not db.in_transaction():
+            db.close()
+
+
+# ----------------------------------------------------------------- the dispatcher
+
+
+def newest_seq() -> int:
+    """The highest ``seq`` in the log (0 when it is empty)."""
+    return DomainEvent.select(pw.fn.MAX(DomainEvent.seq)).scalar() or 0
+
+
+class Dispatcher:
+    """Hands committed events after a cursor to ``handler`` in ``seq`` order, at least once.
+
+    ``persist=True`` (default): the cursor is the ``EventCursor`` row of ``consumer`` (created at 0).
+    ``persist=False``: the cursor lives in memory and starts at the newest event when the dispatcher is primed
+    (``prime()``, or its first run) — for the live fan-out, which must not replay the log on every start.
+    """
+
+    def __init__(
+        self,
+        consumer: str,
+        handler: Callable[[list[DomainEvent]], None],
+        *,
+        batch: int = 500,
+        poll_interval: float = 0.5,
+        persist: bool = True,
+    ):
+        if batch < 1:
+            raise ValueError("batch must be at least 1")
+        self.consumer = consumer
+        self.handler = handler
+        self.batch = batch
+        self.poll_interval = poll_interval
+        self.persist = persist
+        self._cursor: int | None = None  # in-memory cursor (persist=False)
+        self._worker = _Worker(f"cortex-dispatcher-{consumer}", self.run_forever)
+
+    @property
+    def cursor(self) -> int | None:
+        """The current cursor: the last ``seq`` handled (None before a non-persisted one is primed)."""
+        if not self.persist:
+            return self._cursor
+        with _own_connection():
+            return EventCursor.select(EventCursor.seq).where(EventCursor.consumer == self.consumer).scalar()
+
+    def prime(self) -> int:
+        """Start a non-persisted cursor at the newest event (events committed afterwards are handed over)."""
+        if self.persist:
+            raise RuntimeError("prime() is for non-persisted (live) dispatchers")
+        with _own_connection():
+            self._cursor = newest_seq()
+        return self._cursor
+
+    def _load_cursor(self) -> int:
+        if not self.persist:
+            if self._cursor is None:
+                self._cursor = newest_seq()
+            return self._cursor
+        seq = EventCursor.select(EventCursor.seq).where(EventCursor.consumer == self.consumer).scalar()
+        if seq is None:
+            with transaction():
+                EventCursor.insert(consumer=self.consumer, seq=0).on_conflict_ignore().execute()
+            seq = EventCursor.select(EventCursor.seq).where(EventCursor.consumer == self.consumer).scalar() or 0
+        return seq
+
+    def _save_cursor(self, seq: int) -> None:
+        if not self.persist:
+            self._cursor = seq
+            return
+        with transaction():  # never moves backwards (another process may run the same consumer)
+            moved = (
+                EventCursor.update(seq=seq, updated_at=utcnow())
+                .where((EventCursor.consumer == self.consumer) & (EventCursor.seq < seq))
+                .execute()
+            )
+            if not moved:
+                EventCursor.insert(consumer=self.consumer, seq=seq).on_conflict_ignore().execute()
+
+    def run_once(self) -> int:
+        """Hand the next batch after the cursor to the handler, then advance the cursor; the number handled.
+
+        If the handler raises, the exception propagates and the cursor stays: the same events come again.
+        """
+        with _own_connection():
+            cursor = self._load_cursor()
+            events = list(
+                DomainEvent.select().where(DomainEvent.seq > cursor).order_by(DomainEvent.seq).limit(self.batch)
+            )
+            if not events:
+                return 0
+            self.handler(events)
+            self._save_cursor(events[-1].seq)
+            return len(events)
+
+    def run_forever(self, stop_event: threading.Event) -> None:
+        """Run batches until ``stop_event`` is set; failures are logged and retried with a growing pause."""
+        failures = 0
+        while not stop_event.is_set():
+            try:
+                handled = self.run_once()
+            except Exception:
+                failures += 1
+                log.exception("dispatcher %s: batch failed (attempt %d); retrying", self.consumer, failures)
+                _pause(stop_event, min(self.poll_interval * 2**failures, MAX_BACKOFF))
+                continue
+            if failures:
+                log.info("dispatcher %s: recovered after %d failed attempts", self.consumer, failures)
+                failures = 0
+            if handled >= self.batch:
+                time.sleep(0)  # a backlog: go on at once, but let other greenlets run
+            else:
+                _pause(stop_event, self.poll_interval)
+
+    def start(self) -> None:
+        """Run ``run_forever`` in the background (greenlet under gevent, else a daemon thread)."""
+        self._worker.start()
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Stop the background loop and wait for it."""
+        self._worker.stop(timeout)
+
+
+# ----------------------------------------------------------------- the live fan-out
+
+_CLOSED = object()  # wakes a waiting Subscription.get when the subscription is closed
+
+
+class Subscription:
+    """One live consumer's bounded queue of envelopes."""
+
+    def __init__(self, maxsize: int, accept: Callable[[dict], bool] | None = None):
+        self.accept = accept  # optional filter (e.g. one tenant's or project's events), applied before queueing
+        self.closed = False  # True once unsubscribed or dropped for falling behind
+        self._queue: queue.Queue = queue.Queue(maxsize)
+
+    def get(self, timeout: float | None = None) -> dict | None:
+        """The next envelope; None after ``timeout`` seconds without one, or when the subscription is closed."""
+        if self.closed:
+            return None
+        try:
+            item = self._queue.get(timeout=timeout)
+        except queue.Empty:
+            return None
+        return None if item is _CLOSED else item
+
+    def _offer(self, item: dict) -> bool:
+        """Queue an envelope without blocking; False when the queue is full."""
+        try:
+            self._queue.put_nowait(item)
+        except queue.Full:
+            return False
+        return True
+
+    def _close(self) -> None:
+        """Mark closed, discard what is queued and wake a waiting ``get``."""
+        self.closed = True
+        while True:
+            try:
+                self._queue.get_nowait()
+            except queue.Empty:
+                break
+        try:
+            self._queue.put_nowait(_CLOSED)
+        except queue.Full:  # refilled by a concurrent publisher; ``closed`` already stops ``get``
+            pass
+
+
+class LiveFanout:
+    """In-process pub/sub of event envelopes; with ``redis_url``, shared by every process through Redis.
+
+    A subscriber whose queue is full is dropped (``closed=True``) instead of blocking the others.
+    """
+
+    def __init__(
+        self,
+        redis_url: str | None = None,
+        *,
+        channel: str = CHANNEL,
+        queue_size: int = 1000,
+        remember: int = 65536,
+    ):
+        self.redis_url = redis_url
+        self.channel = channel
+        self.queue_size = queue_size
+        self._subscribers: set[Subscription] = set()
+        self._lock = threading.Lock()
+        self._seen: collections.OrderedDict[str, None] = collections.OrderedDict()  # recent envelope ids
+        self._remember = remember
+        self._redis = None
+        self._ready = threading.Event()  # the Redis listener is subscribed
+        self._worker = _Worker("cortex-live-fanout", self._listen)
+
+    # --- subscribers
+
+    def subscribe(self, accept: Callable[[dict], bool] | None = None, maxsize: int | None = None) -> Subscription:
+        """A new subscription receiving every envelope published from now on (``accept`` filters)."""
+        subscription = Subscription(maxsize or self.queue_size, accept)
+        with self._lock:
+            self._subscribers.add(subscription)
+        return subscription
+
+    def unsubscribe(self, subscription: Subscription) -> None:
+        """Stop delivering to ``subscription`` (idempotent)."""
+        with self._lock:
+            self._subscribers.discard(subscription)
+        if not subscription.closed:
+            subscription._close()
+
+    @property
+    def subscriber_count(self) -> int:
+        """How many subscriptions are open."""
+        return len(self._subscribers)
+
+    # --- publishing
+
+    def publish(self, envelopes: list[dict]) -> None:
+        """Deliver envelopes to every subscriber (of every process, through Redis when configured).
+
+        Raises when Redis cannot be reached, so a dispatcher retries the batch.
+        """
+        if not envelopes:
+            return
+        if self.redis_url is None:
+            for item in envelopes:
+                self._deliver(item)
+            return
+        client = self._client()
+        pipe = client.pipeline(transaction=False)
+        for item in envelopes:
+            pipe.publish(self.channel, orjson.dumps(item))
+        pipe.execute()
+
+    def _deliver(self, item: dict) -> None:
+        """Queue one envelope for the local subscribers, once per envelope id."""
+        event_id = item.get("id")
+        with self._lock:
+            if event_id is not None:
+                if event_id in self._seen:
+                    return  # already delivered (each process's live dispatcher publishes every event)
+                self._seen[event_id] = None
+                if len(self._seen) > self._remember:
+                    self._seen.popitem(last=False)
+            subscribers = list(self._subscribers)
+        for subscription in subscribers:
+            try:
+                if subscription.accept is not None and not subscription.accept(item):
+                    continue
+            except Exception:
+                log.exception("live subscriber filter failed; skipping envelope %s for it", event_id)
+                continue
+            if not subscription._offer(item):
+                log.warning("live subscriber fell behind (%d queued envelopes); dropping it", self.queue_size)
+                self.unsubscribe(subscription)
+
+    # --- the Redis listener
+
+    def _client(self):
+        """The process's Redis client (one connection pool for publishing and the listener)."""
+        with self._lock:
+            if self._redis is None:
+                import redis
+
+                self._redis = redis.Redis.from_url(
+                    self.redis_url, socket_connect_timeout=5, socket_timeout=10, health_check_interval=30
+                )
+            return self._redis
+
+    def start(self, wait: float = 5.0) -> None:
+        """Start the Redis listener (nothing to start without Redis); waits up to ``wait`` s until subscribed."""
+        if self.redis_url is None or self._worker.alive:
+            return
+        self._ready.clear()
+        self._worker.start()
+        if not self._ready.wait(wait):
+            log.warning("live fan-out: not subscribed to Redis %s yet; retrying in the background", self.channel)
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Stop the listener, close the Redis connections and every open subscription."""
+        self._worker.stop(timeout)
+        with self._lock:
+            client, self._redis = self._redis, None
+            subscribers, self._subscribers = list(self._subscribers), set()
+        if client is not None:
+            client.close()
+        for subscription in subscribers:
+            subscription._close()
+
+    def _listen(self, stop_event: threading.Event) -> None:
+        """Feed local subscribers from the Redis channel; reconnects after failures."""
+        failures = 0
+        while not stop_event.is_set():
+            pubsub = None
+            try:
+                pubsub = self._client().pubsub()
+                pubsub.subscribe(self.channel)
+                while not stop_event.is_set():
+                    message = pubsub.get_message(timeout=0.2)
+                    if message is None:
+                        continue
+                    if message["type"] == "subscribe":
+                        self._ready.set()
+                        if failures:
+                            log.info("live fan-out: resubscribed to Redis after %d failures", failures)
+                        failures = 0
+                    elif message["type"] == "message":
+                        try:
+                            item = orjson.loads(message["data"])
+                        except orjson.JSONDecodeError:
+                            log.warning("live fan-out: ignoring a non-JSON message on %s", self.channel)
+                            continue
+                        self._deliver(item)
+            except Exception:
+                failures += 1
+                self._ready.clear()
+                log.warning("live fan-out: Redis listener failed (attempt %d)", failures, exc_info=True)
+                _pause(stop_event, min(0.5 * 2**failures, MAX_BACKOFF))
+            finally:
+                if pubsub is not None:
+                    try:
+                        pubsub.close()
+                    except Exception:  # pragma: no cover - a broken connection while closing
+                        log.debug("live fan-out: closing the Redis subscription failed", exc_info=True)
+
+
+def start_event_pipeline(settings) -> tuple[Dispatcher, LiveFanout]:
+    """Start this process's live fan-out and the (non-persisted) live dispatcher publishing into it.
+
+    The dispatcher's cursor starts at the newest event now; every event committed afterwards (by any process)
+    reaches the fan-out's subscribers. Stop both with ``dispatcher.stop()`` then ``fanout.stop()``.
+    """
+    fanout = LiveFanout(getattr(settings, "redis_url", None))
+    fanout.start()
+
+    def publish(events: list[DomainEvent]) -> None:
+        fanout.publish([envelope(event) for event in events])
+
+    dispatcher = Dispatcher(LIVE_CONSUMER, publish, persist=False)
+    try:
+        dispatcher.prime()
+    except Exception:
+        fanout.stop()
+        raise
+    dispatcher.start()
+    return dispatcher, fanout
+
+
+# ----------------------------------------------------------------- retention
+
+
+def prune_events(older_than_days: float = DEFAULT_RETENTION_DAYS, *, batch: int = 5000) -> int:
+    """Delete events older than the retention, never one after the smallest persisted cursor; how many.
+
+    Deletes in batches (one short transaction each) so writers are never held up for long.
+    """
+    if older_than_days < 0:
+        raise ValueError("older_than_days must not be negative")
+    cutoff = utcnow() - timedelta(days=older_than_days)
+    floor = EventCursor.select(pw.fn.MIN(EventCursor.seq)).scalar()  # None: no persistent consumer yet
+    total = 0
+    while True:
+        with transaction():
+            query = DomainEvent.select(DomainEvent.seq).where(DomainEvent.timestamp < cutoff)
+            if floor is not None:
+                query = query.where(DomainEvent.seq <= floor)
+            doomed = [seq for (seq,) in query.order_by(DomainEvent.seq).limit(batch).tuples()]
+            if doomed:
+                total += DomainEvent.delete().where(DomainEvent.seq.in_(doomed)).execute()
+        if len(doomed) < batch:
+            return total
+
+
+class RetentionJob:
+    """Runs :func:`prune_events` at start and then every ``interval`` seconds in the background."""
+
+    def __init__(self, retention_days: float = DEFAULT_RETENTION_DAYS, interval: float = RETENTION_INTERVAL):
+        self.retention_days = retention_days
+        self.interval = interval
+        self._worker = _Worker("cortex-event-retention", self.run_forever)
+
+    @classmethod
+    def from_settings(cls, settings) -> RetentionJob:
+        """The job for ``settings.event_retention_days`` (7 days when the field is absent)."""
+        return cls(getattr(settings, "event_retention_days", DEFAULT_RETENTION_DAYS))
+
+    def run_once(self) -> int:
+        """Prune once; the number of events deleted."""
+        with _own_connection():
+            deleted = prune_events(self.retention_days)
+        if deleted:
+            log.info("event retention: deleted %d events older than %s days", deleted, self.retention_days)
+        return deleted
+
+    def run_forever(self, stop_event: threading.Event) -> None:
+        """Prune every ``interval`` seconds until stopped; failures are logged."""
+        while not stop_event.is_set():
+            try:
+                self.run_once()
+            except Exception:
+                log.exception("event retention: prune failed; retrying in %s s", self.interval)
+            _pause(stop_event, self.interval)
+
+    def start(self) -> None:
+        """Run in the background (greenlet under gevent, else a daemon thread)."""
+        self._worker.start()
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Stop and wait."""
+        self._worker.stop(timeout)
