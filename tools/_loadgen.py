@@ -705,6 +705,14 @@ def run_main(args, script: str, workdir: str, cpus: tuple, pinning: str) -> dict
         common = dict(
             connections=args.connections, duration=args.duration, timeout=args.timeout, server_pid=server.pid
         )
+        sessions_request = build_request(f"/api/projects/{server.info['project']}/sessions", token)
+        status, body = fetch(server.port, sessions_request, args.timeout)
+        if status != 200 or len(json.loads(body)) != API_KEYS:
+            raise BenchError(f"GET …/sessions answered {status} with {body[:300]!r}; expected {API_KEYS} items")
+        label_sessions = f"listSessions, {API_KEYS} rows (auth, db)"
+        result = measure("list_sessions", label_sessions, server.port, sessions_request, **common)
+        rows.append(result)
+        print(fmt_row(label_sessions, result), flush=True)
         label_list = f"list {API_KEYS} api keys (auth, db)"
         result = measure("list_api_keys", label_list, server.port, list_request, **common)
         rows.append(result)

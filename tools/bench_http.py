@@ -132,7 +132,8 @@ def serve_cortex(args) -> int:
     from cortex.serve import make_server
     from cortex.settings import Settings
     from models.base import db
-    from models.identity import ApiKey, Tenant, User, create_api_key, create_user
+    from models.identity import ApiKey, Project, Tenant, User, create_api_key, create_project, create_user
+    from models.sessions import Session
 
     os.makedirs(args.data_dir, exist_ok=True)  # with_secret_key() only creates it when it generates a key
     settings = Settings.from_env(
@@ -149,6 +150,10 @@ def serve_cortex(args) -> int:
         )
         for number in range(API_KEYS):
             create_api_key(user.tenant_id, user.id, f"bench key {number:02d}", ["sessions:read"], None, None)
+        project, _secret = create_project(user, "Bench Project")
+        for number in range(API_KEYS):  # 50 sessions for the listSessions row (created directly, no bot)
+            Session.create(project=project.id, tenant_id=user.tenant_id, external_room_id=f"room-{number:02d}",
+                           title=f"Bench session {number:02d}", created_by_user_id=user.id, status="active")
     token = security.issue_access_token(user.id, user.tenant_id)
 
     # time.sleep is gevent's here (patched first): each stream costs one greenlet.
@@ -160,7 +165,8 @@ def serve_cortex(args) -> int:
     gevent.signal_handler(signal.SIGTERM, stop.set)
     gevent.signal_handler(signal.SIGINT, stop.set)
     exit_with_parent(stop.set)
-    print(json.dumps({"port": server.server_port, "token": token, "pid": os.getpid()}), flush=True)
+    print(json.dumps({"port": server.server_port, "token": token, "pid": os.getpid(), "project": project.id}),
+          flush=True)
     try:
         stop.wait()
     finally:
@@ -169,6 +175,7 @@ def serve_cortex(args) -> int:
             with db.connection_context():
                 ApiKey.delete().where(ApiKey.tenant == user.tenant_id).execute()
                 User.delete().where(User.id == user.id).execute()
+                Project.delete().where(Project.tenant == user.tenant_id).execute()  # cascades to sessions
                 Tenant.delete().where(Tenant.id == user.tenant_id).execute()
         except Exception as exc:  # best effort on the way out
             print(f"bench: could not remove the seeded tenant {user.tenant_id}: {exc}", file=sys.stderr)
