@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import importlib
 import inspect
+import json
 import re
 from dataclasses import dataclass
 
@@ -357,7 +358,11 @@ def render(result) -> flask.Response:
     if result is None:
         response = flask.Response(status=status)
     else:
-        response = flask.Response(orjson.dumps(result), status=status, mimetype=JSON_MIMETYPE)
+        try:
+            body = orjson.dumps(result)
+        except TypeError:  # e.g. an integer beyond 64 bits: the standard library can still write it
+            body = json.dumps(result, separators=(",", ":"))
+        response = flask.Response(body, status=status, mimetype=JSON_MIMETYPE)
     if headers:
         response.headers.update(headers)
     return response

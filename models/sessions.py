@@ -34,7 +34,7 @@ class Session(BaseModel):
     # TODO(idle auto-stop): NOT enforced yet. Stopping a session after ``idle_timeout`` seconds without
     # participants needs the presence data of the ingest feature (participant joined/left); once it exists, a
     # sweeper should call ``stop_session`` for sessions whose room has been empty for longer than this.
-    idle_timeout = pw.FloatField(null=True)
+    idle_timeout = pw.DoubleField(null=True)
     updated_at = UTCDateTimeField(default=utcnow)
 
     class Meta:
@@ -70,7 +70,7 @@ class BotCommandError(Exception):
 
 def _number(value: float | None):
     """A stored float as JSON wants it: 300.0 → 300."""
-    if value is None or not value.is_integer():
+    if value is None or not value.is_integer() or abs(value) >= 2**53:
         return value
     return int(value)
 

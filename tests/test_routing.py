@@ -129,3 +129,11 @@ def test_nul_characters_are_rejected_not_stored(client, owner):
     escaped = client.post("/api/api-keys", json={"name": "back\\u0000slash", "scopes": ["sessions:read"]},
                           headers=owner.headers)
     assert escaped.status_code == 201  # a literal backslash-u sequence is fine
+
+
+def test_render_writes_integers_beyond_64_bits(app):
+    from cortex.routing import render
+
+    with app.test_request_context():
+        response = render(({"n": 2**70}, 201))
+    assert response.status_code == 201 and response.get_data() == b'{"n":1180591620717411303424}'

@@ -327,3 +327,14 @@ def test_api_key_bound_to_another_project(client, configured, owner, api_key_hea
 def test_credentials_are_required(client, configured):
     assert client.get(url(configured.project)).status_code == 401
     assert client.post(url(configured.project), json={"title": "t", "externalRoomId": "r"}).status_code == 401
+
+
+@pytest.mark.parametrize("idle_timeout", [1.4179445118313967e-89, 1e300, 0, 12.5])
+def test_any_non_negative_idle_timeout_round_trips(client, configured, local_driver, idle_timeout):
+    """PostgreSQL REAL would underflow on tiny values (500); the column is double precision on both backends."""
+    response = create(client, configured, autoStart=False, idleTimeout=idle_timeout)
+    assert response.status_code == 201
+    assert response.get_json()["idleTimeout"] == idle_timeout
+    fetched = client.get(f"/api/projects/{configured.project.id}/sessions/{response.get_json()['id']}",
+                         headers=configured.headers)
+    assert fetched.get_json()["idleTimeout"] == idle_timeout
