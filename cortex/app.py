@@ -19,7 +19,10 @@ from cortex.mail import Mailer
 from cortex.problems import problem_response, render_problem
 from cortex.routing import CortexApi, DocumentedPaths, HandlerResolver
 from cortex.settings import Settings
-from models.base import db
+from models.base import DomainError, db
+
+#: How a broken domain rule (models.base.DomainError.kind) is answered.
+DOMAIN_ERROR_STATUS = {"invalid": 400, "not_found": 404, "conflict": 409}
 
 log = logging.getLogger("cortex")
 
@@ -140,6 +143,10 @@ def _add_error_handlers(app: flask.Flask) -> None:
     @app.errorhandler(ProblemException)
     def _problem(exc):
         return render_problem(exc)
+
+    @app.errorhandler(DomainError)
+    def _domain_rule(exc):
+        return problem_response(DOMAIN_ERROR_STATUS.get(exc.kind, 400), exc.detail)
 
     @app.errorhandler(HTTPException)
     def _http(exc):

@@ -4,21 +4,8 @@ Every write is one transaction that also records its domain event (``participant
 ``.deleted``, resource ``participant:<id>``, payload data = the ParticipantResponse).
 """
 
-from contextlib import contextmanager
 
-from cortex.problems import ApiProblem
 from models import participants
-
-_STATUS = {"not_found": 404}
-
-
-@contextmanager
-def _participant_rules():
-    """Answer a broken participant rule as its problem (404)."""
-    try:
-        yield
-    except participants.ParticipantError as exc:
-        raise ApiProblem(_STATUS[exc.kind], exc.detail) from None
 
 
 def list_participants(project, limit=None, offset=None, search=None):
@@ -51,8 +38,7 @@ def create_participant(project, body):
 
 def get_participant(project, id_):
     """GET …/participants/{id}: one participant of the project (404 for unknown or another project's)."""
-    with _participant_rules():
-        row = participants.get_participant(project, id_)
+    row = participants.get_participant(project, id_)
     return participants.response(row)
 
 
@@ -61,10 +47,9 @@ def update_participant(project, id_, body):
 
     ``participant.updated`` carries the previous values of the changed fields; nothing changed, no event.
     """
-    with _participant_rules():
-        row = participants.update_participant(
-            project, id_, body.get("displayName", participants.KEEP), body.get("userData", participants.KEEP)
-        )
+    row = participants.update_participant(
+        project, id_, body.get("displayName", participants.KEEP), body.get("userData", participants.KEEP)
+    )
     return participants.response(row)
 
 
@@ -73,6 +58,5 @@ def delete_participant(project, id_):
 
     Rows referencing the participant (memberships, presence history) go with it (ON DELETE CASCADE).
     """
-    with _participant_rules():
-        participants.delete_participant(project, id_)
+    participants.delete_participant(project, id_)
     return None, 204

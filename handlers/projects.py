@@ -2,7 +2,6 @@
 
 from cortex.app import current_settings, mailer
 from cortex.permissions import permissions_for
-from cortex.problems import ApiProblem
 from models import projects as membership
 from models.base import rfc3339
 from models.identity import project_secret
@@ -10,7 +9,6 @@ from models.settings import AppSettings, is_configured
 from models.tokens import legacy_room_token, project_room_token
 from models.voice import VoiceConfig
 
-_ERRORS = {"invalid": 400, "not_found": 404, "conflict": 409}
 _PRODUCTS = {
     "cortex": ("Cortex", "Transcription bot sessions, transcripts, moderation, events and automation"),
     "voice": ("ODIN Voice", "Real-time voice chat: access keys, room tokens, peer limits"),
@@ -67,14 +65,6 @@ def _serialize_member(member) -> dict:
     }
 
 
-def _membership_call(function, *args):
-    """Run a membership rule, mapping its errors to problems."""
-    try:
-        return function(*args)
-    except membership.MembershipError as exc:
-        raise ApiProblem(_ERRORS[exc.kind], exc.detail) from None
-
-
 def list_apps(principal):
     """GET /api/projects: the caller's projects (an API key: its creator's, in its tenant / its one project)."""
     tenant = principal.tenant_id if principal.kind == "api_key" else None
@@ -101,7 +91,7 @@ def get_project_users(project):
 
 def invite_project_user(project, body, principal):
     """POST …/users/invite: a pending membership and an invitation email."""
-    member, _new = _membership_call(membership.invite, project, body["email"], body["role"])
+    member, _new = membership.invite(project, body["email"], body["role"])
     mailer().send(
         member.email,
         f"You are invited to {project.name} on Cortex",
@@ -114,12 +104,12 @@ def invite_project_user(project, body, principal):
 
 def remove_project_user(project, body):
     """POST …/users/remove: revoke a membership; access ends with the next request."""
-    return _serialize_member(_membership_call(membership.remove, project, body["permissionId"])), 201
+    return _serialize_member(membership.remove(project, body["permissionId"])), 201
 
 
 def change_project_user_role(project, body):
     """POST …/users/change-role: the last admin cannot be demoted."""
-    member = _membership_call(membership.change_role, project, body["permissionId"], body["role"])
+    member = membership.change_role(project, body["permissionId"], body["role"])
     return _serialize_member(member), 201
 
 

@@ -3,25 +3,13 @@
 getAnalytics and getRoomsAnalytics are not built yet (they answer 501).
 """
 
-from contextlib import contextmanager
 
 from cortex import odin
 from cortex.permissions import permissions_for
-from cortex.problems import ApiProblem, not_found
+from cortex.problems import not_found
 from cortex.routing import unimplemented
 from models import voice
 from models.base import rfc3339
-
-_STATUS = {"invalid": 400, "conflict": 409, "not_found": 404}
-
-
-@contextmanager
-def _voice_rules():
-    """Answer a broken voice rule as its problem (400, 409 or 404)."""
-    try:
-        yield
-    except voice.VoiceError as exc:
-        raise ApiProblem(_STATUS[exc.kind], exc.detail) from None
 
 
 def _voice_settings(status: voice.VoiceStatus, principal, project) -> dict:
@@ -57,8 +45,7 @@ def activate_voice(principal, project):
 
 def update_peer_limit(principal, project, body):
     """PUT …/voice/peer-limit: a whole number ≥ 0 (0 = unlimited); 409 before activation."""
-    with _voice_rules():
-        status = voice.set_peer_limit(project, body["peerLimit"])
+    status = voice.set_peer_limit(project, body["peerLimit"])
     return _voice_settings(status, principal, project)
 
 
@@ -69,22 +56,19 @@ def list_access_keys(project):
 
 def create_access_key(project, body):
     """POST …/voice/access-keys: a new ODIN access key, returned in this response only; 409 before activation."""
-    with _voice_rules():
-        row, access_key = voice.create_access_key(project, body["name"], body.get("description"))
+    row, access_key = voice.create_access_key(project, body["name"], body.get("description"))
     return {**_access_key(row), "accessKey": access_key}, 201
 
 
 def edit_access_key(project, access_key_id, body):
     """PUT …/voice/access-keys/{accessKeyId}: new name; description replaced when given (blank clears it)."""
-    with _voice_rules():
-        row = voice.edit_access_key(project, access_key_id, body["name"], body.get("description", voice.KEEP))
+    row = voice.edit_access_key(project, access_key_id, body["name"], body.get("description", voice.KEEP))
     return _access_key(row)
 
 
 def delete_access_key(project, access_key_id):
     """DELETE …/voice/access-keys/{accessKeyId}: permanently; tokens signed with the key stop verifying."""
-    with _voice_rules():
-        row = voice.delete_access_key(project, access_key_id)
+    row = voice.delete_access_key(project, access_key_id)
     return {"id": row.id, "deleted": True}
 
 

@@ -19,6 +19,16 @@ db = pw.DatabaseProxy()
 _sqlite_writer = threading.RLock()
 
 
+class DomainError(Exception):
+    """A domain rule was broken. ``kind`` decides the HTTP answer (see cortex.app): ``invalid`` 400,
+    ``not_found`` 404, ``conflict`` 409; ``detail`` says which rule."""
+
+    def __init__(self, kind: str, detail: str):
+        super().__init__(detail)
+        self.kind = kind
+        self.detail = detail
+
+
 def new_id() -> str:
     """A new random UUID string (the id format of every resource)."""
     return str(uuid.uuid4())

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import peewee as pw
 
-from models.base import BaseModel, NameListField, UTCDateTimeField
+from models.base import BaseModel, DomainError, NameListField, UTCDateTimeField
 
 ROLES = ("developer", "maintainer", "admin")  # ascending privilege
 
@@ -91,13 +91,8 @@ API_KEY_PREFIX = "ots_live_"
 KEY_PREFIX_LENGTH = len(API_KEY_PREFIX) + 8
 
 
-class IdentityError(Exception):
+class IdentityError(DomainError):
     """A domain rule was broken (the caller maps it to a 4xx)."""
-
-    def __init__(self, kind: str, detail: str):
-        super().__init__(detail)
-        self.kind = kind
-        self.detail = detail
 
 
 def normalise_email(email: str) -> str:

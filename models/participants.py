@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import peewee as pw
 
-from models.base import BaseModel, JSONField, UTCDateTimeField, utcnow
+from models.base import BaseModel, DomainError, JSONField, UTCDateTimeField, utcnow
 from models.identity import Project
 
 
@@ -43,13 +43,8 @@ KEEP = ...  # update_participant: leave the field as it is
 _ESCAPE = "\\"  # LIKE escape character of the search pattern
 
 
-class ParticipantError(Exception):
+class ParticipantError(DomainError):
     """A participant rule was broken; ``kind`` is ``not_found`` (the caller maps it)."""
-
-    def __init__(self, kind: str, detail: str):
-        super().__init__(detail)
-        self.kind = kind
-        self.detail = detail
 
 
 @dataclass(frozen=True)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import peewee as pw
 
-from models.base import transaction, utcnow
+from models.base import DomainError, transaction, utcnow
 from models.identity import ROLES, Project, ProjectMember, User, normalise_email
 
 ACTIVE = "active"
@@ -12,13 +12,8 @@ PENDING = "pending"
 REVOKED = "revoked"
 
 
-class MembershipError(Exception):
+class MembershipError(DomainError):
     """A membership rule was broken: kind is "invalid" (400), "not_found" (404) or "conflict" (409)."""
-
-    def __init__(self, kind: str, detail: str):
-        super().__init__(detail)
-        self.kind = kind
-        self.detail = detail
 
 
 def member_projects(user_id: str | None, tenant_id: str | None = None, project_id: str | None = None):

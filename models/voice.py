@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import peewee as pw
 
-from models.base import BaseModel, UTCDateTimeField, utcnow
+from models.base import BaseModel, DomainError, UTCDateTimeField, utcnow
 from models.identity import Project
 
 
@@ -44,13 +44,8 @@ _TICK = timedelta(milliseconds=1)  # the precision both databases keep
 KEEP = ...  # edit_access_key: leave the description as it is
 
 
-class VoiceError(Exception):
+class VoiceError(DomainError):
     """A voice rule was broken; ``kind`` is ``invalid``, ``conflict`` or ``not_found`` (the caller maps it)."""
-
-    def __init__(self, kind: str, detail: str):
-        super().__init__(detail)
-        self.kind = kind
-        self.detail = detail
 
 
 @dataclass(frozen=True)
