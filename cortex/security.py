@@ -5,7 +5,6 @@ from __future__ import annotations
 import time
 import uuid
 from dataclasses import dataclass, field
-from datetime import timedelta
 
 import jwt
 import peewee as pw
@@ -168,11 +167,6 @@ def resolve_project(principal: Principal, project_ref: str, minimum_role: str | 
     if not role_at_least(role, minimum_role):
         raise forbidden(f"This operation needs the {minimum_role} role in the project; you are {role}")
     return project
-
-
-def access_token_lifetime() -> timedelta:
-    """How long issued access tokens live."""
-    return timedelta(seconds=_config["access_token_ttl"])
 
 
 __all__ = ["ApiProblem", "Principal", "authenticate", "issue_access_token", "resolve_project"]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import secrets
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from cortex import ROOT
@@ -39,7 +39,6 @@ class Settings:
     token_provider_timeout: float = 10.0
     bot_driver: str = "local"
     event_retention_days: float = 7.0
-    extra: dict = field(default_factory=dict)
 
     @classmethod
     def from_env(cls, env: dict | None = None, **overrides) -> Settings:

@@ -75,7 +75,7 @@ class Prepared:
     """A query compiled to SQL once per bound database, then executed with fresh parameters.
 
     Compiling a Peewee query and turning 50 rows into model instances cost ~1.5 ms; list endpoints on the hot
-    path use this instead and read raw rows (see ``rfc3339_raw``/``json_raw`` for the column decoders).
+    path use this instead and read raw rows (see ``rfc3339_raw``/``split_names`` for the column decoders).
     ``build`` receives one placeholder string per parameter name and returns the Peewee query.
     """
 

@@ -252,9 +252,3 @@ def api_key_by_secret(key: str) -> ApiKey | None:
     if row.expires_at is not None and row.expires_at <= utcnow():
         return None
     return row
-
-
-def touch_api_keys(last_used: dict[str, object]) -> None:
-    """Persist buffered lastUsedAt values (one UPDATE per key, batched by the caller)."""
-    for key_id, when in last_used.items():
-        ApiKey.update(last_used_at=when).where(ApiKey.id == key_id).execute()

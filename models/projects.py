@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import peewee as pw
 
-from models.base import DomainError, transaction, utcnow
+from models.base import DomainError, transaction
 from models.identity import ROLES, Project, ProjectMember, User, normalise_email
 
 ACTIVE = "active"
@@ -137,8 +137,3 @@ def activate_invitations(user: User) -> int:
             .where(ProjectMember.email == normalise_email(user.email), ProjectMember.status == PENDING)
             .execute()
         )
-
-
-def touch(project: Project) -> None:
-    """Record that the project changed (App.updated)."""
-    Project.update(updated_at=utcnow()).where(Project.id == project.id).execute()
