@@ -774,41 +774,13 @@ def run_compare(args, script: str, workdir: str, cpus: tuple, pinning: str) -> d
             flush=True,
         )
 
-    server = ServerProcess("cortex", script, workdir, cpus[0])
-    try:
-        server.start()
-        label = "(1) cortex: gevent WSGIServer + Flask + Connexion routes"
-        result = measure(
-            "cortex",
-            label,
-            server.port,
-            health_request,
-            connections=args.connections,
-            duration=args.duration,
-            timeout=args.timeout,
-            server_pid=server.pid,
-        )
-        rows.append(result)
-        print(fmt_row(label, result, width), flush=True)
-        stream_row("cortex_streams", f"    same, {COMPARE_STREAMS} streams open", server)
-    finally:
-        server.stop()
-
-    missing = [name for name in ("connexion", "uvicorn", "a2wsgi", "flask") if find_spec(name) is None]
-    if missing:
-        note = (
-            f"skipped connexion.FlaskApp on uvicorn: missing package(s) {', '.join(missing)} "
-            "(pip install 'connexion[flask,uvicorn]')"
-        )
-        notes.append(note)
-        print(f"(2)/(3) {note}")
-    else:
-        server = ServerProcess("connexion", script, workdir, cpus[0])
+    def stack_rows(kind: str, name: str, label: str, streams_label: str) -> None:
+        """Measure GET /api on one stack, then again with streams open; always stop its server."""
+        server = ServerProcess(kind, script, workdir, cpus[0])
         try:
             server.start()
-            label = "(2) connexion.FlaskApp on uvicorn (out of the box)"
             result = measure(
-                "connexion_uvicorn",
+                name,
                 label,
                 server.port,
                 health_request,
@@ -819,9 +791,23 @@ def run_compare(args, script: str, workdir: str, cpus: tuple, pinning: str) -> d
             )
             rows.append(result)
             print(fmt_row(label, result, width), flush=True)
-            stream_row("connexion_uvicorn_streams", f"(3) same, {COMPARE_STREAMS} streams open", server)
+            stream_row(f"{name}_streams", streams_label, server)
         finally:
             server.stop()
+
+    stack_rows("cortex", "cortex", "(1) cortex: gevent WSGIServer + Flask + Connexion routes",
+               f"    same, {COMPARE_STREAMS} streams open")
+    missing = [name for name in ("connexion", "uvicorn", "a2wsgi", "flask") if find_spec(name) is None]
+    if missing:
+        note = (
+            f"skipped connexion.FlaskApp on uvicorn: missing package(s) {', '.join(missing)} "
+            "(pip install 'connexion[flask,uvicorn]')"
+        )
+        notes.append(note)
+        print(f"(2)/(3) {note}")
+    else:
+        stack_rows("connexion", "connexion_uvicorn", "(2) connexion.FlaskApp on uvicorn (out of the box)",
+                   f"(3) same, {COMPARE_STREAMS} streams open")
     return {"mode": "compare", "meta": meta, "rows": [row.as_dict() for row in rows], "notes": notes}
 
 
