@@ -200,6 +200,8 @@ class ParameterSpec:
         self.location = definition["in"]
         self.required = bool(definition.get("required")) or self.location == "path"
         self.argument = pythonic(self.name)
+        # A credential (x-cortex-credential, e.g. the signature headers of ingest): missing → 401, not 400.
+        self.credential = bool(definition.get("x-cortex-credential"))
         schema = definition.get("schema", {})
         self.validator = Draft4RequestValidator(schema, format_checker=Draft4Validator.FORMAT_CHECKER)
 
@@ -221,6 +223,11 @@ class OperationGate:
         self.role = raw.get("x-cortex-role")
         self.uri_parser = operation.uri_parser_class(operation.parameters, operation.body_definition())
         self.parameters = [ParameterSpec(p) for p in operation.parameters]
+        seen: set[str] = set()
+        for parameter in self.parameters:  # `Last-Event-ID` header and `lastEventId` query: last_event_id_query
+            if parameter.argument in seen:
+                parameter.argument = f"{parameter.argument}_{parameter.location}"
+            seen.add(parameter.argument)
         body = raw.get("requestBody")
         self.body_required = bool(body and body.get("required"))
         self.body_validator = None
@@ -251,6 +258,8 @@ class OperationGate:
             body = self._body(request, raw)
             if self.wants("body"):
                 kwargs["body"] = body
+            if self.wants("raw_body"):  # the exact bytes, for signatures computed over them
+                kwargs["raw_body"] = raw
         if principal is not None and self.wants("principal"):
             kwargs["principal"] = principal
         if self.project_param is not None and principal is not None:
@@ -283,6 +292,8 @@ class OperationGate:
             if isinstance(value, str) and "\x00" in value:
                 raise ApiProblem(400, f"{parameter.location} parameter '{parameter.name}' contains a NUL character")
             if value is None:
+                if parameter.credential:
+                    raise ApiProblem(401, "Authentication failed")
                 if parameter.required:
                     raise ApiProblem(400, f"Missing {parameter.location} parameter '{parameter.name}'")
                 continue

@@ -1,6 +1,7 @@
-"""Events tag: the documentation-only event schema (the streams and ingest arrive with the real-time issue)."""
+"""Events tag: the example envelope, the SSE streams (``cortex/sse.py``) and signed ingest (``cortex/ingest.py``)."""
 
-from cortex.routing import unimplemented
+from cortex import ingest as signed_ingest
+from cortex import sse
 from models.base import new_id, rfc3339, utcnow
 from models.events import DomainEvent, envelope
 
@@ -38,19 +39,19 @@ def get_event_schema():
     return envelope(example)
 
 
-@unimplemented
-def stream(principal, types=None, resources=None, last_event_id=None):
-    """GET /api/events/stream: Subscribe to real-time events via SSE (Tenant-wide)."""
-    raise NotImplementedError("scaffolded: implement me, then remove @unimplemented")
+def stream(principal, types=None, resources=None, last_event_id=None, last_event_id_query=None):
+    """GET /api/events/stream: the tenant's events as Server-Sent Events (see ``cortex/sse.py``)."""
+    return sse.open_stream(principal, None, types, resources, last_event_id or last_event_id_query)
 
 
-@unimplemented
-def stream_project(project, principal, types=None, resources=None, last_event_id=None):
-    """GET /api/projects/{projectId}/events/stream: Subscribe to real-time events via SSE (Project-scoped)."""
-    raise NotImplementedError("scaffolded: implement me, then remove @unimplemented")
+def stream_project(project, principal, types=None, resources=None, last_event_id=None, last_event_id_query=None):
+    """GET /api/projects/{projectId}/events/stream: one project's events as Server-Sent Events."""
+    return sse.open_stream(principal, project, types, resources, last_event_id or last_event_id_query)
 
 
-@unimplemented
-def ingest(x_timestamp, x_signature, x_project_id, body):
-    """POST /api/events/ingest: Ingest an external domain event."""
-    raise NotImplementedError("scaffolded: implement me, then remove @unimplemented")
+def ingest(x_project_id, x_timestamp, x_signature, body, raw_body):
+    """POST /api/events/ingest: a signed event from an ODIN service into the log (see ``cortex/ingest.py``).
+
+    201 ``{id}``; any authentication failure 401 without detail; over the per-project rate 429 + Retry-After.
+    """
+    return {"id": signed_ingest.ingest(x_project_id, x_timestamp, x_signature, body, raw_body)}, 201

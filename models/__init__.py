@@ -2,7 +2,7 @@
 
 from playhouse.migrate import SchemaMigrator, migrate
 
-from models import events, identity, participants, sessions, settings, voice
+from models import events, identity, messages, participants, presence, sessions, settings, voice
 from models.base import UTCDateTimeField
 
 
@@ -36,9 +36,15 @@ def _v3_events_sessions_participants(database):
     database.create_tables(events.MODELS + sessions.MODELS + participants.MODELS, safe=True)
 
 
+def _v4_messages_presence(database):
+    """Session transcripts (messages, debug audio) and presence spans."""
+    database.create_tables(messages.MODELS + presence.MODELS, safe=True)
+
+
 #: Versioned migrations: (version, name, function(database)). Append only; never edit an applied one.
 MIGRATIONS = [
     (1, "identity and projects", _v1_identity),
     (2, "project settings and voice", _v2_projects_settings_voice),
     (3, "event log, sessions and participants", _v3_events_sessions_participants),
+    (4, "messages and presence", _v4_messages_presence),
 ]
