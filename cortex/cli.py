@@ -28,8 +28,10 @@ def _print(obj) -> None:
 
 
 def serve_with_engines(app, host: str, port: int) -> None:
-    """Serve with the background engines: the live event dispatcher + fan-out, and event-log retention."""
+    """Serve with the background engines: the live event dispatcher + fan-out, event-log retention, and the
+    idle-session sweeper."""
     from cortex.dispatcher import RetentionJob, start_event_pipeline
+    from cortex.idle import IdleSessionSweeper
     from cortex.serve import serve
 
     settings = app.extensions["cortex"].settings
@@ -37,9 +39,12 @@ def serve_with_engines(app, host: str, port: int) -> None:
     app.extensions["cortex"].fanout = fanout
     retention = RetentionJob.from_settings(settings)
     retention.start()
+    sweeper = IdleSessionSweeper.from_settings(settings)
+    sweeper.start()
     try:
         serve(app, host, port)
     finally:
+        sweeper.stop()
         retention.stop()
         dispatcher.stop()
         fanout.stop()

@@ -114,7 +114,15 @@ def change_project_user_role(project, body):
 
 
 def generate_project_token(project, body):
-    """POST …/token: a room token from the project's configured token provider."""
+    """POST …/token: a room token from the project's configured token provider; 429 at the voice peer limit."""
+    from cortex.problems import ApiProblem
+    from models.voice import peer_limit_reached
+
+    full = peer_limit_reached(project)
+    if full is not None:
+        limit, present = full
+        raise ApiProblem(429, f"The voice peer limit of this project is reached: {present} peers are present and "
+                              f"the limit is {limit} (PUT …/voice/peer-limit)")
     settings = current_settings()
     token = project_room_token(project, body["roomId"], body["userId"], rooms_api_url=settings.rooms_api_url,
                                timeout=settings.token_provider_timeout)

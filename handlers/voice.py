@@ -1,14 +1,11 @@
-"""Voice tag: activation, peer limit, ODIN access keys (the key shown once, public halves kept), JWKS.
-
-getAnalytics and getRoomsAnalytics are not built yet (they answer 501).
-"""
+"""Voice tag: activation, peer limit, ODIN access keys (the key shown once, public halves kept), JWKS, analytics
+(concurrent peers and active rooms over time, from presence spans)."""
 
 
 from cortex import odin
 from cortex.permissions import permissions_for
 from cortex.problems import not_found
-from cortex.routing import unimplemented
-from models import voice
+from models import presence, voice
 from models.base import rfc3339
 
 
@@ -80,13 +77,15 @@ def get_voice_jwks(project_id):
     return {"keys": [odin.jwk(pub_key) for pub_key in keys]}
 
 
-@unimplemented
-def get_analytics(project, start, principal):
-    """GET /api/projects/{projectId}/voice/analytics: Get voice analytics."""
-    raise NotImplementedError("scaffolded: implement me, then remove @unimplemented")
+def get_analytics(project, start):
+    """GET …/voice/analytics: concurrent peers (present participants) per bucket since ``start`` (Unix seconds).
+
+    Clamped to the last 31 days; 5-minute buckets up to 24 h, 1 hour up to 7 days, 6 hours beyond (see
+    models.presence). A ``start`` in the future answers empty series; NaN answers 400.
+    """
+    return presence.peers_over_time(project.id, start)
 
 
-@unimplemented
-def get_rooms_analytics(project, start, principal):
-    """GET /api/projects/{projectId}/voice/rooms-analytics: Get rooms over time analytics."""
-    raise NotImplementedError("scaffolded: implement me, then remove @unimplemented")
+def get_rooms_analytics(project, start):
+    """GET …/voice/rooms-analytics: active rooms (distinct externalRoomId with a peer present) per bucket."""
+    return presence.rooms_over_time(project.id, start)

@@ -41,10 +41,20 @@ def _v4_messages_presence(database):
     database.create_tables(messages.MODELS + presence.MODELS, safe=True)
 
 
+def _v5_idle_clock_presence_index(database):
+    """Session status-change time (the idle auto-stop's clock), an index on a project's open/recent spans."""
+    add_column_if_missing(database, "session", "status_changed_at", UTCDateTimeField(null=True))
+    database.execute_sql('UPDATE "session" SET "status_changed_at" = "updated_at" WHERE "status_changed_at" IS NULL')
+    database.execute_sql(
+        'CREATE INDEX IF NOT EXISTS "presence_span_project_id_left_at" ON "presence_span" ("project_id", "left_at")'
+    )
+
+
 #: Versioned migrations: (version, name, function(database)). Append only; never edit an applied one.
 MIGRATIONS = [
     (1, "identity and projects", _v1_identity),
     (2, "project settings and voice", _v2_projects_settings_voice),
     (3, "event log, sessions and participants", _v3_events_sessions_participants),
     (4, "messages and presence", _v4_messages_presence),
+    (5, "session idle clock and presence index", _v5_idle_clock_presence_index),
 ]

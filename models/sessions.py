@@ -4,7 +4,9 @@ The statuses and the bot command flow are described in ``cortex/bot.py``. Every 
 together with its domain event (``session.created``; ``session.updated`` carrying the previous values of the
 changed fields in ``changes``). A bot command is sent only after the transaction that recorded it
 (``starting``/``stopping``) committed, so a worker never acts on a state that could still roll back; a command
-that cannot be delivered moves the session to ``error``.
+that cannot be delivered moves the session to ``error``. A session reaching ``stopped``/``error`` closes its open
+presence spans (``models.presence``); a ``starting``/``active`` one with ``idle_timeout`` > 0 and nobody present
+for that long is stopped by ``cortex.idle.IdleSessionSweeper`` (``stop_idle_session``).
 """
 
 from __future__ import annotations
@@ -30,12 +32,13 @@ class Session(BaseModel):
     title = pw.TextField()
     created_by_user_id = pw.CharField(max_length=64)
     status = pw.CharField(max_length=32, default="created")
-    # Idle timeout in seconds, stored as given (None/0: no auto-stop).
-    # TODO(idle auto-stop): NOT enforced yet. Stopping a session after ``idle_timeout`` seconds without
-    # participants needs the presence data of the ingest feature (participant joined/left); once it exists, a
-    # sweeper should call ``stop_session`` for sessions whose room has been empty for longer than this.
+    # Idle timeout in seconds, stored as given (None/0: no auto-stop). Enforced by cortex.idle.IdleSessionSweeper:
+    # a starting/active session whose room has had nobody present (models.presence) for this long is stopped.
     idle_timeout = pw.DoubleField(null=True)
     updated_at = UTCDateTimeField(default=utcnow)
+    # When the status last changed (migration 5; None only on rows older than it, read as updated_at): the
+    # start of the idle clock of a session that became starting/active.
+    status_changed_at = UTCDateTimeField(null=True, default=utcnow)
 
     class Meta:
         indexes = ((("project", "created_at"), False),)
@@ -166,10 +169,14 @@ def _change_status(session: Session, status: str, source: str) -> bool:
     """Inside a transaction: set the status, emit ``session.updated`` with the previous values; False if unchanged."""
     if session.status == status:
         return False
+    from models import presence  # presence imports this module
+
     before = session_body(session)
     session.status = status
-    session.updated_at = _later_than(session.updated_at)
-    session.save(only=[Session.status, Session.updated_at])
+    session.updated_at = session.status_changed_at = _later_than(session.updated_at)
+    session.save(only=[Session.status, Session.updated_at, Session.status_changed_at])
+    if status in presence.ENDED:  # the bot left the room: nobody can be seen present any more
+        presence.close_open_spans(session.id, session.updated_at)
     after = session_body(session)
     _emit(session, "updated", after, changed_fields(before, after), source)
     return True
@@ -233,6 +240,7 @@ def create_session(
             idle_timeout=idle_timeout,
             created_at=created,
             updated_at=created,
+            status_changed_at=created,
         )
         _emit(session, "created", session_body(session))
     if auto_start:
@@ -280,6 +288,28 @@ def stop_session(project: Project, session_id: str, driver: BotDriver) -> Sessio
             _change_status(session, "stopping", "cortex:api")
     _send(driver.stop, session)
     return get_session(project, session_id)
+
+
+def stop_idle_session(session_id: str, driver: BotDriver, now: datetime | None = None) -> Session | None:
+    """The idle auto-stop of one session: ``stop_session``'s path (``stopping`` + ``session.updated`` with source
+    ``cortex:api``, committed, then the driver's stop command) when the session is still due at ``now``.
+
+    Due is re-checked under the row lock (``models.presence.idle_sessions``), so a participant who joined since
+    the sweep selected it keeps the session running. Returns the session's latest state, or None when it was
+    not due (any more). An undeliverable command leaves the session in ``error`` (logged) and is not raised.
+    """
+    from models import presence  # presence imports this module
+
+    with transaction():
+        session = _locked(presence.idle_sessions(now).where(Session.id == session_id)).first()
+        if session is None:
+            return None
+        _change_status(session, "stopping", "cortex:api")
+    try:
+        _send(driver.stop, session)
+    except BotCommandError:
+        pass  # logged and recorded as status "error" by _send
+    return Session.get_or_none(Session.id == session_id)
 
 
 def set_session_status(

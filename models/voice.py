@@ -1,4 +1,8 @@
-"""Voice product of a project: activation, peer limit, ODIN access keys (public halves only)."""
+"""Voice product of a project: activation, peer limit, ODIN access keys (public halves only).
+
+The peer limit (``peer_limit`` > 0) caps the peers present at once across the project's sessions (open presence
+spans, ``models.presence``): at the limit, ``POST …/token`` answers 429 (:func:`peer_limit_reached`).
+"""
 
 from __future__ import annotations
 
@@ -36,6 +40,7 @@ from datetime import datetime, timedelta  # noqa: E402
 
 from cortex import odin  # noqa: E402
 from models.base import transaction  # noqa: E402
+from models.presence import project_present_count  # noqa: E402
 
 #: Largest peer limit (the column is a 32-bit integer on PostgreSQL).
 MAX_PEER_LIMIT = 2**31 - 1
@@ -81,6 +86,19 @@ def activate_voice(project: Project) -> VoiceStatus:
     with transaction():
         VoiceConfig.insert(project=project.id, peer_limit=0).on_conflict_ignore().execute()
         return voice_status(project)
+
+
+def peer_limit_reached(project: Project) -> tuple[int, int] | None:
+    """(peer limit, peers present) when the project has a peer limit and that many peers (or more) are present
+    in its sessions; None when it is unlimited, not activated, or below the limit.
+
+    A soft limit: it refuses new room tokens; peers already present (or holding a token) are not cut off.
+    """
+    limit = VoiceConfig.select(VoiceConfig.peer_limit).where(VoiceConfig.project == project.id).scalar()
+    if not limit or limit <= 0:
+        return None
+    present = project_present_count(project.id)
+    return (limit, present) if present >= limit else None
 
 
 def check_peer_limit(value) -> int:

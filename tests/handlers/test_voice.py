@@ -1,4 +1,4 @@
-"""Voice tag: activation, peer limit, ODIN access keys (shown once, never stored), roles, the public JWKS."""
+"""Voice tag: activation, peer limit (and room tokens refused at it), ODIN access keys (shown once, never stored), roles, the public JWKS."""
 
 from __future__ import annotations
 
@@ -7,9 +7,13 @@ import base64
 import pytest
 
 from cortex import odin
+from cortex.bot import LocalBotDriver
 from cortex.permissions import FLAGS, permissions_for
 from models.base import db
 from models.identity import create_project
+from models.participants import create_or_find_participant
+from models.presence import record_join, record_leave
+from models.sessions import Session, create_session, stop_session
 from models.voice import OdinAccessKey, VoiceConfig
 
 ALL_TRUE = dict.fromkeys(FLAGS, True)
@@ -346,3 +350,99 @@ def test_jwks_of_an_unknown_project_is_not_found(client, app):
     assert response.status_code == 404
     assert response.mimetype == "application/problem+json"
     assert response.get_json()["detail"] == "Project no-such-project not found"
+
+
+# ---------------------------------------------------------------- peer limit: room tokens refused at the limit
+
+
+@pytest.fixture
+def token_ready(client, owner):
+    """The owner's project with voice activated and access-key app settings (room tokens are signed locally)."""
+    activate(client, owner)
+    key = create_key(client, owner).get_json()["accessKey"]
+    settings_body = {"tokenProviderType": "access_key", "accessKeyConfig": {"accessKey": key, "botUserId": "bot"}}
+    assert client.put(f"/api/projects/{owner.project.id}/settings", json=settings_body,
+                      headers=owner.headers).status_code == 200
+    return owner
+
+
+def room_token(client, member, headers=None, project=None):
+    return client.post(f"/api/projects/{(project or member.project).id}/token",
+                       json={"roomId": "lobby", "userId": "player-9"}, headers=headers or member.headers)
+
+
+def peer_limit(client, member, value):
+    response = client.put(url(member.project, "/peer-limit"), json={"peerLimit": value}, headers=member.headers)
+    assert response.status_code == 200
+
+
+def present(member, room: str, *users: str):
+    """An active session (local bot driver) in ``room`` with these participants present; the session."""
+    session = create_session(member.project, member.user.id, "Chat", room, driver=LocalBotDriver())
+    for user in users:
+        record_join(session, create_or_find_participant(member.project, user)[0], f"{user}-peer")
+    return session
+
+
+def test_tokens_are_refused_when_the_peer_limit_is_reached(client, token_ready, add_member):
+    owner = token_ready
+    peer_limit(client, owner, 3)
+    lobby = present(owner, "lobby", "ann")
+    present(owner, "arena", "ben")  # the limit counts every session of the project
+    assert room_token(client, owner).status_code == 201  # 2 present, limit 3
+
+    present(owner, "cellar", "cid")
+    refused = room_token(client, owner)
+    assert refused.status_code == 429
+    assert refused.mimetype == "application/problem+json"
+    assert refused.get_json()["detail"].startswith("The voice peer limit of this project is reached: 3 peers")
+    assert room_token(client, add_member("developer")).status_code == 429
+
+    record_leave(lobby, create_or_find_participant(owner.project, "ann")[0], "ann-peer")
+    assert room_token(client, owner).status_code == 201  # below the limit again
+
+
+def test_no_peer_limit_means_no_refusal(client, token_ready):
+    present(token_ready, "lobby", "ann", "ben", "cid")
+    assert room_token(client, token_ready).status_code == 201  # peerLimit 0: unlimited
+    peer_limit(client, token_ready, 3)
+    assert room_token(client, token_ready).status_code == 429
+    peer_limit(client, token_ready, 4)
+    assert room_token(client, token_ready).status_code == 201
+
+
+def test_a_stopped_session_frees_its_peers(client, token_ready):
+    peer_limit(client, token_ready, 2)
+    lobby = present(token_ready, "lobby", "ann", "ben")
+    assert room_token(client, token_ready).status_code == 429
+    stop_session(token_ready.project, lobby.id, LocalBotDriver())  # its open spans close
+    assert room_token(client, token_ready).status_code == 201
+
+
+def test_other_projects_peers_do_not_count(client, token_ready, stranger):
+    peer_limit(client, token_ready, 1)
+    configure_stranger = {"tokenProviderType": "access_key",
+                          "accessKeyConfig": {"accessKey": odin.generate_access_key(), "botUserId": "bot"}}
+    assert client.put(f"/api/projects/{stranger.project.id}/settings", json=configure_stranger,
+                      headers=stranger.headers).status_code == 200
+    present(stranger, "lobby", "ann", "ben")
+    assert Session.select().where(Session.project == stranger.project.id).count() == 1
+    assert room_token(client, token_ready).status_code == 201
+
+
+def test_the_peer_limit_answers_after_the_gates(client, token_ready, stranger, api_key_headers):
+    peer_limit(client, token_ready, 1)
+    present(token_ready, "lobby", "ann")
+    assert room_token(client, stranger, project=token_ready.project).status_code == 404
+    assert room_token(client, token_ready, headers=api_key_headers(["voice:write"])).status_code == 403
+    assert room_token(client, token_ready, headers=api_key_headers(["projects:write"])).status_code == 429
+
+
+def test_the_legacy_token_endpoint_has_no_peer_limit(client, token_ready):
+    """POST /api/projects/token names no Cortex project (it forwards a caller-supplied id and secret to the
+    Rooms API), so a local project's peer limit cannot apply: without a Rooms API configured it answers 502."""
+    peer_limit(client, token_ready, 1)
+    present(token_ready, "lobby", "ann")
+    response = client.post("/api/projects/token", headers=token_ready.headers,
+                           json={"roomId": "lobby", "projectId": token_ready.project.app_id, "secret": "s"})
+    assert response.status_code == 502
