@@ -43,7 +43,9 @@ class Runtime:
     identity: IdentityProvider
     paths: DocumentedPaths
     mailer: Mailer
-    fanout: object | None = None  # cortex.dispatcher.LiveFanout, set by `cortex serve` (SSE subscribes to it)
+    #: cortex.dispatcher.LiveFanout, set by `cortex serve`: the event streams subscribe to it. Without one (an app
+    #: built by create_app and served otherwise, the test client) each stream polls the log (cortex/sse.py).
+    fanout: object | None = None
 
 
 def runtime() -> Runtime:
@@ -114,7 +116,18 @@ def create_app(settings: Settings | None = None) -> flask.Flask:
         if not db.is_closed():
             db.close()
 
+    @app.teardown_request
+    def _nudge_live_events(_exc):
+        # A write may have committed events: the live dispatcher publishes them now, not at its next poll
+        # (event streams see changes made through this process within milliseconds). A flag, no I/O.
+        fanout = app.extensions["cortex"].fanout
+        if fanout is not None and flask.request.method not in _READ_METHODS:
+            fanout.nudge()
+
     return app
+
+
+_READ_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 
 
 def _add_documentation_routes(app: flask.Flask) -> None:

@@ -28,8 +28,9 @@ def _print(obj) -> None:
 
 
 def serve_with_engines(app, host: str, port: int) -> None:
-    """Serve with the background engines: the live event dispatcher + fan-out, event-log retention, and the
-    idle-session sweeper."""
+    """Serve with the background engines: the live event dispatcher + fan-out, event-log retention, the
+    idle-session sweeper and the debug-audio cleanup."""
+    from cortex.debug_audio import DebugAudioCleanupJob
     from cortex.dispatcher import RetentionJob, start_event_pipeline
     from cortex.idle import IdleSessionSweeper
     from cortex.serve import serve
@@ -41,9 +42,12 @@ def serve_with_engines(app, host: str, port: int) -> None:
     retention.start()
     sweeper = IdleSessionSweeper.from_settings(settings)
     sweeper.start()
+    audio_cleanup = DebugAudioCleanupJob.from_settings(settings)
+    audio_cleanup.start()
     try:
         serve(app, host, port)
     finally:
+        audio_cleanup.stop()
         sweeper.stop()
         retention.stop()
         dispatcher.stop()

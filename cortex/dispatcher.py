@@ -6,14 +6,21 @@ order, hands them to its handler and only then advances the cursor. A process th
 publish therefore loses nothing — the next dispatcher hands the event over (at least once).
 
 - **Persistent consumers** (webhooks, later) keep their cursor in ``EventCursor`` (created at 0).
-- **The live consumer** (SSE, later) keeps its cursor in memory, starting at the newest event at start-up
+- **The live consumer** (the SSE streams, ``cortex/sse.py``) keeps its cursor in memory, starting at the newest event at start-up
   (``persist=False``): live streams need no per-process row, and a restarted process does not replay the log
   to browsers (they resume with ``Last-Event-ID`` from the log instead).
-- :class:`LiveFanout` is the in-process pub/sub the live consumers subscribe to. With ``REDIS_URL`` every
-  publish goes through the Redis channel ``cortex:events`` and each process's listener feeds its local
-  subscribers, so several server processes share one fan-out. Every process runs its own live dispatcher, so
-  the same event reaches the channel once per process: listeners drop envelopes whose ``id`` they delivered
-  recently.
+- :class:`LiveFanout` is the in-process pub/sub the live consumers subscribe to. It carries
+  :class:`LiveEvent` items: the envelope (exactly the document's ``*Event`` shape) with its log position
+  ``seq`` beside it, so an SSE stream that replayed the log up to some ``seq`` can skip what it already sent.
+  With ``REDIS_URL`` every publish goes through the Redis channel ``cortex:events`` and each process's ONE
+  listener feeds its local subscribers, so several server processes share one fan-out. The channel speaks
+  flask-sse's message format: the dispatcher publishes with flask-sse's ``publish`` (bound to the process's
+  pooled Redis client), one message ``{"data": [[seq, envelope], …], "type": "cortex.events"}`` per batch.
+  Every process runs its own live dispatcher, so the same event reaches the channel once per process:
+  listeners drop envelopes whose ``id`` they delivered recently.
+- Latency: the live dispatcher polls every 0.25 s, and :meth:`LiveFanout.nudge` (called by the app after
+  every write request) wakes it at once, so an event caused through this process is published within
+  milliseconds, and through Redis reaches the other processes as fast.
 - :func:`prune_events` / :class:`RetentionJob` delete old events, never one a persistent consumer has not
   processed yet.
 
@@ -34,6 +41,7 @@ from datetime import timedelta
 
 import orjson
 import peewee as pw
+from flask_sse import ServerSentEventsBlueprint
 
 from models.base import db, transaction, utcnow
 from models.events import DomainEvent, EventCursor, envelope
@@ -41,7 +49,10 @@ from models.events import DomainEvent, EventCursor, envelope
 log = logging.getLogger("cortex.dispatcher")
 
 CHANNEL = "cortex:events"  # the Redis pub/sub channel of the live fan-out
+BATCH_TYPE = "cortex.events"  # flask-sse message type of one batch of [seq, envelope] pairs on the channel
+BATCH_SIZE = 100  # events per Redis message at most
 LIVE_CONSUMER = "live"  # name of the (non-persisted) live consumer, for logs
+LIVE_POLL_INTERVAL = 0.25  # seconds between two polls of the live dispatcher when nothing nudges it
 DEFAULT_RETENTION_DAYS = 7.0
 RETENTION_INTERVAL = 3600.0  # seconds between two prunes
 MAX_BACKOFF = 30.0  # seconds: the longest pause after repeated failures
@@ -59,14 +70,17 @@ def gevent_patched() -> bool:
     return monkey.is_module_patched("threading")
 
 
-def _pause(stop_event: threading.Event, seconds: float) -> None:
-    """Sleep ``seconds`` with ``time.sleep`` (gevent's once patched), waking early when the loop is stopped."""
+def _pause(stop_event: threading.Event, seconds: float, wake: threading.Event | None = None) -> None:
+    """Sleep ``seconds`` (gevent-friendly once patched), waking early when the loop is stopped or ``wake`` is set."""
     deadline = time.monotonic() + seconds
     while not stop_event.is_set():
         remaining = deadline - time.monotonic()
         if remaining <= 0:
             return
-        time.sleep(min(remaining, 0.1))
+        if wake is None:
+            time.sleep(min(remaining, 0.1))
+        elif wake.wait(min(remaining, 0.1)):
+            return
 
 
 class _Worker:
@@ -155,6 +169,7 @@ class Dispatcher:
         self.poll_interval = poll_interval
         self.persist = persist
         self._cursor: int | None = None  # in-memory cursor (persist=False)
+        self._wake = threading.Event()  # set by wake(): poll now instead of at the end of the pause
         self._worker = _Worker(f"cortex-dispatcher-{consumer}", self.run_forever)
 
     @property
@@ -214,10 +229,15 @@ class Dispatcher:
             self._save_cursor(events[-1].seq)
             return len(events)
 
+    def wake(self) -> None:
+        """Poll now (e.g. right after a request committed events) instead of at the end of the current pause."""
+        self._wake.set()
+
     def run_forever(self, stop_event: threading.Event) -> None:
         """Run batches until ``stop_event`` is set; failures are logged and retried with a growing pause."""
         failures = 0
         while not stop_event.is_set():
+            self._wake.clear()  # before reading: a wake() during the run makes the pause below end at once
             try:
                 handled = self.run_once()
             except Exception:
@@ -231,7 +251,7 @@ class Dispatcher:
             if handled >= self.batch:
                 time.sleep(0)  # a backlog: go on at once, but let other greenlets run
             else:
-                _pause(stop_event, self.poll_interval)
+                _pause(stop_event, self.poll_interval, self._wake)
 
     def start(self) -> None:
         """Run ``run_forever`` in the background (greenlet under gevent, else a daemon thread)."""
@@ -247,34 +267,70 @@ class Dispatcher:
 _CLOSED = object()  # wakes a waiting Subscription.get when the subscription is closed
 
 
+class LiveEvent:
+    """One item of the live fan-out: an envelope and, beside it, its log position ``seq``.
+
+    ``seq`` is None for envelopes published without one (``LiveFanout.publish``). ``frame`` is a cache for
+    the rendered Server-Sent Event (``cortex.sse`` fills it once per event and process, not per subscriber).
+    """
+
+    __slots__ = ("seq", "envelope", "frame")
+
+    def __init__(self, seq: int | None, envelope: dict):
+        self.seq = seq
+        self.envelope = envelope
+        self.frame: bytes | None = None
+
+    def __repr__(self) -> str:
+        return f"LiveEvent(seq={self.seq!r}, id={self.envelope.get('id')!r}, type={self.envelope.get('type')!r})"
+
+
 class Subscription:
-    """One live consumer's bounded queue of envelopes."""
+    """One live consumer's bounded queue of :class:`LiveEvent` items."""
 
     def __init__(self, maxsize: int, accept: Callable[[dict], bool] | None = None):
-        self.accept = accept  # optional filter (e.g. one tenant's or project's events), applied before queueing
-        self.closed = False  # True once unsubscribed or dropped for falling behind
+        self.accept = accept  # optional filter on the envelope (a tenant's, a project's…), applied before queueing
+        self.closed = False  # True once unsubscribed, dropped for falling behind, or the fan-out stopped
+        self.reason: str | None = None  # why it closed: "unsubscribed", "overflow" or "stopped"
         self._queue: queue.Queue = queue.Queue(maxsize)
 
     def get(self, timeout: float | None = None) -> dict | None:
         """The next envelope; None after ``timeout`` seconds without one, or when the subscription is closed."""
+        item = self.next(timeout)
+        return None if item is None else item.envelope
+
+    def next(self, timeout: float | None = None) -> LiveEvent | None:
+        """The next item (envelope and seq); None after ``timeout`` seconds without one, or once closed."""
         if self.closed:
             return None
         try:
             item = self._queue.get(timeout=timeout)
         except queue.Empty:
             return None
-        return None if item is _CLOSED else item
+        return None if item is _CLOSED or self.closed else item
 
-    def _offer(self, item: dict) -> bool:
-        """Queue an envelope without blocking; False when the queue is full."""
+    def next_nowait(self) -> LiveEvent | None:
+        """The next item if one is queued, else None (never waits)."""
+        if self.closed:
+            return None
+        try:
+            item = self._queue.get_nowait()
+        except queue.Empty:
+            return None
+        return None if item is _CLOSED or self.closed else item
+
+    def _offer(self, item: LiveEvent) -> bool:
+        """Queue an item without blocking; False when the queue is full."""
         try:
             self._queue.put_nowait(item)
         except queue.Full:
             return False
         return True
 
-    def _close(self) -> None:
+    def _close(self, reason: str) -> None:
         """Mark closed, discard what is queued and wake a waiting ``get``."""
+        if not self.closed:
+            self.reason = reason
         self.closed = True
         while True:
             try:
@@ -287,10 +343,27 @@ class Subscription:
             pass
 
 
+class _FlaskSseChannel(ServerSentEventsBlueprint):
+    """flask-sse's publisher, bound to the process's pooled Redis client.
+
+    The stock ``ServerSentEventsBlueprint.redis`` builds a new client (and connection pool) from the app
+    config on every access, i.e. on every publish (flask-sse issue #6); this one reuses ours and needs no app.
+    """
+
+    def __init__(self, client: Callable[[], object]):
+        super().__init__("cortex_live_fanout", __name__)
+        self._client = client
+
+    @property
+    def redis(self):
+        return self._client()
+
+
 class LiveFanout:
     """In-process pub/sub of event envelopes; with ``redis_url``, shared by every process through Redis.
 
-    A subscriber whose queue is full is dropped (``closed=True``) instead of blocking the others.
+    A subscriber whose queue is full is dropped (``closed=True``, ``reason="overflow"``) instead of blocking the
+    others. With Redis, the process holds ONE subscription to the channel however many local subscribers it has.
     """
 
     def __init__(
@@ -309,6 +382,8 @@ class LiveFanout:
         self._seen: collections.OrderedDict[str, None] = collections.OrderedDict()  # recent envelope ids
         self._remember = remember
         self._redis = None
+        self._publisher = _FlaskSseChannel(self._client)
+        self._wakers: list[Callable[[], None]] = []
         self._ready = threading.Event()  # the Redis listener is subscribed
         self._worker = _Worker("cortex-live-fanout", self._listen)
 
@@ -321,40 +396,58 @@ class LiveFanout:
             self._subscribers.add(subscription)
         return subscription
 
-    def unsubscribe(self, subscription: Subscription) -> None:
+    def unsubscribe(self, subscription: Subscription, reason: str = "unsubscribed") -> None:
         """Stop delivering to ``subscription`` (idempotent)."""
         with self._lock:
             self._subscribers.discard(subscription)
         if not subscription.closed:
-            subscription._close()
+            subscription._close(reason)
 
     @property
     def subscriber_count(self) -> int:
         """How many subscriptions are open."""
         return len(self._subscribers)
 
+    # --- waking the publisher
+
+    def add_waker(self, wake: Callable[[], None]) -> None:
+        """Register a callable that makes the publisher look for new events now (see :meth:`nudge`)."""
+        self._wakers.append(wake)
+
+    def nudge(self) -> None:
+        """New events may have been committed in this process (e.g. by a write request): publish them now."""
+        for wake in self._wakers:
+            wake()
+
     # --- publishing
 
     def publish(self, envelopes: list[dict]) -> None:
-        """Deliver envelopes to every subscriber (of every process, through Redis when configured).
+        """Deliver envelopes (without log positions) to every subscriber; see :meth:`publish_items`."""
+        self.publish_items([LiveEvent(None, item) for item in envelopes])
 
+    def publish_events(self, events: list[DomainEvent]) -> None:
+        """Deliver committed events (envelope + ``seq``) to every subscriber; see :meth:`publish_items`."""
+        self.publish_items([LiveEvent(event.seq, envelope(event)) for event in events])
+
+    def publish_items(self, items: list[LiveEvent]) -> None:
+        """Deliver items to every subscriber (of every process, through Redis when configured).
+
+        With Redis this goes through flask-sse's ``publish``: one message per ``BATCH_SIZE`` items, in order.
         Raises when Redis cannot be reached, so a dispatcher retries the batch.
         """
-        if not envelopes:
+        if not items:
             return
         if self.redis_url is None:
-            for item in envelopes:
+            for item in items:
                 self._deliver(item)
             return
-        client = self._client()
-        pipe = client.pipeline(transaction=False)
-        for item in envelopes:
-            pipe.publish(self.channel, orjson.dumps(item))
-        pipe.execute()
+        for start in range(0, len(items), BATCH_SIZE):
+            pairs = [[item.seq, item.envelope] for item in items[start : start + BATCH_SIZE]]
+            self._publisher.publish(pairs, type=BATCH_TYPE, channel=self.channel)
 
-    def _deliver(self, item: dict) -> None:
-        """Queue one envelope for the local subscribers, once per envelope id."""
-        event_id = item.get("id")
+    def _deliver(self, item: LiveEvent) -> None:
+        """Queue one item for the local subscribers, once per envelope id."""
+        event_id = item.envelope.get("id")
         with self._lock:
             if event_id is not None:
                 if event_id in self._seen:
@@ -365,14 +458,29 @@ class LiveFanout:
             subscribers = list(self._subscribers)
         for subscription in subscribers:
             try:
-                if subscription.accept is not None and not subscription.accept(item):
+                if subscription.accept is not None and not subscription.accept(item.envelope):
                     continue
             except Exception:
                 log.exception("live subscriber filter failed; skipping envelope %s for it", event_id)
                 continue
             if not subscription._offer(item):
                 log.warning("live subscriber fell behind (%d queued envelopes); dropping it", self.queue_size)
-                self.unsubscribe(subscription)
+                self.unsubscribe(subscription, "overflow")
+
+    def _receive(self, raw: bytes) -> None:
+        """Deliver the items of one channel message (flask-sse's ``{"data": [[seq, envelope], …], "type"}``)."""
+        try:
+            message = orjson.loads(raw)
+        except orjson.JSONDecodeError:
+            log.warning("live fan-out: ignoring a non-JSON message on %s", self.channel)
+            return
+        pairs = message.get("data") if isinstance(message, dict) and message.get("type") == BATCH_TYPE else None
+        if not isinstance(pairs, list):
+            log.warning("live fan-out: ignoring a message on %s that is not a %s batch", self.channel, BATCH_TYPE)
+            return
+        for pair in pairs:
+            if isinstance(pair, list) and len(pair) == 2 and isinstance(pair[1], dict):
+                self._deliver(LiveEvent(pair[0], pair[1]))
 
     # --- the Redis listener
 
@@ -405,7 +513,7 @@ class LiveFanout:
         if client is not None:
             client.close()
         for subscription in subscribers:
-            subscription._close()
+            subscription._close("stopped")
 
     def _listen(self, stop_event: threading.Event) -> None:
         """Feed local subscribers from the Redis channel; reconnects after failures."""
@@ -425,12 +533,7 @@ class LiveFanout:
                             log.info("live fan-out: resubscribed to Redis after %d failures", failures)
                         failures = 0
                     elif message["type"] == "message":
-                        try:
-                            item = orjson.loads(message["data"])
-                        except orjson.JSONDecodeError:
-                            log.warning("live fan-out: ignoring a non-JSON message on %s", self.channel)
-                            continue
-                        self._deliver(item)
+                        self._receive(message["data"])
             except Exception:
                 failures += 1
                 self._ready.clear()
@@ -444,24 +547,22 @@ class LiveFanout:
                         log.debug("live fan-out: closing the Redis subscription failed", exc_info=True)
 
 
-def start_event_pipeline(settings) -> tuple[Dispatcher, LiveFanout]:
+def start_event_pipeline(settings, *, poll_interval: float = LIVE_POLL_INTERVAL) -> tuple[Dispatcher, LiveFanout]:
     """Start this process's live fan-out and the (non-persisted) live dispatcher publishing into it.
 
     The dispatcher's cursor starts at the newest event now; every event committed afterwards (by any process)
-    reaches the fan-out's subscribers. Stop both with ``dispatcher.stop()`` then ``fanout.stop()``.
+    reaches the fan-out's subscribers. It polls every ``poll_interval`` seconds, and at once when
+    ``fanout.nudge()`` is called. Stop both with ``dispatcher.stop()`` then ``fanout.stop()``.
     """
     fanout = LiveFanout(getattr(settings, "redis_url", None))
     fanout.start()
-
-    def publish(events: list[DomainEvent]) -> None:
-        fanout.publish([envelope(event) for event in events])
-
-    dispatcher = Dispatcher(LIVE_CONSUMER, publish, persist=False)
+    dispatcher = Dispatcher(LIVE_CONSUMER, fanout.publish_events, persist=False, poll_interval=poll_interval)
     try:
         dispatcher.prime()
     except Exception:
         fanout.stop()
         raise
+    fanout.add_waker(dispatcher.wake)
     dispatcher.start()
     return dispatcher, fanout
 

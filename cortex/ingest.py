@@ -1,5 +1,520 @@
-"""Signed ingest of events from ODIN services (being written: see issue 4)."""
+"""Signed ingest (``POST /api/events/ingest``): events from ODIN services into the domain-event log.
+
+**Authentication.** ``X-Project-Id`` names the project (its id or appId), ``X-Timestamp`` is an ISO 8601 time
+within 5 minutes of the server's clock (either way), and ``X-Signature`` is the lowercase hex HMAC-SHA256 of
+``X-Timestamp`` (the exact header string) immediately followed by the exact request body bytes, keyed with the
+project secret as cached by ``POST …/settings/sync-secret`` (:func:`sign`). The signature is compared in constant
+time. Every failure — missing header, unknown project, project without a cached secret, stale or unparsable
+timestamp, wrong signature — answers the same 401 problem (``Authentication failed``).
+
+**Rate limit.** After authentication, at most :data:`RATE_LIMIT` events per project per one-second window
+(fixed windows: an ``INCR``/``EXPIRE`` counter per project and second in Redis when ``REDIS_URL`` is set, so every
+process shares it; an in-process counter otherwise, or while Redis is unreachable). Beyond it: 429 with
+``Retry-After: 1``. Strangers cannot spend a project's budget: unauthenticated requests are not counted.
+
+**Materialisation.** The event is validated (400 with the field and the rule) and written with
+``models.events.emit`` (the body's ``type``, ``source``, ``resourceId``, ``payload`` and ``timestamp``) in one
+transaction with what it describes:
+
+- ``participant.joined`` / ``participant.left`` (``data {sessionId, userId, peerId?, displayName?, userData?}``):
+  the participant is created or found by external user id (``participant.created``/``updated``), a presence
+  span opens/closes, and when presence changed a ``system`` line "<name> joined"/"<name> left" is added to the
+  transcript (``message.created``, source ``cortex:bot``, resource ``session:<id>``);
+- ``message.created`` (``data {sessionId, senderName, content, userId?, timestamp?, id?, debugAudio?}``): a
+  ``user`` message (sender participant created or found when ``userId`` is given). The logged event carries the
+  stored message (``MessageCreatedEventData``: Cortex's message ``id``, ``participantId``, ``externalUserId``,
+  ``hasDebugAudio``, …; the sender's ``id`` as ``externalId``, other sender fields kept, ``debugAudio`` never
+  logged). A re-sent ``data.id`` in the same session creates nothing and logs nothing: it answers 201 with the
+  id of the event that recorded the original. ``debugAudio`` (base64 WAV) is stored only when the project has
+  debug audio enabled (``cortex/debug_audio.py``);
+- ``bot.status.changed`` (``data {sessionId, status}``): the session's status (``session.updated``, source
+  ``cortex:ingest``);
+- every other type is logged as sent.
+
+A session id that is not the project's answers 400 (ingest documents no 404).
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import hmac
+import logging
+import math
+import os
+import threading
+import time
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+import peewee as pw
+
+from cortex import crypto
+from cortex import debug_audio as audio_files
+from cortex.problems import ApiProblem, bad_request
+from models.base import Prepared, is_sqlite, new_id, parse_timestamp, transaction, utcnow
+from models.events import DomainEvent, emit
+from models.identity import Project
+from models.messages import DuplicateMessage, add_message, add_system_message, find_by_external_id
+from models.participants import Participant, create_or_find_participant
+from models.presence import record_join, record_leave
+from models.sessions import STATUSES, Session, set_session_status
+from models.settings import AppSettings, SecretCache
+
+log = logging.getLogger("cortex.ingest")
+
+#: How far X-Timestamp may be from the server's clock, either way.
+MAX_CLOCK_SKEW = timedelta(minutes=5)
+#: Events per project per one-second window.
+RATE_LIMIT = 100
+RATE_KEY_PREFIX = "cortex:ingest:rate:"
+#: The one 401 detail (the gate answers missing credential headers with the same problem).
+AUTH_FAILED = "Authentication failed"
+#: ``payload.action`` values the event envelopes document (GenericEventPayload).
+ACTIONS = ("created", "updated", "deleted", "occurred")
+PAYLOAD_KEYS = ("action", "data", "changes")
 
 
-def ingest(project_ref, timestamp, signature, body, raw_body) -> str:
-    raise NotImplementedError
+# ---------------------------------------------------------------- the signature
+
+
+def sign(secret: str, timestamp: str, raw_body: bytes) -> str:
+    """X-Signature: hex HMAC-SHA256 of ``{timestamp}{raw body}`` keyed with the project secret."""
+    return hmac.new(secret.encode("utf-8"), timestamp.encode("utf-8") + raw_body, hashlib.sha256).hexdigest()
+
+
+@dataclass(frozen=True)
+class Target:
+    """The authenticated project and what ingest needs to know about it."""
+
+    project: Project
+    debug_audio: bool
+
+
+#: The project by id or appId with its cached secret (inner join: no cached secret, no row) and its debug-audio
+#: flag: one prepared query per ingest.
+_TARGET = Prepared(
+    lambda ref: Project.select(Project.id, Project.tenant, SecretCache.secret_encrypted, AppSettings.debug_audio_enabled)
+    .join(SecretCache, on=(SecretCache.project == Project.id))
+    .join_from(Project, AppSettings, pw.JOIN.LEFT_OUTER, on=(AppSettings.project == Project.id))
+    .where((Project.id == ref) | (Project.app_id == ref))
+    .limit(1)
+)
+_secrets: dict[str, str] = {}  # ciphertext → secret: a resync makes a new ciphertext, a revoke removes the row
+_SECRETS_MAX = 10_000
+_NO_SECRET = os.urandom(32).hex()  # keys a throw-away HMAC for unknown projects (same work either way)
+
+
+def _secret(encrypted: str) -> str | None:
+    """The decrypted cached secret (None, logged, when it cannot be decrypted: CORTEX_SECRET_KEY changed)."""
+    secret = _secrets.get(encrypted)
+    if secret is None:
+        try:
+            secret = crypto.decrypt(encrypted)
+        except Exception:
+            log.error("signed ingest: a cached project secret cannot be decrypted (was CORTEX_SECRET_KEY changed?); "
+                      "POST …/settings/sync-secret caches it again")
+            return None
+        if len(_secrets) >= _SECRETS_MAX:
+            _secrets.clear()
+        _secrets[encrypted] = secret
+    return secret
+
+
+def unauthorized() -> ApiProblem:
+    """The one answer to every authentication failure: it tells an attacker nothing."""
+    return ApiProblem(401, AUTH_FAILED)
+
+
+def authenticate(project_ref: str, timestamp: str, signature: str, raw_body: bytes) -> Target:
+    """The project whose cached secret signed this request within the allowed clock skew; 401 otherwise."""
+    try:
+        signed_at = parse_timestamp(timestamp)
+    except ValueError:
+        signed_at = None
+    rows = _TARGET.rows(ref=project_ref)
+    secret = _secret(rows[0][2]) if rows else None
+    expected = sign(secret or _NO_SECRET, timestamp, raw_body).encode("ascii")
+    given = signature.strip().lower().encode("utf-8", "replace")
+    matches = hmac.compare_digest(expected, given)
+    fresh = signed_at is not None and abs(utcnow() - signed_at) <= MAX_CLOCK_SKEW
+    if not (secret and matches and fresh):
+        raise unauthorized()
+    project_id, tenant_id, _encrypted, debug_audio = rows[0]
+    return Target(Project(id=project_id, tenant=tenant_id), bool(debug_audio))
+
+
+# ---------------------------------------------------------------- the rate limit
+
+
+class RateLimiter:
+    """At most ``limit`` hits per key in each one-second window of ``clock()`` (fixed windows).
+
+    With ``redis_url`` the counter is shared by every process (``INCR`` + ``EXPIRE`` on
+    ``cortex:ingest:rate:<key>:<second>``); without it, or while Redis fails, it is this process's own.
+    ``clock`` is replaceable (tests freeze it).
+    """
+
+    def __init__(self, limit: int = RATE_LIMIT, redis_url: str | None = None, clock=time.time):
+        self.limit = limit
+        self.redis_url = redis_url
+        self.clock = clock
+        self._local: dict[str, tuple[int, int]] = {}
+        self._lock = threading.Lock()
+        self._redis = None
+        self._redis_paused_until = 0.0  # after a Redis failure, count locally for a few seconds
+
+    def retry_after(self, key: str) -> int | None:
+        """Count one hit; None when within the limit, else the whole seconds until the next window."""
+        now = self.clock()
+        window = math.floor(now)
+        count = self._count_shared(key, window) if self.redis_url else None
+        if count is None:
+            count = self._count_local(key, window)
+        if count <= self.limit:
+            return None
+        return max(1, math.ceil(window + 1 - now))
+
+    def _count_local(self, key: str, window: int) -> int:
+        with self._lock:
+            seen_window, count = self._local.get(key, (window, 0))
+            count = count + 1 if seen_window == window else 1
+            self._local[key] = (window, count)
+            if len(self._local) > 10_000:  # forget keys whose window has passed
+                self._local = {k: v for k, v in self._local.items() if v[0] >= window}
+            return count
+
+    def _count_shared(self, key: str, window: int) -> int | None:
+        if time.monotonic() < self._redis_paused_until:
+            return None
+        name = f"{RATE_KEY_PREFIX}{key}:{window}"
+        try:
+            pipe = self._client().pipeline(transaction=False)
+            pipe.incr(name)
+            pipe.expire(name, 2)
+            count, _ = pipe.execute()
+            return int(count)
+        except Exception:  # Redis down: limit per process rather than fail or stall every ingest
+            self._redis_paused_until = time.monotonic() + 5
+            log.warning("ingest rate limit: Redis unavailable, counting per process for 5 s", exc_info=True)
+            return None
+
+    def _client(self):
+        if self._redis is None:
+            import redis
+
+            self._redis = redis.Redis.from_url(self.redis_url, socket_connect_timeout=1, socket_timeout=1)
+        return self._redis
+
+
+_limiters: dict[str | None, RateLimiter] = {}
+
+
+def rate_limiter(redis_url: str | None = None) -> RateLimiter:
+    """This process's ingest rate limiter for a Redis URL (None: in-process counting)."""
+    limiter = _limiters.get(redis_url)
+    if limiter is None:
+        limiter = _limiters[redis_url] = RateLimiter(RATE_LIMIT, redis_url)
+    return limiter
+
+
+def check_rate(project_id: str, redis_url: str | None) -> None:
+    """429 with Retry-After when the project has sent more than RATE_LIMIT events in this second."""
+    wait = rate_limiter(redis_url).retry_after(project_id)
+    if wait is not None:
+        raise ApiProblem(
+            429,
+            f"More than {RATE_LIMIT} events per second for this project; retry after {wait} s",
+            headers={"Retry-After": str(wait)},
+        )
+
+
+# ---------------------------------------------------------------- validation (400 naming the field)
+
+
+@dataclass(frozen=True)
+class Incoming:
+    """A validated ingest body."""
+
+    type: str
+    source: str
+    resource_id: str
+    action: str
+    data: dict
+    changes: dict | None
+    timestamp: datetime | None
+
+
+def _time(value, field: str) -> datetime | None:
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise bad_request(f"{field} must be an ISO 8601 date-time string, e.g. 2026-03-20T12:00:00.000Z")
+    try:
+        parsed = parse_timestamp(value)
+    except ValueError:
+        raise bad_request(f"{field} is not an ISO 8601 date-time: {value[:64]!r}") from None
+    return parsed.replace(microsecond=parsed.microsecond // 1000 * 1000)  # the precision both databases keep
+
+
+def parse(body: dict) -> Incoming:
+    """The body as an Incoming event (the gate validated it against IngestEventDto); 400 on semantic errors."""
+    payload = body["payload"]
+    unknown = sorted(key for key in payload if key not in PAYLOAD_KEYS)
+    if unknown:
+        raise bad_request(f"payload may only hold action, data and changes; unknown: {', '.join(unknown)}")
+    action = payload.get("action")
+    if action not in ACTIONS:
+        raise bad_request(f"payload.action must be one of {', '.join(ACTIONS)}")
+    data = payload.get("data")
+    if not isinstance(data, dict):
+        raise bad_request("payload.data must be an object")
+    changes = payload.get("changes")
+    if changes is not None and not isinstance(changes, dict):
+        raise bad_request("payload.changes must be an object (the previous values of changed fields)")
+    return Incoming(
+        type=body["type"],
+        source=body["source"],
+        resource_id=body["resourceId"],
+        action=action,
+        data=data,
+        changes=changes,
+        timestamp=_time(body.get("timestamp"), "timestamp"),
+    )
+
+
+def _id(data: dict, name: str, event_type: str, *, required: bool = True, numbers: bool = False) -> str | None:
+    """A non-empty string id at ``payload.data.<name>`` (``numbers``: integers too, as text)."""
+    value = data.get(name)
+    if value is None:
+        if required:
+            raise bad_request(f"payload.data.{name} is required for {event_type} events")
+        return None
+    if numbers and isinstance(value, int) and not isinstance(value, bool):
+        return str(value)
+    if not isinstance(value, str) or not value.strip():
+        kind = "a non-empty string or an integer" if numbers else "a non-empty string"
+        raise bad_request(f"payload.data.{name} must be {kind}")
+    return value
+
+
+def _text(data: dict, name: str, event_type: str, *, required: bool = True) -> str | None:
+    value = data.get(name)
+    if value is None:
+        if required:
+            raise bad_request(f"payload.data.{name} is required for {event_type} events")
+        return None
+    if not isinstance(value, str):
+        raise bad_request(f"payload.data.{name} must be a string")
+    return value
+
+
+def _wav(data: dict) -> bytes | None:
+    """``payload.data.debugAudio``: base64 of a WAV (RIFF/WAVE) file; None when absent or empty."""
+    value = data.get("debugAudio")
+    if value is None or value == "":
+        return None
+    if not isinstance(value, str):
+        raise bad_request("payload.data.debugAudio must be a base64-encoded WAV file")
+    try:
+        audio = base64.b64decode("".join(value.split()), validate=True)
+    except (binascii.Error, ValueError):
+        raise bad_request("payload.data.debugAudio is not valid base64") from None
+    if len(audio) < 12 or audio[:4] != b"RIFF" or audio[8:12] != b"WAVE":
+        raise bad_request("payload.data.debugAudio must be a WAV file (RIFF/WAVE header)")
+    return audio
+
+
+def _session_query(lock: str):
+    """The project's session by id (raw id, project, tenant, status) and the participant id of an external user
+    of the project (NULL when unknown or not asked for), in one statement; the session row locked with ``lock``
+    on PostgreSQL."""
+
+    def build(session, project, user):
+        query = (
+            Session.select(Session.id, Session.project, Session.tenant_id, Session.status, Participant.id)
+            .join(
+                Participant,
+                pw.JOIN.LEFT_OUTER,
+                on=(Participant.project == Session.project) & (Participant.external_user_id == user),
+            )
+            .where(Session.id == session, Session.project == project)
+        )
+        return query if is_sqlite() else query.for_update(lock, of=Session)
+
+    return Prepared(build)
+
+
+_SESSION = {lock: _session_query(lock) for lock in ("FOR UPDATE", "FOR KEY SHARE")}
+
+
+def _session(project: Project, session_id: str, lock: str = "FOR UPDATE", user_id: str | None = None):
+    """(session, participant id of ``user_id`` or None): the project's session, row-locked on PostgreSQL before
+    anything else (400 when there is none).
+
+    Lock order: every session write locks the session row before the event log (``emit``'s advisory lock), and
+    inserting a message or a presence span locks the row (``FOR KEY SHARE``, the foreign key) too. Taking the
+    row lock first keeps ingest in that order, so it can never deadlock with a concurrent start/stop.
+    Presence takes ``FOR UPDATE`` (``models.presence`` does too); a message needs only ``FOR KEY SHARE``.
+    """
+    rows = _SESSION[lock].rows(session=session_id, project=project.id, user=user_id)
+    if not rows:
+        raise bad_request(f"payload.data.sessionId: this project has no session {session_id[:64]!r}")
+    id_, project_id, tenant_id, status, participant_id = rows[0]
+    return Session(id=id_, project=project_id, tenant_id=tenant_id, status=status), participant_id
+
+
+def _log(project: Project, incoming: Incoming, data: dict | None = None, action: str | None = None) -> DomainEvent:
+    """Write the ingested event itself (inside the caller's transaction)."""
+    return emit(
+        incoming.type,
+        tenant_id=project.tenant_id,
+        project_id=project.id,
+        resource_id=incoming.resource_id,
+        action=action or incoming.action,
+        data=incoming.data if data is None else data,
+        changes=incoming.changes,
+        source=incoming.source,
+        timestamp=incoming.timestamp,
+    )
+
+
+# ---------------------------------------------------------------- materialisation
+
+
+def _presence(target: Target, incoming: Incoming) -> str:
+    """participant.joined / participant.left: participant, presence span, system line, the event."""
+    data, kind = incoming.data, incoming.type
+    session_id = _id(data, "sessionId", kind)
+    user_id = _id(data, "userId", kind)
+    peer_id = _id(data, "peerId", kind, required=False, numbers=True)
+    display_name = _text(data, "displayName", kind, required=False)
+    user_data = data.get("userData")
+    if user_data is not None and not isinstance(user_data, dict):
+        raise bad_request("payload.data.userData must be an object")
+    joined = kind == "participant.joined"
+    at = incoming.timestamp or utcnow()
+    project = target.project
+    with transaction():
+        session, _participant_id = _session(project, session_id)
+        participant, _created = create_or_find_participant(project, user_id, display_name, user_data)
+        if joined:
+            _span, changed = record_join(session, participant, peer_id, at)
+        else:
+            changed = record_leave(session, participant, peer_id, at) > 0
+        event = _log(project, incoming)
+        if changed:  # a repeated join, or a leave without a join, changes no presence and adds no line
+            name = participant.display_name or participant.external_user_id
+            add_system_message(session, f"{name} {'joined' if joined else 'left'}", at)
+    return event.id
+
+
+def _sender(project: Project, user_id: str, participant_id: str | None, sender_name: str) -> Participant:
+    """The message sender's participant; a new one is named after the sender (an existing one is not renamed)."""
+    if participant_id is not None:
+        return Participant(id=participant_id, project=project.id, external_user_id=user_id)
+    return create_or_find_participant(project, user_id, display_name=sender_name or None)[0]
+
+
+def _original_event(project: Project, session_id: str, external_id: str) -> str | None:
+    """The event id that recorded the project's message with this sender id in the session, if any."""
+    row = find_by_external_id(session_id, external_id)
+    return row.event_id if row is not None and row.project_id == project.id else None
+
+
+def _message(target: Target, incoming: Incoming) -> str:
+    """message.created: a user message (idempotent on data.id), debug audio when enabled, the event."""
+    data, kind = incoming.data, incoming.type
+    session_id = _id(data, "sessionId", kind)
+    user_id = _id(data, "userId", kind, required=False)
+    sender_name = _text(data, "senderName", kind)
+    content = _text(data, "content", kind)
+    external_id = _id(data, "id", kind, required=False, numbers=True)
+    at = _time(data.get("timestamp"), "payload.data.timestamp") or incoming.timestamp or utcnow()
+    audio = _wav(data)
+    project = target.project
+    message_id = new_id()
+    file = staged = None
+    store = None
+    if audio is not None and target.debug_audio:
+        store = audio_files.store()
+        file = audio_files.DebugAudioStore.file_name(project.id, message_id)
+        staged = store.stage(file, audio)  # before the transaction: a full disk fails the request, not the commit
+    extra = {key: value for key, value in data.items() if key not in ("debugAudio", "id", "userId")}
+    if external_id is not None:
+        extra["externalId"] = external_id
+    try:
+        with transaction():
+            session, participant_id = _session(project, session_id, "FOR KEY SHARE", user_id)
+            participant = _sender(project, user_id, participant_id, sender_name) if user_id is not None else None
+            _row, event = add_message(
+                session,
+                sender_name=sender_name,
+                content=content,
+                timestamp=at,
+                participant=participant,
+                external_user_id=user_id,
+                external_id=external_id,
+                debug_audio_file=file,
+                message_id=message_id,
+                source=incoming.source,
+                resource_id=incoming.resource_id,
+                extra_data=extra,
+            )
+    except DuplicateMessage:  # a re-send (the unique index decides; the transaction rolled back)
+        if store is not None:
+            store.discard(staged)
+        original = _original_event(project, session_id, external_id)
+        if original is None:
+            raise
+        return original
+    except BaseException:
+        if store is not None:
+            store.discard(staged)
+        raise
+    if store is not None:
+        store.publish(staged)
+    return event.id
+
+
+def _bot_status(target: Target, incoming: Incoming) -> str:
+    """bot.status.changed: the session's status (session.updated), then the event."""
+    data, kind = incoming.data, incoming.type
+    session_id = _id(data, "sessionId", kind)
+    status = data.get("status")
+    if status not in STATUSES:
+        raise bad_request(f"payload.data.status must be one of {', '.join(STATUSES)}")
+    project = target.project
+    with transaction():
+        # The session row lock comes before the event-log lock (emit), the order every session write uses.
+        if set_session_status(session_id, status, "cortex:ingest", project_id=project.id) is None:
+            raise bad_request(f"payload.data.sessionId: this project has no session {session_id[:64]!r}")
+        event = _log(project, incoming)
+    return event.id
+
+
+MATERIALISED = {
+    "participant.joined": _presence,
+    "participant.left": _presence,
+    "message.created": _message,
+    "bot.status.changed": _bot_status,
+}
+
+
+def record(target: Target, incoming: Incoming) -> str:
+    """Write the event (materialised where it describes Cortex resources); the id of the logged event."""
+    materialise = MATERIALISED.get(incoming.type)
+    if materialise is not None:
+        return materialise(target, incoming)
+    with transaction():
+        return _log(target.project, incoming).id
+
+
+def ingest(project_ref: str, timestamp: str, signature: str, body: dict, raw_body: bytes) -> str:
+    """POST /api/events/ingest: authenticate (401), rate-limit (429), validate (400), record; the event id."""
+    from cortex.app import current_settings
+
+    target = authenticate(project_ref, timestamp, signature, raw_body)
+    check_rate(target.project.id, current_settings().redis_url)
+    return record(target, parse(body))

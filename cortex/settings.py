@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 import secrets
 from dataclasses import dataclass
@@ -15,6 +16,20 @@ def _bool(value: str | None, default: bool = False) -> bool:
     if value is None or value == "":
         return default
     return value.strip().lower() in {"1", "true", "yes", "on"}
+
+
+def _positive_seconds(env: dict, name: str, default: float) -> float:
+    """A positive, finite number of seconds from ``env[name]`` (``default`` when unset); ValueError naming it."""
+    raw = env.get(name)
+    if raw is None or raw.strip() == "":
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ValueError(f"{name} must be a number of seconds, not {raw!r}") from None
+    if not math.isfinite(value) or value <= 0:
+        raise ValueError(f"{name} must be a positive number of seconds, not {raw!r}")
+    return value
 
 
 @dataclass(frozen=True)
@@ -39,6 +54,7 @@ class Settings:
     token_provider_timeout: float = 10.0
     bot_driver: str = "local"
     event_retention_days: float = 7.0
+    sse_max_seconds: float = 300.0  # an event stream ends after this long; clients resume with Last-Event-ID
 
     @classmethod
     def from_env(cls, env: dict | None = None, **overrides) -> Settings:
@@ -67,6 +83,7 @@ class Settings:
             token_provider_timeout=float(env.get("CORTEX_TOKEN_PROVIDER_TIMEOUT", 10)),
             bot_driver=env.get("CORTEX_BOT_DRIVER", "local"),
             event_retention_days=float(env.get("CORTEX_EVENT_RETENTION_DAYS", 7)),
+            sse_max_seconds=_positive_seconds(env, "CORTEX_SSE_MAX_SECONDS", 300.0),
         )
         if env.get("CORTEX_SPEC_PATH"):
             values["spec_path"] = Path(env["CORTEX_SPEC_PATH"])

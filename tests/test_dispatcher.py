@@ -10,8 +10,10 @@ from datetime import timedelta
 import pytest
 
 from cortex.dispatcher import (
+    BATCH_TYPE,
     CHANNEL,
     Dispatcher,
+    LiveEvent,
     LiveFanout,
     RetentionJob,
     prune_events,
@@ -191,10 +193,11 @@ def test_slow_subscriber_is_dropped_without_blocking_the_others():
     slow, fast = fanout.subscribe(), fanout.subscribe(maxsize=10)
     items = [{"id": new_id()} for _ in range(3)]
     fanout.publish(items)
-    assert slow.closed and slow.get(0.01) is None
+    assert slow.closed and slow.get(0.01) is None and slow.reason == "overflow"
     assert [fast.get(1) for _ in items] == items
     assert fanout.subscriber_count == 1
     fanout.stop()
+    assert fast.closed and fast.reason == "stopped"
 
 
 def test_subscription_filter_and_duplicate_envelopes():
@@ -221,6 +224,34 @@ def test_event_pipeline_publishes_events_committed_after_start(app, settings):
         dispatcher.stop()
         fanout.stop()
     assert not EventCursor.select().exists()
+
+
+def test_live_items_carry_the_log_position_beside_the_envelope(app):
+    events = [emit_session("one"), emit_session("two")]
+    fanout = LiveFanout()
+    subscription = fanout.subscribe()
+    fanout.publish_events(events)
+    items = [subscription.next(1), subscription.next(1)]
+    assert [item.seq for item in items] == [e.seq for e in events]
+    assert [item.envelope for item in items] == [envelope(e) for e in events]  # the document's shape, no seq
+    assert "seq" not in items[0].envelope and subscription.next_nowait() is None
+    fanout.publish([{"id": new_id()}])  # envelopes published without a position
+    assert subscription.next(1).seq is None
+    fanout.stop()
+
+
+def test_nudge_wakes_the_live_dispatcher_before_its_next_poll(app, settings):
+    dispatcher, fanout = start_event_pipeline(settings, poll_interval=60)  # it would not poll again for a minute
+    try:
+        subscription = fanout.subscribe()
+        time.sleep(0.2)  # the dispatcher has run once and is now in its pause
+        event = emit_session("nudged")
+        fanout.nudge()  # what the app does after every write request
+        item = subscription.next(10)
+        assert item is not None and item.seq == event.seq
+    finally:
+        dispatcher.stop()
+        fanout.stop()
 
 
 def redis_available() -> bool:
@@ -262,6 +293,47 @@ def test_redis_fanout_reaches_every_process(redis_fanouts):
     other = {"id": new_id(), "type": "session.deleted"}
     one.publish([other])
     assert [s.get(5) for s in subscriptions] == [other, other, other]
+
+
+def test_redis_channel_speaks_flask_sse_message_format(app, redis_fanouts):
+    """One message per batch, flask-sse's {"data", "type"} (its stock reader parses it), seq beside each
+    envelope; messages of any other shape on the channel are ignored."""
+    import flask_sse
+    import orjson
+    import redis
+
+    one, two = redis_fanouts
+    subscription = two.subscribe()
+    raw = redis.Redis.from_url(REDIS_TEST_URL).pubsub()
+    raw.subscribe(one.channel)
+    try:
+        assert raw.get_message(timeout=5)["type"] == "subscribe"
+        events = [emit_session("a"), emit_session("b")]
+        one.publish_events(events)
+        message = raw.get_message(timeout=5)
+        body = orjson.loads(message["data"])
+        assert body == {"data": [[e.seq, envelope(e)] for e in events], "type": BATCH_TYPE}
+        assert flask_sse.Message(**body).type == BATCH_TYPE  # what flask-sse's own blueprint does with it
+        assert [subscription.next(5).seq for _ in events] == [e.seq for e in events]
+
+        client = redis.Redis.from_url(REDIS_TEST_URL)
+        client.publish(one.channel, b"not json")
+        client.publish(one.channel, orjson.dumps({"data": {"message": "hello"}, "type": "greeting"}))
+        client.close()
+        later = emit_session("c")
+        one.publish_events([later])
+        item = subscription.next(5)
+        assert item.seq == later.seq and subscription.next(0.2) is None
+    finally:
+        raw.close()
+
+
+def test_redis_publish_is_chunked_in_order(app, redis_fanouts):
+    one, two = redis_fanouts
+    subscription = two.subscribe(maxsize=500)
+    items = [LiveEvent(number, {"id": new_id(), "n": number}) for number in range(1, 251)]  # three messages
+    one.publish_items(items)
+    assert [subscription.next(5).seq for _ in items] == list(range(1, 251))
 
 
 def test_redis_event_pipeline(app, settings, redis_fanouts):
