@@ -8,7 +8,7 @@ import threading
 
 import pytest
 
-from models import participants
+from models import events, participants
 from models.base import db
 from models.events import DomainEvent
 from models.participants import (
@@ -149,7 +149,7 @@ def test_a_failing_event_write_rolls_the_change_back(project, monkeypatch):
     def broken(*args, **kwargs):
         raise RuntimeError("event log unavailable")
 
-    monkeypatch.setattr(DomainEvent, "create", broken)
+    monkeypatch.setattr(events, "_insert", broken)  # the INSERT of the event row fails
     with pytest.raises(RuntimeError):
         create_or_find_participant(project, "ext-2")
     with pytest.raises(RuntimeError):
