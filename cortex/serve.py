@@ -45,8 +45,13 @@ def _make_psycopg2_green() -> None:
     extensions.set_wait_callback(wait)
 
 
-def make_server(app, host: str, port: int, backlog: int = 2048):
-    """A gevent WSGIServer bound to host:port with TCP_NODELAY on every accepted connection."""
+def make_server(app, host: str, port: int, backlog: int = 2048, client_timeout: float | None = None):
+    """A gevent WSGIServer bound to host:port with TCP_NODELAY on every accepted connection.
+
+    ``client_timeout``: a connection whose client neither sends nor accepts data for this many seconds is
+    closed (an idle keep-alive connection, or a stream reader that stopped reading and would otherwise block
+    its greenlet in a write forever). Event streams send a heartbeat every 15 s, so live readers never hit it.
+    """
     from gevent.pywsgi import WSGIHandler, WSGIServer
 
     class NoDelayHandler(WSGIHandler):
@@ -57,6 +62,8 @@ def make_server(app, host: str, port: int, backlog: int = 2048):
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             except OSError:  # pragma: no cover - e.g. UNIX sockets
                 pass
+            if client_timeout is not None:
+                sock.settimeout(client_timeout)
             super().__init__(sock, address, server, rfile)
 
     listener = (host, port)
@@ -66,7 +73,7 @@ def make_server(app, host: str, port: int, backlog: int = 2048):
 
 def serve(app, host: str, port: int) -> None:
     """Serve until interrupted."""
-    server = make_server(app, host, port)
+    server = make_server(app, host, port, client_timeout=app.extensions["cortex"].settings.client_timeout)
     log.info("Cortex listening on http://%s:%s (API docs: /api/docs/)", host, server.server_port)
     try:
         server.serve_forever()

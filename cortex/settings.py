@@ -54,6 +54,7 @@ class Settings:
     token_provider_timeout: float = 10.0
     bot_driver: str = "local"
     event_retention_days: float = 7.0
+    client_timeout: float = 60.0  # seconds a client connection may neither send nor accept data
     sse_max_seconds: float = 300.0  # an event stream ends after this long; clients resume with Last-Event-ID
 
     @classmethod
@@ -84,6 +85,7 @@ class Settings:
             bot_driver=env.get("CORTEX_BOT_DRIVER", "local"),
             event_retention_days=float(env.get("CORTEX_EVENT_RETENTION_DAYS", 7)),
             sse_max_seconds=_positive_seconds(env, "CORTEX_SSE_MAX_SECONDS", 300.0),
+            client_timeout=_positive_seconds(env, "CORTEX_CLIENT_TIMEOUT", 60.0),
         )
         if env.get("CORTEX_SPEC_PATH"):
             values["spec_path"] = Path(env["CORTEX_SPEC_PATH"])

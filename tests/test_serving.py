@@ -7,6 +7,7 @@ on gevent every ``GET /api`` must still answer at once.
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import resource
 import socket
@@ -58,7 +59,8 @@ SERVER = textwrap.dedent(
         return flask.Response(ticks(), mimetype="text/event-stream")
 
 
-    server = make_server(app, "127.0.0.1", 0)
+    timeout = float(sys.argv[2]) if len(sys.argv) > 2 else None
+    server = make_server(app, "127.0.0.1", 0, client_timeout=timeout)
     server.start()
     print(server.server_port, flush=True)
     server.serve_forever()
@@ -69,6 +71,20 @@ SERVER = textwrap.dedent(
 @pytest.fixture
 def server(tmp_path):
     """Start the program; yields its port; always terminates it."""
+    with running_server(tmp_path) as port:
+        yield port
+
+
+@pytest.fixture
+def strict_server(tmp_path):
+    """The program with a client timeout of 0.5 s."""
+    with running_server(tmp_path, "0.5") as port:
+        yield port
+
+
+@contextlib.contextmanager
+def running_server(tmp_path, *args: str):
+    """Run the program (extra ``args`` after the data dir); yields its port; always terminates it."""
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     wanted = 4 * STREAMS + 256  # client and server ends live in different processes; this is ample for either
     if soft != resource.RLIM_INFINITY and soft < wanted:
@@ -78,7 +94,7 @@ def server(tmp_path):
     data_dir = tmp_path / "data"
     errors = open(tmp_path / "server.err", "w+")
     process = subprocess.Popen(
-        [sys.executable, str(script), str(data_dir)], stdout=subprocess.PIPE, stderr=errors, text=True
+        [sys.executable, str(script), str(data_dir), *args], stdout=subprocess.PIPE, stderr=errors, text=True
     )
     try:
         line = process.stdout.readline()  # the port, once listening
@@ -150,3 +166,17 @@ def test_open_streams_do_not_starve_other_requests(server):
     finally:
         for sock in streams:
             sock.close()
+
+
+def test_a_client_that_neither_sends_nor_reads_is_disconnected_after_the_client_timeout(strict_server):
+    """CORTEX_CLIENT_TIMEOUT: an idle connection is closed by the server; a request on a fresh one still works."""
+    idle = socket.create_connection(("127.0.0.1", strict_server), timeout=10)
+    started = time.monotonic()
+    try:
+        assert idle.recv(1) == b""  # closed by the server, not by our 10 s timeout
+    finally:
+        idle.close()
+    assert time.monotonic() - started < 5
+    with socket.create_connection(("127.0.0.1", strict_server), timeout=5) as fresh:
+        fresh.sendall(b"GET /api HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
+        assert fresh.recv(64).startswith(b"HTTP/1.1 200")
