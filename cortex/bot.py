@@ -127,9 +127,11 @@ def _env_driver_name() -> str:
 _drivers: dict[tuple[str, str | None], BotDriver] = {}
 
 
-def bot_driver() -> BotDriver:
-    """The configured driver (one instance per driver and Redis URL in this process)."""
-    settings = flask.current_app.extensions["cortex"].settings if flask.has_app_context() else None
+def bot_driver(settings=None) -> BotDriver:
+    """The configured driver (one instance per driver and Redis URL in this process): of ``settings``, else of
+    the current app's settings, else of the environment."""
+    if settings is None and flask.has_app_context():
+        settings = flask.current_app.extensions["cortex"].settings
     name = (getattr(settings, "bot_driver", None) or _env_driver_name()).strip().lower()
     url = settings.redis_url if settings is not None else os.environ.get("REDIS_URL") or None
     if name not in DRIVERS:

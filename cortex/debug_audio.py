@@ -20,11 +20,10 @@ from __future__ import annotations
 
 import logging
 import os
-import threading
 import time
 from pathlib import Path
 
-from cortex.dispatcher import _own_connection, _pause, _Worker
+from cortex.dispatcher import PeriodicJob, _own_connection
 from models.base import utcnow
 from models.messages import DEBUG_AUDIO_RETENTION, clear_debug_audio, expired_debug_audio
 
@@ -144,18 +143,19 @@ def store() -> DebugAudioStore:
     return found
 
 
-class DebugAudioCleanupJob:
+class DebugAudioCleanupJob(PeriodicJob):
     """Deletes expired debug audio every ``interval`` seconds: the files, then the message columns.
 
     ``run_once`` can be called directly (tests, a cron); ``start``/``stop`` run it in the background like
     ``cortex.dispatcher.RetentionJob`` (a greenlet under gevent, else a daemon thread).
     """
 
+    label = "debug audio cleanup"
+
     def __init__(self, data_dir: str | os.PathLike, interval: float = CLEANUP_INTERVAL, batch: int = 500):
+        super().__init__("cortex-debug-audio-cleanup", interval)
         self.store = DebugAudioStore(data_dir)
-        self.interval = interval
         self.batch = batch
-        self._worker = _Worker("cortex-debug-audio-cleanup", self.run_forever)
 
     @classmethod
     def from_settings(cls, settings) -> DebugAudioCleanupJob:
@@ -179,20 +179,3 @@ class DebugAudioCleanupJob:
         if deleted:
             log.info("debug audio: deleted %d expired files", deleted)
         return deleted
-
-    def run_forever(self, stop_event: threading.Event) -> None:
-        """Clean up every ``interval`` seconds until stopped; failures are logged."""
-        while not stop_event.is_set():
-            try:
-                self.run_once()
-            except Exception:
-                log.exception("debug audio: cleanup failed; retrying in %s s", self.interval)
-            _pause(stop_event, self.interval)
-
-    def start(self) -> None:
-        """Run in the background (greenlet under gevent, else a daemon thread)."""
-        self._worker.start()
-
-    def stop(self, timeout: float = 10.0) -> None:
-        """Stop and wait."""
-        self._worker.stop(timeout)

@@ -599,13 +599,51 @@ def prune_events(older_than_days: float = DEFAULT_RETENTION_DAYS, *, batch: int 
             return total
 
 
-class RetentionJob:
+class PeriodicJob:
+    """A background job: ``run_once()`` at start and then every ``interval`` seconds until stopped (a greenlet
+    under gevent, else a daemon thread); a failed run is logged and retried at the next interval. Subclasses
+    implement ``run_once``; it can also be called directly (tests, a cron)."""
+
+    label = "periodic job"
+
+    def __init__(self, name: str, interval: float):
+        self.interval = interval
+        self._worker = _Worker(name, self.run_forever)
+
+    def run_once(self) -> int:
+        raise NotImplementedError
+
+    def run_forever(self, stop_event: threading.Event) -> None:
+        """Run every ``interval`` seconds until stopped; failures are logged."""
+        while not stop_event.is_set():
+            try:
+                self.run_once()
+            except Exception:
+                log.exception("%s failed; retrying in %s s", self.label, self.interval)
+            _pause(stop_event, self.interval)
+
+    def start(self) -> None:
+        """Run in the background."""
+        self._worker.start()
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Stop and wait."""
+        self._worker.stop(timeout)
+
+    @property
+    def alive(self) -> bool:
+        """True while the background loop runs."""
+        return self._worker.alive
+
+
+class RetentionJob(PeriodicJob):
     """Runs :func:`prune_events` at start and then every ``interval`` seconds in the background."""
 
+    label = "event retention"
+
     def __init__(self, retention_days: float = DEFAULT_RETENTION_DAYS, interval: float = RETENTION_INTERVAL):
+        super().__init__("cortex-event-retention", interval)
         self.retention_days = retention_days
-        self.interval = interval
-        self._worker = _Worker("cortex-event-retention", self.run_forever)
 
     @classmethod
     def from_settings(cls, settings) -> RetentionJob:
@@ -619,20 +657,3 @@ class RetentionJob:
         if deleted:
             log.info("event retention: deleted %d events older than %s days", deleted, self.retention_days)
         return deleted
-
-    def run_forever(self, stop_event: threading.Event) -> None:
-        """Prune every ``interval`` seconds until stopped; failures are logged."""
-        while not stop_event.is_set():
-            try:
-                self.run_once()
-            except Exception:
-                log.exception("event retention: prune failed; retrying in %s s", self.interval)
-            _pause(stop_event, self.interval)
-
-    def start(self) -> None:
-        """Run in the background (greenlet under gevent, else a daemon thread)."""
-        self._worker.start()
-
-    def stop(self, timeout: float = 10.0) -> None:
-        """Stop and wait."""
-        self._worker.stop(timeout)

@@ -17,11 +17,10 @@ make a double sweep harmless.
 from __future__ import annotations
 
 import logging
-import threading
 from datetime import datetime
 
-from cortex.bot import BotDriver, LocalBotDriver, RedisBotDriver
-from cortex.dispatcher import _own_connection, _pause, _Worker
+from cortex.bot import BotDriver, bot_driver
+from cortex.dispatcher import PeriodicJob, _own_connection
 from models.base import as_utc, utcnow
 from models.presence import idle_sessions
 from models.sessions import Session, stop_idle_session
@@ -32,23 +31,19 @@ log = logging.getLogger("cortex.idle")
 IDLE_SWEEP_INTERVAL = 5.0
 
 
-class IdleSessionSweeper:
+class IdleSessionSweeper(PeriodicJob):
     """Stops idle sessions (see the module docstring) at start and then every ``interval`` seconds."""
 
+    label = "idle sweep"
+
     def __init__(self, driver: BotDriver, interval: float = IDLE_SWEEP_INTERVAL):
+        super().__init__("cortex-idle-sweeper", interval)
         self.driver = driver
-        self.interval = interval
-        self._worker = _Worker("cortex-idle-sweeper", self.run_forever)
 
     @classmethod
     def from_settings(cls, settings, interval: float = IDLE_SWEEP_INTERVAL) -> IdleSessionSweeper:
         """The sweeper with the bot driver ``settings`` configure (``bot_driver``, ``redis_url``)."""
-        name = (getattr(settings, "bot_driver", None) or "local").strip().lower()
-        if name == "redis":
-            return cls(RedisBotDriver(settings.redis_url), interval)
-        if name != "local":
-            raise ValueError(f"CORTEX_BOT_DRIVER must be local or redis, not {name!r}")
-        return cls(LocalBotDriver(), interval)
+        return cls(bot_driver(settings), interval)
 
     def run_once(self, now: datetime | None = None) -> int:
         """Stop every session idle past its timeout at ``now`` (default: the current time); how many were stopped
@@ -67,25 +62,3 @@ class IdleSessionSweeper:
                     stopped += 1
                     log.info("session %s stopped after its idle timeout (status %s)", session_id, session.status)
         return stopped
-
-    def run_forever(self, stop_event: threading.Event) -> None:
-        """Sweep every ``interval`` seconds until stopped; failures are logged."""
-        while not stop_event.is_set():
-            try:
-                self.run_once()
-            except Exception:
-                log.exception("idle sweep failed; retrying in %s s", self.interval)
-            _pause(stop_event, self.interval)
-
-    def start(self) -> None:
-        """Run in the background (greenlet under gevent, else a daemon thread)."""
-        self._worker.start()
-
-    def stop(self, timeout: float = 10.0) -> None:
-        """Stop and wait."""
-        self._worker.stop(timeout)
-
-    @property
-    def alive(self) -> bool:
-        """True while the background loop runs."""
-        return self._worker.alive
