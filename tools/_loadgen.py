@@ -811,6 +811,16 @@ def run_compare(args, script: str, workdir: str, cpus: tuple, pinning: str) -> d
     return {"mode": "compare", "meta": meta, "rows": [row.as_dict() for row in rows], "notes": notes}
 
 
+def split_cpus() -> tuple[tuple[int | None, int | None], str]:
+    """(server CPU, load-generator CPU) and a description; pins this process (the load generator) to the second
+    CPU when there are two or more, else leaves both unpinned."""
+    allowed = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []
+    if len(allowed) < 2:
+        return (None, None), "not pinned (fewer than 2 CPUs available): server and load generator share the CPU"
+    os.sched_setaffinity(0, {allowed[1]})
+    return (allowed[0], allowed[1]), f"server pinned to CPU {allowed[0]}, load generator to CPU {allowed[1]}"
+
+
 def run(args, script: str, fd_limit: int) -> int:
     """Entry point of the parent process: pin, make a temp dir, run a mode, clean up whatever happens."""
 
@@ -827,14 +837,7 @@ def run(args, script: str, fd_limit: int) -> int:
             file=sys.stderr,
         )
         return 2
-    allowed = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []
-    if len(allowed) >= 2:
-        cpus = (allowed[0], allowed[1])
-        os.sched_setaffinity(0, {cpus[1]})
-        pinning = f"server pinned to CPU {cpus[0]}, load generator to CPU {cpus[1]}"
-    else:
-        cpus = (None, None)
-        pinning = "not pinned (fewer than 2 CPUs available): server and load generator share the CPU"
+    cpus, pinning = split_cpus()
     workdir = tempfile.mkdtemp(prefix="cortex-bench-")
     try:
         if args.compare:

@@ -392,14 +392,7 @@ def main(argv=None) -> int:
     signal.signal(signal.SIGTERM, on_sigterm)
     hub = gevent.get_hub()
     hub.NOT_ERROR = (*hub.NOT_ERROR, KeyboardInterrupt)
-    allowed = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []
-    if len(allowed) >= 2:
-        cpus = (allowed[0], allowed[1])
-        os.sched_setaffinity(0, {cpus[1]})
-        pinning = f"server pinned to CPU {cpus[0]}, load generator to CPU {cpus[1]}"
-    else:
-        cpus = (None, None)
-        pinning = "not pinned (fewer than 2 CPUs available): server and load generator share the CPU"
+    cpus, pinning = _loadgen.split_cpus()
     workdir = tempfile.mkdtemp(prefix="cortex-bench-ingest-")
     try:
         code, report = run_bench(args, workdir, cpus, pinning)

@@ -55,20 +55,8 @@ TARGET_API_P99 = 0.100
 # ----------------------------------------------------------------- helpers for every process
 
 
-def raise_fd_limit(wanted: int = 65536) -> int:
-    import resource
-
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    target = wanted if hard == resource.RLIM_INFINITY else min(wanted, hard)
-    if soft != resource.RLIM_INFINITY and soft < target:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
-    return resource.getrlimit(resource.RLIMIT_NOFILE)[0]
-
-
-def pin_to_cpu(cpu: int | None) -> None:
-    if cpu is not None and cpu >= 0 and hasattr(os, "sched_setaffinity"):
-        os.sched_setaffinity(0, {cpu})
-
+# raise_fd_limit / pin_to_cpu: bench_http's (it imports nothing that gevent must patch first).
+from bench_http import pin_to_cpu, raise_fd_limit  # noqa: E402
 
 # ----------------------------------------------------------------- server subprocess
 
