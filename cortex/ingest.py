@@ -32,6 +32,11 @@ transaction with what it describes:
 - every other type is logged as sent.
 
 A session id that is not the project's answers 400 (ingest documents no 404).
+
+**Group commit.** Writes go through :class:`models.events.GroupCommit`: everything that arrives while a
+transaction is being written shares the next one (message.created as multi-row INSERTs); every request still
+gets exactly its own answer. What this process knows about a project (its cached secret, the debug-audio flag)
+is re-read after :data:`TARGET_TTL` seconds, at once after this process changed it.
 """
 
 from __future__ import annotations
@@ -53,14 +58,22 @@ import peewee as pw
 from cortex import crypto
 from cortex import debug_audio as audio_files
 from cortex.problems import ApiProblem, bad_request
-from models.base import Prepared, is_sqlite, new_id, parse_timestamp, transaction, utcnow
-from models.events import DomainEvent, emit
+from models.base import Prepared, is_sqlite, new_id, parse_timestamp, utcnow
+from models.events import DomainEvent, GroupCommit, emit
 from models.identity import Project
-from models.messages import DuplicateMessage, add_message, add_system_message, find_by_external_id
+from models.messages import (
+    DuplicateMessage,
+    Message,
+    add_system_message,
+    find_by_external_id,
+    insert_messages,
+    new_message,
+)
 from models.participants import Participant, create_or_find_participant
 from models.presence import record_join, record_leave
 from models.sessions import STATUSES, Session, set_session_status
 from models.settings import AppSettings, SecretCache
+from models.settings import generation as settings_generation
 
 log = logging.getLogger("cortex.ingest")
 
@@ -101,6 +114,12 @@ _TARGET = Prepared(
     .where((Project.id == ref) | (Project.app_id == ref))
     .limit(1)
 )
+#: How long one process trusts what it read about a project (secret, debug-audio flag) before reading it again.
+#: Writes through this process take effect at once (``models.settings.generation``); through another process
+#: (a revoked secret, debug audio turned off) within this many seconds.
+TARGET_TTL = 1.0
+_targets: dict[str, tuple[float, int, list]] = {}  # project ref → (expires, settings generation, _TARGET rows)
+_TARGETS_MAX = 10_000
 _secrets: dict[str, str] = {}  # ciphertext → secret: a resync makes a new ciphertext, a revoke removes the row
 _SECRETS_MAX = 10_000
 _NO_SECRET = os.urandom(32).hex()  # keys a throw-away HMAC for unknown projects (same work either way)
@@ -122,6 +141,20 @@ def _secret(encrypted: str) -> str | None:
     return secret
 
 
+def _target_rows(project_ref: str) -> list:
+    """_TARGET's rows for a project id or appId, cached for TARGET_TTL seconds (per settings generation)."""
+    now = time.monotonic()
+    current = settings_generation()
+    cached = _targets.get(project_ref)
+    if cached is not None and cached[0] > now and cached[1] == current:
+        return cached[2]
+    rows = _TARGET.rows(ref=project_ref)
+    if len(_targets) >= _TARGETS_MAX:
+        _targets.clear()
+    _targets[project_ref] = (now + TARGET_TTL, current, rows)
+    return rows
+
+
 def unauthorized() -> ApiProblem:
     """The one answer to every authentication failure: it tells an attacker nothing."""
     return ApiProblem(401, AUTH_FAILED)
@@ -133,7 +166,7 @@ def authenticate(project_ref: str, timestamp: str, signature: str, raw_body: byt
         signed_at = parse_timestamp(timestamp)
     except ValueError:
         signed_at = None
-    rows = _TARGET.rows(ref=project_ref)
+    rows = _target_rows(project_ref)
     secret = _secret(rows[0][2]) if rows else None
     expected = sign(secret or _NO_SECRET, timestamp, raw_body).encode("ascii")
     given = signature.strip().lower().encode("utf-8", "replace")
@@ -142,10 +175,17 @@ def authenticate(project_ref: str, timestamp: str, signature: str, raw_body: byt
     if not (secret and matches and fresh):
         raise unauthorized()
     project_id, tenant_id, _encrypted, debug_audio = rows[0]
-    return Target(Project(id=project_id, tenant=tenant_id), bool(debug_audio))
+    return Target(Project(id=project_id, tenant=tenant_id, __no_default__=True), bool(debug_audio))
 
 
 # ---------------------------------------------------------------- the rate limit
+
+
+_COUNT_SCRIPT = """
+local count = redis.call('INCR', KEYS[1])
+if count == 1 then redis.call('EXPIRE', KEYS[1], 2) end
+return count
+"""
 
 
 class RateLimiter:
@@ -190,21 +230,19 @@ class RateLimiter:
             return None
         name = f"{RATE_KEY_PREFIX}{key}:{window}"
         try:
-            pipe = self._client().pipeline(transaction=False)
-            pipe.incr(name)
-            pipe.expire(name, 2)
-            count, _ = pipe.execute()
-            return int(count)
+            return int(self._script()(keys=[name]))
         except Exception:  # Redis down: limit per process rather than fail or stall every ingest
             self._redis_paused_until = time.monotonic() + 5
             log.warning("ingest rate limit: Redis unavailable, counting per process for 5 s", exc_info=True)
             return None
 
-    def _client(self):
+    def _script(self):
+        """INCR + EXPIRE as one Lua script: one command per hit instead of a two-command pipeline."""
         if self._redis is None:
             import redis
 
-            self._redis = redis.Redis.from_url(self.redis_url, socket_connect_timeout=1, socket_timeout=1)
+            client = redis.Redis.from_url(self.redis_url, socket_connect_timeout=1, socket_timeout=1)
+            self._redis = client.register_script(_COUNT_SCRIPT)  # EVALSHA, loading the script when Redis lacks it
         return self._redis
 
 
@@ -362,7 +400,7 @@ def _session(project: Project, session_id: str, lock: str = "FOR UPDATE", user_i
     if not rows:
         raise bad_request(f"payload.data.sessionId: this project has no session {session_id[:64]!r}")
     id_, project_id, tenant_id, status, participant_id = rows[0]
-    return Session(id=id_, project=project_id, tenant_id=tenant_id, status=status), participant_id
+    return Session(id=id_, project=project_id, tenant_id=tenant_id, status=status, __no_default__=True), participant_id
 
 
 def _log(project: Project, incoming: Incoming, data: dict | None = None, action: str | None = None) -> DomainEvent:
@@ -383,6 +421,10 @@ def _log(project: Project, incoming: Incoming, data: dict | None = None, action:
 # ---------------------------------------------------------------- materialisation
 
 
+#: Ingest writes share transactions (one COMMIT for every event that arrived meanwhile; see GroupCommit).
+group_commit = GroupCommit()
+
+
 def _presence(target: Target, incoming: Incoming) -> str:
     """participant.joined / participant.left: participant, presence span, system line, the event."""
     data, kind = incoming.data, incoming.type
@@ -396,7 +438,8 @@ def _presence(target: Target, incoming: Incoming) -> str:
     joined = kind == "participant.joined"
     at = incoming.timestamp or utcnow()
     project = target.project
-    with transaction():
+
+    def write() -> str:
         session, _participant_id = _session(project, session_id)
         participant, _created = create_or_find_participant(project, user_id, display_name, user_data)
         if joined:
@@ -407,13 +450,15 @@ def _presence(target: Target, incoming: Incoming) -> str:
         if changed:  # a repeated join, or a leave without a join, changes no presence and adds no line
             name = participant.display_name or participant.external_user_id
             add_system_message(session, f"{name} {'joined' if joined else 'left'}", at)
-    return event.id
+        return event.id
+
+    return group_commit.run(write)
 
 
 def _sender(project: Project, user_id: str, participant_id: str | None, sender_name: str) -> Participant:
     """The message sender's participant; a new one is named after the sender (an existing one is not renamed)."""
     if participant_id is not None:
-        return Participant(id=participant_id, project=project.id, external_user_id=user_id)
+        return Participant(id=participant_id, project=project.id, external_user_id=user_id, __no_default__=True)
     return create_or_find_participant(project, user_id, display_name=sender_name or None)[0]
 
 
@@ -434,6 +479,9 @@ def _message(target: Target, incoming: Incoming) -> str:
     at = _time(data.get("timestamp"), "payload.data.timestamp") or incoming.timestamp or utcnow()
     audio = _wav(data)
     project = target.project
+    session, participant_id, original = _message_context(project, session_id, user_id, external_id)
+    if original is not None:  # a re-send of a recorded message: nothing to write
+        return original
     message_id = new_id()
     file = staged = None
     store = None
@@ -444,25 +492,25 @@ def _message(target: Target, incoming: Incoming) -> str:
     extra = {key: value for key, value in data.items() if key not in ("debugAudio", "id", "userId")}
     if external_id is not None:
         extra["externalId"] = external_id
+
     try:
-        with transaction():
-            session, participant_id = _session(project, session_id, "FOR KEY SHARE", user_id)
-            participant = _sender(project, user_id, participant_id, sender_name) if user_id is not None else None
-            _row, event = add_message(
-                session,
-                sender_name=sender_name,
-                content=content,
-                timestamp=at,
-                participant=participant,
-                external_user_id=user_id,
-                external_id=external_id,
-                debug_audio_file=file,
-                message_id=message_id,
-                source=incoming.source,
-                resource_id=incoming.resource_id,
-                extra_data=extra,
-            )
-    except DuplicateMessage:  # a re-send (the unique index decides; the transaction rolled back)
+        participant = _sender(project, user_id, participant_id, sender_name) if user_id is not None else None
+        message, event = new_message(
+            session,
+            sender_name=sender_name,
+            content=content,
+            timestamp=at,
+            participant=participant,
+            external_user_id=user_id,
+            external_id=external_id,
+            debug_audio_file=file,
+            message_id=message_id,
+            source=incoming.source,
+            resource_id=incoming.resource_id,
+            extra_data=extra,
+        )
+        event_id = message_commit.run((project, message, event))
+    except DuplicateMessage:  # a re-send that raced the original (the unique index decided)
         if store is not None:
             store.discard(staged)
         original = _original_event(project, session_id, external_id)
@@ -475,7 +523,55 @@ def _message(target: Target, incoming: Incoming) -> str:
         raise
     if store is not None:
         store.publish(staged)
+    return event_id
+
+
+#: The session (raw id, project, tenant, status), the sender's participant id and the event id of an already
+#: recorded message with the same sender id (NULLs when unknown or not asked for): one read, no lock.
+_MESSAGE_CONTEXT = Prepared(
+    lambda session, project, user, external: Session.select(
+        Session.id, Session.project, Session.tenant_id, Session.status, Participant.id, Message.event_id
+    )
+    .join(
+        Participant,
+        pw.JOIN.LEFT_OUTER,
+        on=(Participant.project == Session.project) & (Participant.external_user_id == user),
+    )
+    .join_from(
+        Session, Message, pw.JOIN.LEFT_OUTER, on=(Message.session == Session.id) & (Message.external_id == external)
+    )
+    .where(Session.id == session, Session.project == project)
+    .limit(1)
+)
+
+
+def _message_context(project: Project, session_id: str, user_id: str | None, external_id: str | None):
+    """(session, participant id or None, event id of the original or None) for a message.created; 400 when
+    the project has no such session."""
+    rows = _MESSAGE_CONTEXT.rows(session=session_id, project=project.id, user=user_id, external=external_id)
+    if not rows:
+        raise bad_request(f"payload.data.sessionId: this project has no session {session_id[:64]!r}")
+    id_, project_id, tenant_id, status, participant_id, original = rows[0]
+    return Session(id=id_, project=project_id, tenant_id=tenant_id, status=status, __no_default__=True), participant_id, original
+
+
+def _write_messages(items: list) -> list[str]:
+    """A batch of prepared messages with their events: multi-row INSERTs (see GroupCommit)."""
+    insert_messages([(message, event) for _project, message, event in items])
+    return [event.id for _project, _message, event in items]
+
+
+def _write_message(item) -> str:
+    """One prepared message alone, in the usual lock order: its session row first (400 if it is gone now)."""
+    project, message, event = item
+    _session(project, message.session_id, "FOR KEY SHARE")
+    insert_messages([(message, event)])
     return event.id
+
+
+#: message.created writes: the messages and events of every request that arrived meanwhile in one transaction
+#: and (PostgreSQL) two multi-row INSERTs.
+message_commit = GroupCommit(_write_messages, _write_message)
 
 
 def _bot_status(target: Target, incoming: Incoming) -> str:
@@ -486,12 +582,14 @@ def _bot_status(target: Target, incoming: Incoming) -> str:
     if status not in STATUSES:
         raise bad_request(f"payload.data.status must be one of {', '.join(STATUSES)}")
     project = target.project
-    with transaction():
+
+    def write() -> str:
         # The session row lock comes before the event-log lock (emit), the order every session write uses.
         if set_session_status(session_id, status, "cortex:ingest", project_id=project.id) is None:
             raise bad_request(f"payload.data.sessionId: this project has no session {session_id[:64]!r}")
-        event = _log(project, incoming)
-    return event.id
+        return _log(project, incoming).id
+
+    return group_commit.run(write)
 
 
 MATERIALISED = {
@@ -507,8 +605,7 @@ def record(target: Target, incoming: Incoming) -> str:
     materialise = MATERIALISED.get(incoming.type)
     if materialise is not None:
         return materialise(target, incoming)
-    with transaction():
-        return _log(target.project, incoming).id
+    return group_commit.run(lambda: _log(target.project, incoming).id)
 
 
 def ingest(project_ref: str, timestamp: str, signature: str, body: dict, raw_body: bytes) -> str:

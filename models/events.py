@@ -4,16 +4,36 @@
 describes was committed. ``seq`` orders the log. On PostgreSQL every event-writing transaction first takes a
 transaction-scoped advisory lock, so sequence order is commit order and a reader that remembers the last
 ``seq`` it saw can never skip an event that commits later with a smaller number; SQLite has one writer anyway.
+A transaction takes that lock once (its first ``emit``), however many events it writes.
+
+:class:`GroupCommit` runs small event-writing units of work from concurrent requests in one shared transaction
+(group commit): signed ingest uses it, because one COMMIT per event — a WAL write on SQLite, a WAL flush while
+holding the event-log lock on PostgreSQL — was what limited it.
 """
 
 from __future__ import annotations
 
+import collections
+import logging
 import weakref
+from collections.abc import Callable
 from datetime import datetime
 
 import peewee as pw
 
-from models.base import JSONField, UTCDateTimeField, db, new_id, rfc3339, utcnow
+from models.base import (
+    JSONField,
+    UTCDateTimeField,
+    db,
+    insert_rows,
+    new_id,
+    release_connection,
+    rfc3339,
+    transaction,
+    utcnow,
+)
+
+log = logging.getLogger("cortex.events")
 
 EVENT_LOG_LOCK = 7415002  # advisory-lock key serialising event writers on PostgreSQL
 
@@ -67,14 +87,39 @@ def emit(
 
     ``timestamp`` is when the event occurred (default: now), e.g. the time a signed-ingest sender gave.
     """
-    if not db.in_transaction():
-        raise RuntimeError("emit() must run inside models.base.transaction() (transactional outbox)")
-    if isinstance(db.obj, pw.PostgresqlDatabase):
-        db.execute_sql("SELECT pg_advisory_xact_lock(%s)", (EVENT_LOG_LOCK,))
+    event = new_event(
+        event_type,
+        tenant_id=tenant_id,
+        project_id=project_id,
+        resource_id=resource_id,
+        action=action,
+        data=data,
+        changes=changes,
+        source=source,
+        timestamp=timestamp,
+    )
+    append([event])
+    return event
+
+
+def new_event(
+    event_type: str,
+    *,
+    tenant_id: str,
+    project_id: str | None,
+    resource_id: str,
+    action: str,
+    data: dict,
+    changes: dict | None = None,
+    source: str = "cortex:api",
+    timestamp: datetime | None = None,
+) -> DomainEvent:
+    """An envelope not yet in the log (``append`` writes it); ``emit`` is both in one call."""
     payload = {"action": action, "data": data}
     if changes:
         payload["changes"] = changes
-    event = DomainEvent(
+    return DomainEvent(  # every column but seq given: no defaults to compute (__no_default__)
+        __no_default__=True,
         id=new_id(),
         tenant_id=tenant_id,
         project_id=project_id,
@@ -84,8 +129,43 @@ def emit(
         payload=payload,
         timestamp=utcnow() if timestamp is None else timestamp,
     )
-    event.seq = _insert(event)
-    return event
+
+
+def append(events: list[DomainEvent]) -> None:
+    """Write envelopes to the log in this order, inside the caller's transaction; sets each one's ``seq``.
+
+    On PostgreSQL several events go in one multi-row INSERT (one round trip for a batch of signed ingests).
+    """
+    if not db.in_transaction():
+        raise RuntimeError("events must be written inside models.base.transaction() (transactional outbox)")
+    if not isinstance(db.obj, pw.PostgresqlDatabase):
+        for event in events:
+            event.seq = _insert(event)
+        return
+    _lock_log()
+    if len(events) == 1:
+        events[0].seq = _insert(events[0])
+        return
+    fields = [DomainEvent._meta.fields[name] for name in _INSERT_FIELDS]
+    cursor = insert_rows(DomainEvent, fields, events, 'RETURNING "id", "seq"')
+    seqs = dict(cursor.fetchall())  # RETURNING's row order is not promised: match by id
+    for event in events:
+        event.seq = seqs[event.id]
+
+
+_locked = weakref.WeakSet()  # outermost transactions (peewee objects) that hold the event-log lock
+
+
+def _outer_transaction():
+    return db._state.transactions[0]  # peewee's stack of this connection's (nested) transactions
+
+
+def _lock_log(statement: str = "SELECT pg_advisory_xact_lock(%s)") -> None:
+    """Take the event-log advisory lock for the rest of the transaction (once per transaction)."""
+    outer = _outer_transaction()
+    if outer not in _locked:
+        db.execute_sql(statement, (EVENT_LOG_LOCK,))
+        _locked.add(outer)
 
 
 _INSERT_FIELDS = ("id", "tenant_id", "project_id", "resource_id", "type", "source", "payload", "timestamp")
@@ -125,3 +205,154 @@ def envelope(event: DomainEvent) -> dict:
 def changed_fields(before: dict, after: dict) -> dict:
     """Previous values of the fields whose value changed (the ``changes`` of an updated event)."""
     return {key: before.get(key) for key in after if before.get(key) != after.get(key)}
+
+
+# ---------------------------------------------------------------- group commit
+
+
+class GroupCommit:
+    """Group commit: writes from concurrent greenlets share transactions, one BEGIN/COMMIT for many.
+
+    ``run(item)`` queues ``item`` and blocks the calling greenlet until a transaction that wrote it committed,
+    then returns what the writer returned for it (or raises what it raised). One committer greenlet per
+    process takes everything queued meanwhile (up to ``max_batch``) and writes it in ONE transaction with
+    ``write_many(items)`` (a list of results in the same order). By default an item is a function and
+    ``write_many`` calls each in turn, i.e. ``run(work)`` behaves like ``with transaction(): return work()``;
+    a bulk writer (e.g. multi-row INSERTs, ``cortex/ingest.py``) passes its own ``write_many`` and ``write_one``.
+    Items must only read and write the database (no request context, no outside effects): they may be run
+    again after a rollback.
+
+    - On PostgreSQL the batch takes the event-log lock first, then sets ``lock_timeout``: a batch takes row
+      locks while holding the log lock, the reverse of every other writer's order (row locks, then the log lock
+      at ``emit``), so instead of risking a deadlock it gives up any lock wait after ``lock_timeout_ms`` — well
+      before PostgreSQL's deadlock check (``deadlock_timeout``, 1 s by default) could pick the other side.
+    - When the batch fails it is rolled back and nothing of it stays. With the default writer the function
+      that raised runs again alone (``write_one``, in its own transaction, in the usual lock order), so its
+      caller gets exactly the answer it would have got without batching, and the rest run again as a batch;
+      with a bulk writer, or when the COMMIT failed, every item runs again alone.
+
+    Called inside a transaction, ``run`` writes there. Without gevent's monkey-patching (tests on Flask's
+    client, scripts) or with ``enabled=False``, every ``run`` is simply its own transaction.
+    """
+
+    def __init__(
+        self,
+        write_many: Callable[[list], list] | None = None,
+        write_one: Callable[[object], object] | None = None,
+        *,
+        max_batch: int = 200,
+        lock_timeout_ms: int = 100,
+        enabled: bool | None = None,
+    ):
+        self.write_many = write_many or self._call_each
+        self.write_one = write_one or _call
+        self.max_batch = max_batch
+        self.lock_timeout_ms = lock_timeout_ms
+        self.enabled = enabled
+        self._pending: collections.deque = collections.deque()
+        self._wake = None
+        self._committer = None
+        self._failed: int | None = None  # which function of the batch raised (default writer)
+        self.batches = 0  # transactions committed or attempted alone (tests and benchmarks read these)
+        self.items = 0
+
+    def _active(self) -> bool:
+        if self.enabled is not None:
+            return self.enabled
+        from gevent import monkey
+
+        return monkey.is_module_patched("threading")
+
+    def run(self, item):
+        if db.in_transaction() or not self._active():  # inside a transaction: part of it, as before
+            with transaction():
+                return self.write_one(item)
+        from gevent.event import AsyncResult, Event
+
+        result = AsyncResult()
+        self._pending.append((item, result))
+        if self._committer is None:
+            import gevent
+
+            self._wake = self._wake or Event()
+            self._committer = gevent.spawn(self._commit_forever)
+        self._wake.set()
+        release_connection()  # the committer needs a pooled connection: waiting callers must not hold them all
+        return result.get()
+
+    def _call_each(self, works: list) -> list:
+        values = []
+        for index, work in enumerate(works):
+            self._failed = index
+            values.append(work())
+        self._failed = None
+        return values
+
+    # -------------------------------------------------------- the committer greenlet
+
+    def _commit_forever(self) -> None:
+        import gevent
+
+        inflight: list = []
+        try:
+            while True:
+                self._wake.wait()
+                self._wake.clear()
+                gevent.sleep(0)  # let requests that are ready to queue an item do so first
+                while self._pending:
+                    count = min(len(self._pending), self.max_batch)
+                    inflight = [self._pending.popleft() for _ in range(count)]
+                    self._commit(inflight)
+                    inflight = []
+                release_connection()
+        except BaseException:  # killed (shutdown) or a bug: nobody may wait forever
+            pending, self._pending = [*inflight, *self._pending], collections.deque()
+            for _item, result in pending:
+                if not result.ready():
+                    result.set_exception(RuntimeError("group commit stopped"))
+            log.exception("group commit stopped")
+            raise
+        finally:
+            self._committer = None
+
+    def _commit(self, batch: list) -> None:
+        while len(batch) > 1:
+            self._failed = None
+            try:
+                with transaction():
+                    if isinstance(db.obj, pw.PostgresqlDatabase):
+                        _lock_log("SELECT pg_advisory_xact_lock(%s); "
+                                  f"SET LOCAL lock_timeout = {int(self.lock_timeout_ms)}")
+                    values = self.write_many([item for item, _result in batch])
+                    if len(values) != len(batch):
+                        raise RuntimeError(f"write_many returned {len(values)} results for {len(batch)} items")
+            except Exception:
+                failed = self._failed
+                if failed is None:  # a bulk writer or the COMMIT failed: every item alone
+                    break
+                self._alone(batch[failed])
+                batch = batch[:failed] + batch[failed + 1 :]
+                continue
+            self.batches += 1
+            self.items += len(batch)
+            for (_item, result), value in zip(batch, values, strict=True):
+                result.set(value)
+            return
+        for entry in batch:
+            self._alone(entry)
+
+    def _alone(self, entry) -> None:
+        item, result = entry
+        self.batches += 1
+        self.items += 1
+        try:
+            with transaction():
+                value = self.write_one(item)
+        except Exception as exc:
+            result.set_exception(exc)
+        else:
+            result.set(value)
+
+
+def _call(work):
+    return work()

@@ -68,8 +68,17 @@ MODELS = [Message]
 from collections.abc import Callable  # noqa: E402
 from datetime import datetime, timedelta  # noqa: E402
 
-from models.base import Prepared, as_utc, new_id, rfc3339, rfc3339_raw, transaction  # noqa: E402
-from models.events import DomainEvent, emit  # noqa: E402
+from models.base import (  # noqa: E402
+    Prepared,
+    as_utc,
+    insert_rows,
+    is_sqlite,
+    new_id,
+    rfc3339,
+    rfc3339_raw,
+    transaction,
+)
+from models.events import DomainEvent, append, new_event  # noqa: E402
 
 #: How long debug audio is kept after the message was ingested.
 DEBUG_AUDIO_RETENTION = timedelta(hours=24)
@@ -97,7 +106,19 @@ def event_data(message: Message) -> dict:
     return data
 
 
-def add_message(
+def add_message(session: Session, **fields) -> tuple[Message, DomainEvent]:
+    """Append a line to the session's transcript and emit its ``message.created``; (message, event).
+
+    Must run inside the caller's ``transaction()``; ``fields`` as for :func:`new_message`. A second message
+    with the same ``external_id`` in the session raises DuplicateMessage (the transaction must then be rolled
+    back: on PostgreSQL it is aborted).
+    """
+    message, event = new_message(session, **fields)
+    insert_messages([(message, event)])
+    return message, event
+
+
+def new_message(
     session: Session,
     *,
     sender_name: str,
@@ -113,18 +134,20 @@ def add_message(
     resource_id: str | None = None,
     extra_data: dict | None = None,
 ) -> tuple[Message, DomainEvent]:
-    """Append a line to the session's transcript and emit its ``message.created``; (message, event).
+    """A transcript line and its ``message.created`` event, not yet written (:func:`insert_messages`).
 
-    Must run inside the caller's ``transaction()``. ``debug_audio_file`` (relative to the debug-audio directory)
-    is kept for DEBUG_AUDIO_RETENTION. ``resource_id`` defaults to ``session:<id>``; ``extra_data`` adds fields
-    to the event's data (e.g. the sender's ``externalId``). A second message with the same ``external_id`` in the
-    session raises DuplicateMessage (the transaction must then be rolled back: on PostgreSQL it is aborted).
+    ``debug_audio_file`` (relative to the debug-audio directory) is kept for DEBUG_AUDIO_RETENTION.
+    ``resource_id`` defaults to ``session:<id>``; ``extra_data`` adds fields to the event's data (e.g. the
+    sender's ``externalId``).
     """
     if message_type not in MESSAGE_TYPES:
         raise ValueError(f"message type must be one of {', '.join(MESSAGE_TYPES)}")
-    at = timestamp or utcnow()
-    message = Message(
+    now = utcnow()
+    at = timestamp or now
+    message = Message(  # every column given: no defaults to compute (__no_default__)
+        __no_default__=True,
         id=message_id or new_id(),
+        created_at=now,
         session=session.id,
         project=session.project_id,
         tenant_id=session.tenant_id,
@@ -136,12 +159,12 @@ def add_message(
         content=content,
         timestamp=at,
         debug_audio_file=debug_audio_file,
-        debug_audio_expires_at=utcnow() + DEBUG_AUDIO_RETENTION if debug_audio_file else None,
+        debug_audio_expires_at=now + DEBUG_AUDIO_RETENTION if debug_audio_file else None,
     )
     data = event_data(message)
     if extra_data:
         data = {**extra_data, **data}
-    event = emit(
+    event = new_event(
         "message.created",
         tenant_id=session.tenant_id,
         project_id=session.project_id,
@@ -151,14 +174,28 @@ def add_message(
         source=source,
         timestamp=at,
     )
-    message.event_id, message.event_seq = event.id, event.seq
-    try:
-        _insert(message)
-    except pw.IntegrityError as exc:
-        if external_id is not None and _unique_violation(exc):  # the only unique index a fresh id can hit
-            raise DuplicateMessage(external_id) from None
-        raise
+    message.event_id = event.id
     return message, event
+
+
+def insert_messages(pairs: list[tuple[Message, DomainEvent]]) -> None:
+    """Write messages and their events (events first: a message keeps its event's ``seq``) inside the
+    caller's transaction; several go in one multi-row INSERT on PostgreSQL. DuplicateMessage when the only
+    message's ``external_id`` is taken in its session (with several: the IntegrityError as it is)."""
+    append([event for _message, event in pairs])
+    for message, event in pairs:
+        message.event_seq = event.seq
+    try:
+        if len(pairs) == 1 or is_sqlite():  # SQLite runs in-process: a statement per row costs no round trip
+            for message, _event in pairs:
+                _INSERT.rows(**_values(message))
+        else:
+            insert_rows(Message, _COLUMNS, [message for message, _event in pairs])
+    except pw.IntegrityError as exc:
+        message = pairs[0][0]
+        if len(pairs) == 1 and message.external_id is not None and _unique_violation(exc):
+            raise DuplicateMessage(message.external_id) from None  # the only unique index a fresh id can hit
+        raise
 
 
 #: Every column of a message, inserted through one prepared statement (compiling a Peewee insert per message
@@ -169,9 +206,9 @@ _INSERT = Prepared(
 )
 
 
-def _insert(message: Message) -> None:
-    """INSERT the message (its raw field values converted as Peewee would)."""
-    _INSERT.rows(**{field.name: field.db_value(message.__data__.get(field.name)) for field in _COLUMNS})
+def _values(message: Message) -> dict:
+    """The message's raw column values, converted as Peewee would."""
+    return {field.name: field.db_value(message.__data__.get(field.name)) for field in _COLUMNS}
 
 
 def add_system_message(session: Session, content: str, timestamp: datetime | None = None) -> Message:

@@ -85,8 +85,20 @@ def token_path_segments(path: str) -> list[str]:
     return segments
 
 
+_generation = 0
+
+
+def generation() -> int:
+    """A number that changes with every settings or secret-cache write of this process: in-process caches of
+    them (signed ingest's) compare it to drop what they hold at once; other processes' caches expire."""
+    return _generation
+
+
 def _lock(project: Project) -> None:
-    """Serialise settings writes of one project (SQLite writers are already serialised)."""
+    """Serialise settings writes of one project (SQLite writers are already serialised); every write starts
+    here, so this is also where :func:`generation` changes."""
+    global _generation
+    _generation += 1
     if not is_sqlite():
         Project.select(Project.id).where(Project.id == project.id).for_update().execute()
 

@@ -7,8 +7,13 @@ document with openapi-core, so a handler cannot drift from the contract unnotice
 
 from __future__ import annotations
 
+import http.client
 import json
 import os
+import socket
+import subprocess
+import sys
+import time
 from dataclasses import dataclass
 
 import pytest
@@ -169,3 +174,114 @@ def api_key_headers(owner):
         return {"X-API-Key": key}
 
     return make
+
+
+# ---------------------------------------------------------------- real `cortex serve` processes
+
+READ_TIMEOUT = 20.0
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+class Server:
+    """One `cortex serve` subprocess on a free loopback port."""
+
+    def __init__(self, tmp_path, name: str, settings, redis_url: str | None):
+        self.port = free_port()
+        data_dir = tmp_path / name
+        data_dir.mkdir()
+        env = {
+            key: value
+            for key, value in os.environ.items()
+            if not key.startswith("CORTEX_") and key not in ("DATABASE_URL", "REDIS_URL")
+        }
+        env.update(
+            CORTEX_DATA_DIR=str(data_dir),
+            DATABASE_URL=settings.database_url,
+            CORTEX_SECRET_KEY=settings.secret_key,
+            CORTEX_LOG_LEVEL="WARNING",
+            CORTEX_SSE_MAX_SECONDS="30",
+        )
+        if redis_url:
+            env["REDIS_URL"] = redis_url
+        self.log = open(tmp_path / f"{name}.log", "w+")  # noqa: SIM115 (closed in stop)
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "cortex.cli", "serve", "--host", "127.0.0.1", "--port", str(self.port)],
+            cwd=ROOT,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
+        )
+
+    def wait_ready(self, timeout: float = 60.0) -> None:
+        deadline = time.monotonic() + timeout
+        while True:
+            if self.process.poll() is not None:
+                pytest.fail(f"server exited with {self.process.returncode}: {self.log_text()}")
+            try:
+                status, _ = self.request("GET", "/api")
+                if status == 200:
+                    return
+            except OSError:
+                pass
+            if time.monotonic() > deadline:
+                pytest.fail(f"server not ready within {timeout} s: {self.log_text()}")
+            time.sleep(0.1)
+
+    def request(self, method: str, path: str, body=None, headers=None) -> tuple[int, bytes]:
+        connection = http.client.HTTPConnection("127.0.0.1", self.port, timeout=10)
+        try:
+            payload = None if body is None else json.dumps(body)
+            all_headers = {**(headers or {}), **({"Content-Type": "application/json"} if body is not None else {})}
+            connection.request(method, path, body=payload, headers=all_headers)
+            response = connection.getresponse()
+            return response.status, response.read()
+        finally:
+            connection.close()
+
+    def request_raw(self, method: str, path: str, raw: bytes, headers: dict) -> tuple[int, bytes]:
+        """A request with these exact body bytes (JSON)."""
+        connection = http.client.HTTPConnection("127.0.0.1", self.port, timeout=10)
+        try:
+            connection.request(method, path, body=raw, headers={**headers, "Content-Type": "application/json"})
+            response = connection.getresponse()
+            return response.status, response.read()
+        finally:
+            connection.close()
+
+    def log_text(self) -> str:
+        self.log.flush()
+        self.log.seek(0)
+        return self.log.read()[-4000:]
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(timeout=10)
+        self.log.close()
+
+
+@pytest.fixture
+def servers(request, tmp_path, settings, app):
+    """Factory: servers(count, redis_url) → started, ready servers; all stopped afterwards."""
+    started: list[Server] = []
+
+    def start(count: int, redis_url: str | None) -> list[Server]:
+        new = [Server(tmp_path, f"server{len(started) + i}", settings, redis_url) for i in range(count)]
+        started.extend(new)
+        for server in new:
+            server.wait_ready()
+        return new
+
+    yield start
+    for server in started:
+        server.stop()

@@ -36,6 +36,7 @@ import argparse
 import json
 import os
 import sys
+import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 HOST = "127.0.0.1"
@@ -44,7 +45,33 @@ TARGET = 1000.0  # events/s the issue asks one process to accept
 ENV_PREFIX = "BENCH_INGEST_"  # how the parent passes settings to the server subprocess (ServerProcess inherits env)
 
 
+COMMIT_STATS = "group-commit.json"  # the server's group-commit counters, rewritten every 0.2 s
+
+
 # ----------------------------------------------------------------- server subprocess
+
+
+def write_commit_stats(path: str) -> None:
+    """Keep the ingest group-commit counters in a file the parent reads around each row."""
+    import gevent
+
+    from cortex.ingest import group_commit, message_commit
+
+    while True:
+        stats = {"transactions": group_commit.batches + message_commit.batches,
+                 "events": group_commit.items + message_commit.items}
+        with open(path + ".tmp", "w") as file:
+            json.dump(stats, file)
+        os.replace(path + ".tmp", path)
+        gevent.sleep(0.2)
+
+
+def read_commit_stats(workdir: str) -> dict:
+    try:
+        with open(os.path.join(workdir, "cortex-data", COMMIT_STATS)) as file:
+            return json.load(file)
+    except (OSError, ValueError):
+        return {"transactions": 0, "events": 0}
 
 
 def serve(args) -> int:
@@ -115,6 +142,7 @@ def serve(args) -> int:
 
         profiler = cProfile.Profile()
         profiler.enable()
+    gevent.spawn(write_commit_stats, os.path.join(args.data_dir, COMMIT_STATS))
     print(json.dumps({"port": server.server_port, "pid": os.getpid(), "token": token, "projects": seeded}), flush=True)
     try:
         stop.wait()
@@ -261,7 +289,8 @@ def row_line(result) -> str:
     return (
         f"{_loadgen.fmt_row(result.label, result, 44)}\n"
         f"  events/s accepted {result.rps:.0f} (offered {result.extra['offered_rate'] or 'unpaced'}); "
-        f"201: {result.extra['accepted_201']}  429: {result.extra['limited_429']}"
+        f"201: {result.extra['accepted_201']}  429: {result.extra['limited_429']}  "
+        f"events per transaction (group commit, warm-up included): {result.extra.get('events_per_transaction')}"
     )
 
 
@@ -302,9 +331,17 @@ def run_bench(args, workdir: str, cpus: tuple, pinning: str) -> tuple[int, dict]
         print(f"server    pid {server.pid} on {HOST}:{server.port}; {len(projects)} projects with cached secrets",
               flush=True)
         print()
-        common = dict(server_pid=server.pid, counter=counter)
-        paced = run_row(f"paced ({args.rate:g}/s offered, {args.rate / args.projects:g}/s per project)",
-                        server.port, projects, args, rate=args.rate, **common)
+        def row(label, rate):
+            before = read_commit_stats(workdir)
+            result = run_row(label, server.port, projects, args, rate=rate, server_pid=server.pid, counter=counter)
+            time.sleep(0.3)  # the server rewrites its counters every 0.2 s
+            after = read_commit_stats(workdir)
+            transactions = after["transactions"] - before["transactions"]
+            result.extra["events_per_transaction"] = (
+                round((after["events"] - before["events"]) / transactions, 1) if transactions else None)
+            return result
+
+        paced = row(f"paced ({args.rate:g}/s offered, {args.rate / args.projects:g}/s per project)", args.rate)
         rows.append(paced)
         print(row_line(paced), flush=True)
         if paced.extra["limited_429"]:
@@ -314,7 +351,7 @@ def run_bench(args, workdir: str, cpus: tuple, pinning: str) -> tuple[int, dict]
         if paced.rps < min(TARGET, args.rate) * 0.98:
             failures.append(f"paced row: {paced.rps:.0f} events/s accepted, below {min(TARGET, args.rate):g}/s")
         if args.saturate:
-            saturated = run_row("saturation (unpaced)", server.port, projects, args, rate=0.0, **common)
+            saturated = row("saturation (unpaced)", 0.0)
             rows.append(saturated)
             print(row_line(saturated), flush=True)
             if saturated.errors:
