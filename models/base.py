@@ -99,12 +99,13 @@ class Prepared:
 
 
 def insert_rows(model, fields, rows: list, returning: str = ""):
-    """Execute ONE multi-row INSERT of ``rows`` (objects whose attributes are ``fields``' names, converted with
-    each field's ``db_value``) — one round trip however many rows; ``returning`` e.g. ``RETURNING "id"``."""
+    """Execute ONE multi-row INSERT of ``rows`` (model instances; each field's raw value converted with its
+    ``db_value``: a foreign key is its id, never a fetch of the related row) — one round trip however many
+    rows; ``returning`` e.g. ``RETURNING "id"``."""
     columns = ", ".join(f'"{field.column_name}"' for field in fields)
     row = "(" + ", ".join(["%s"] * len(fields)) + ")"
     sql = f'INSERT INTO "{model._meta.table_name}" ({columns}) VALUES {", ".join([row] * len(rows))} {returning}'
-    return db.execute_sql(sql, [field.db_value(getattr(item, field.name)) for item in rows for field in fields])
+    return db.execute_sql(sql, [field.db_value(item.__data__.get(field.name)) for item in rows for field in fields])
 
 
 def parse_timestamp(text: str) -> datetime:
