@@ -9,7 +9,7 @@ timestamp, wrong signature — answers the same 401 problem (``Authentication fa
 
 **Rate limit.** After authentication, at most :data:`RATE_LIMIT` events per project per one-second window
 (fixed windows: an ``INCR``/``EXPIRE`` counter per project and second in Redis when ``REDIS_URL`` is set, so every
-process shares it; an in-process counter otherwise, or while Redis is unreachable). Beyond it: 429 with
+process shares it — one script call counts the hits of every ingest that arrived meanwhile; an in-process counter otherwise, or while Redis is unreachable). Beyond it: 429 with
 ``Retry-After: 1``. Strangers cannot spend a project's budget: unauthenticated requests are not counted.
 
 **Materialisation.** The event is validated (400 with the field and the rule) and written with
@@ -57,6 +57,7 @@ import peewee as pw
 
 from cortex import crypto
 from cortex import debug_audio as audio_files
+from cortex.coalesce import Coalescer
 from cortex.problems import ApiProblem, bad_request
 from models.base import Prepared, is_sqlite, new_id, parse_timestamp, utcnow
 from models.events import DomainEvent, GroupCommit, emit
@@ -181,11 +182,41 @@ def authenticate(project_ref: str, timestamp: str, signature: str, raw_body: byt
 # ---------------------------------------------------------------- the rate limit
 
 
+#: INCR each key (a key may repeat: one hit each), EXPIRE it when new; the counts in order. One call serves the
+#: hits of every ingest that arrived meanwhile (:class:`SharedCounts`).
 _COUNT_SCRIPT = """
-local count = redis.call('INCR', KEYS[1])
-if count == 1 then redis.call('EXPIRE', KEYS[1], 2) end
-return count
+local counts = {}
+for i, key in ipairs(KEYS) do
+  local count = redis.call('INCR', key)
+  if count == 1 then redis.call('EXPIRE', key, 2) end
+  counts[i] = count
+end
+return counts
 """
+
+
+class SharedCounts(Coalescer):
+    """The shared per-second counters in Redis: the hits of concurrent requests counted with ONE script call
+    (profiled on PostgreSQL + Redis: one redis-py call per ingest was 18 % of the server's CPU)."""
+
+    def __init__(self, script):
+        super().__init__(max_batch=500)
+        self.script = script
+
+    def direct(self, name: str) -> int:
+        return int(self.script(keys=[name])[0])
+
+    def flush(self, entries: list) -> None:
+        self.batches += 1
+        self.items += len(entries)
+        try:
+            counts = self.script(keys=[name for name, _result in entries])
+        except Exception as exc:  # every caller falls back to counting in its process
+            for _name, result in entries:
+                result.set_exception(exc)
+            return
+        for (_name, result), count in zip(entries, counts, strict=True):
+            result.set(int(count))
 
 
 class RateLimiter:
@@ -230,19 +261,19 @@ class RateLimiter:
             return None
         name = f"{RATE_KEY_PREFIX}{key}:{window}"
         try:
-            return int(self._script()(keys=[name]))
+            return self._counts().submit(name)
         except Exception:  # Redis down: limit per process rather than fail or stall every ingest
             self._redis_paused_until = time.monotonic() + 5
             log.warning("ingest rate limit: Redis unavailable, counting per process for 5 s", exc_info=True)
             return None
 
-    def _script(self):
-        """INCR + EXPIRE as one Lua script: one command per hit instead of a two-command pipeline."""
+    def _counts(self) -> SharedCounts:
         if self._redis is None:
             import redis
 
             client = redis.Redis.from_url(self.redis_url, socket_connect_timeout=1, socket_timeout=1)
-            self._redis = client.register_script(_COUNT_SCRIPT)  # EVALSHA, loading the script when Redis lacks it
+            # EVALSHA, loading the script when Redis lacks it
+            self._redis = SharedCounts(client.register_script(_COUNT_SCRIPT))
         return self._redis
 
 

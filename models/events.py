@@ -13,14 +13,13 @@ holding the event-log lock on PostgreSQL — was what limited it.
 
 from __future__ import annotations
 
-import collections
-import logging
 import weakref
 from collections.abc import Callable
 from datetime import datetime
 
 import peewee as pw
 
+from cortex.coalesce import Coalescer
 from models.base import (
     JSONField,
     UTCDateTimeField,
@@ -32,8 +31,6 @@ from models.base import (
     transaction,
     utcnow,
 )
-
-log = logging.getLogger("cortex.events")
 
 EVENT_LOG_LOCK = 7415002  # advisory-lock key serialising event writers on PostgreSQL
 
@@ -210,12 +207,12 @@ def changed_fields(before: dict, after: dict) -> dict:
 # ---------------------------------------------------------------- group commit
 
 
-class GroupCommit:
+class GroupCommit(Coalescer):
     """Group commit: writes from concurrent greenlets share transactions, one BEGIN/COMMIT for many.
 
-    ``run(item)`` queues ``item`` and blocks the calling greenlet until a transaction that wrote it committed,
-    then returns what the writer returned for it (or raises what it raised). One committer greenlet per
-    process takes everything queued meanwhile (up to ``max_batch``) and writes it in ONE transaction with
+    A :class:`cortex.coalesce.Coalescer`: ``run(item)`` queues ``item`` and blocks the calling greenlet until a
+    transaction that wrote it committed, then returns what the writer returned for it (or raises what it
+    raised). One committer greenlet per process takes everything queued meanwhile (up to ``max_batch``) and writes it in ONE transaction with
     ``write_many(items)`` (a list of results in the same order). By default an item is a function and
     ``write_many`` calls each in turn, i.e. ``run(work)`` behaves like ``with transaction(): return work()``;
     a bulk writer (e.g. multi-row INSERTs, ``cortex/ingest.py``) passes its own ``write_many`` and ``write_one``.
@@ -244,41 +241,28 @@ class GroupCommit:
         lock_timeout_ms: int = 100,
         enabled: bool | None = None,
     ):
+        super().__init__(max_batch=max_batch, enabled=enabled)
         self.write_many = write_many or self._call_each
         self.write_one = write_one or _call
-        self.max_batch = max_batch
         self.lock_timeout_ms = lock_timeout_ms
-        self.enabled = enabled
-        self._pending: collections.deque = collections.deque()
-        self._wake = None
-        self._committer = None
         self._failed: int | None = None  # which function of the batch raised (default writer)
-        self.batches = 0  # transactions committed or attempted alone (tests and benchmarks read these)
-        self.items = 0
-
-    def _active(self) -> bool:
-        if self.enabled is not None:
-            return self.enabled
-        from gevent import monkey
-
-        return monkey.is_module_patched("threading")
 
     def run(self, item):
-        if db.in_transaction() or not self._active():  # inside a transaction: part of it, as before
-            with transaction():
-                return self.write_one(item)
-        from gevent.event import AsyncResult, Event
+        """``item``'s result once a transaction that wrote it committed (see the class doc)."""
+        return self.submit(item)
 
-        result = AsyncResult()
-        self._pending.append((item, result))
-        if self._committer is None:
-            import gevent
+    def coalescing(self) -> bool:
+        return not db.in_transaction() and super().coalescing()  # inside a transaction: part of it, as before
 
-            self._wake = self._wake or Event()
-            self._committer = gevent.spawn(self._commit_forever)
-        self._wake.set()
+    def direct(self, item):
+        with transaction():
+            return self.write_one(item)
+
+    def before_wait(self) -> None:
         release_connection()  # the committer needs a pooled connection: waiting callers must not hold them all
-        return result.get()
+
+    def idle(self) -> None:
+        release_connection()
 
     def _call_each(self, works: list) -> list:
         values = []
@@ -288,34 +272,7 @@ class GroupCommit:
         self._failed = None
         return values
 
-    # -------------------------------------------------------- the committer greenlet
-
-    def _commit_forever(self) -> None:
-        import gevent
-
-        inflight: list = []
-        try:
-            while True:
-                self._wake.wait()
-                self._wake.clear()
-                gevent.sleep(0)  # let requests that are ready to queue an item do so first
-                while self._pending:
-                    count = min(len(self._pending), self.max_batch)
-                    inflight = [self._pending.popleft() for _ in range(count)]
-                    self._commit(inflight)
-                    inflight = []
-                release_connection()
-        except BaseException:  # killed (shutdown) or a bug: nobody may wait forever
-            pending, self._pending = [*inflight, *self._pending], collections.deque()
-            for _item, result in pending:
-                if not result.ready():
-                    result.set_exception(RuntimeError("group commit stopped"))
-            log.exception("group commit stopped")
-            raise
-        finally:
-            self._committer = None
-
-    def _commit(self, batch: list) -> None:
+    def flush(self, batch: list) -> None:
         while len(batch) > 1:
             self._failed = None
             try:
@@ -346,8 +303,7 @@ class GroupCommit:
         self.batches += 1
         self.items += 1
         try:
-            with transaction():
-                value = self.write_one(item)
+            value = self.direct(item)
         except Exception as exc:
             result.set_exception(exc)
         else:

@@ -214,7 +214,7 @@ def test_a_batch_gives_way_to_a_session_write_instead_of_deadlocking(app, owner)
 
     def batch():
         with db.connection_context():
-            group._commit([("one", outcomes[0]), ("two", outcomes[1])])
+            group.flush([("one", outcomes[0]), ("two", outcomes[1])])
 
     threads = [threading.Thread(target=session_write), threading.Thread(target=batch)]
     for thread in threads:

@@ -634,3 +634,21 @@ def test_ingest_waits_for_a_session_write_instead_of_deadlocking(client, signer,
     joiner.join(15)
     assert outcome == {"write": "ok", "ingest": 201}
     assert [e.type for e in events()] == logged
+
+
+@pytest.mark.skipif(not os.environ.get("REDIS_URL"), reason="needs REDIS_URL")
+def test_concurrent_hits_are_counted_exactly_in_one_redis_call():
+    """Under gevent the hits of concurrent ingests share one script call: each still gets its own count."""
+    import gevent
+    import redis
+
+    client = redis.Redis.from_url(os.environ["REDIS_URL"])
+    counts = ingest.SharedCounts(client.register_script(ingest._COUNT_SCRIPT))
+    counts.enabled = True
+    key, other = f"test-{os.urandom(8).hex()}", f"test-{os.urandom(8).hex()}"
+    greenlets = [gevent.spawn(counts.submit, key if i % 4 else other) for i in range(120)]
+    gevent.joinall(greenlets, timeout=10)
+    assert sorted(g.get() for i, g in enumerate(greenlets) if i % 4) == list(range(1, 91))
+    assert sorted(g.get() for i, g in enumerate(greenlets) if not i % 4) == list(range(1, 31))
+    assert counts.batches < 120 and counts.items == 120
+    assert 0 < client.ttl(key) <= 2
