@@ -59,7 +59,7 @@ from cortex import crypto
 from cortex import debug_audio as audio_files
 from cortex.coalesce import Coalescer
 from cortex.problems import ApiProblem, bad_request
-from models.base import Prepared, is_sqlite, new_id, parse_timestamp, utcnow
+from models.base import Prepared, db, is_sqlite, new_id, parse_timestamp, release_connection, utcnow
 from models.events import DomainEvent, GroupCommit, emit
 from models.identity import Project
 from models.messages import (
@@ -579,11 +579,62 @@ _MESSAGE_CONTEXT = Prepared(
 def _message_context(project: Project, session_id: str, user_id: str | None, external_id: str | None):
     """(session, participant id or None, event id of the original or None) for a message.created; 400 when
     the project has no such session."""
-    rows = _MESSAGE_CONTEXT.rows(session=session_id, project=project.id, user=user_id, external=external_id)
-    if not rows:
+    row = context_reads.submit((session_id, project.id, user_id, external_id))
+    if row is None:
         raise bad_request(f"payload.data.sessionId: this project has no session {session_id[:64]!r}")
-    id_, project_id, tenant_id, status, participant_id, original = rows[0]
+    id_, project_id, tenant_id, status, participant_id, original = row
     return Session(id=id_, project=project_id, tenant_id=tenant_id, status=status, __no_default__=True), participant_id, original
+
+
+def _columns(model, *names: str) -> list[str]:
+    return [f'"{model._meta.fields[name].column_name}"' for name in names]
+
+
+class ContextReads(Coalescer):
+    """The reads of :func:`_message_context` for every message.created that arrived meanwhile, as ONE query
+    on PostgreSQL (a round trip per ingest was 15 % of the server's CPU); on SQLite, which runs in process,
+    each read is made where it is asked."""
+
+    def coalescing(self) -> bool:
+        return not is_sqlite() and super().coalescing()
+
+    def before_wait(self) -> None:
+        release_connection()
+
+    def idle(self) -> None:
+        release_connection()
+
+    def direct(self, item):
+        session_id, project_id, user_id, external_id = item
+        rows = _MESSAGE_CONTEXT.rows(session=session_id, project=project_id, user=user_id, external=external_id)
+        return rows[0] if rows else None
+
+    def flush(self, entries: list) -> None:
+        self.batches += 1
+        self.items += len(entries)
+        s_id, s_project, s_tenant, s_status = _columns(Session, "id", "project", "tenant_id", "status")
+        p_id, p_project, p_user = _columns(Participant, "id", "project", "external_user_id")
+        m_session, m_external, m_event = _columns(Message, "session", "external_id", "event_id")
+        values = ", ".join(["(%s::int, %s::text, %s::text, %s::text, %s::text)"] * len(entries))
+        sql = (
+            f"SELECT q.i, s.{s_id}, s.{s_project}, s.{s_tenant}, s.{s_status}, p.{p_id}, m.{m_event} "
+            f"FROM (VALUES {values}) AS q(i, session, project, usr, ext) "
+            f'JOIN "{Session._meta.table_name}" s ON s.{s_id} = q.session AND s.{s_project} = q.project '
+            f'LEFT JOIN "{Participant._meta.table_name}" p ON p.{p_project} = s.{s_project} AND p.{p_user} = q.usr '
+            f'LEFT JOIN "{Message._meta.table_name}" m ON m.{m_session} = s.{s_id} AND m.{m_external} = q.ext'
+        )
+        params = [value for index, (item, _result) in enumerate(entries) for value in (index, *item)]
+        try:
+            found = {row[0]: row[1:] for row in db.execute_sql(sql, params).fetchall()}
+        except Exception as exc:
+            for _item, result in entries:
+                result.set_exception(exc)
+            return
+        for index, (_item, result) in enumerate(entries):
+            result.set(found.get(index))
+
+
+context_reads = ContextReads()
 
 
 def _write_messages(items: list) -> list[str]:

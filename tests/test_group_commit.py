@@ -34,8 +34,8 @@ def log_event(project, number: int):
     return work
 
 
-def run_together(group: GroupCommit, items: list) -> list[gevent.Greenlet]:
-    greenlets = [gevent.spawn(group.run, item) for item in items]
+def run_together(group, items: list) -> list[gevent.Greenlet]:
+    greenlets = [gevent.spawn(group.submit, item) for item in items]
     gevent.joinall(greenlets, timeout=30)
     assert all(greenlet.ready() for greenlet in greenlets)
     return greenlets
@@ -225,3 +225,39 @@ def test_a_batch_gives_way_to_a_session_write_instead_of_deadlocking(app, owner)
     assert [outcome.value for outcome in outcomes] == ["one", "two"]
     assert [e.type for e in DomainEvent.select().order_by(DomainEvent.seq)] == [
         "session.updated", "image.ready", "image.ready"]
+
+
+@pytest.mark.skipif(not os.environ.get("DATABASE_URL", "").startswith("postgres"), reason="one query: PostgreSQL")
+def test_batched_message_context_reads_answer_what_single_reads_answer(app, owner, stranger):
+    """ContextReads: one query for many message.created reads gives each exactly its own single-read row."""
+    from models.participants import create_or_find_participant
+
+    other = stranger
+    mine = Session.create(project=owner.project.id, tenant_id=owner.project.tenant_id, external_room_id="r",
+                          title="t", created_by_user_id=owner.user.id, status="active")
+    theirs = Session.create(project=other.project.id, tenant_id=other.project.tenant_id, external_room_id="r",
+                            title="t", created_by_user_id=other.user.id, status="active")
+    create_or_find_participant(owner.project, "known")
+    ingest.message_commit.direct(ingest_item(owner.project, mine, "m-1"))
+    items = [
+        (mine.id, owner.project.id, "known", "m-1"),  # participant and original found
+        (mine.id, owner.project.id, "unknown", "m-2"),
+        (mine.id, owner.project.id, None, None),
+        (theirs.id, owner.project.id, "known", None),  # another project's session: none
+        ("no-such-session", owner.project.id, None, None),
+        (mine.id, owner.project.id, "known", "m-1"),  # the same read twice in one batch
+    ]
+    reads = ingest.ContextReads(enabled=True)
+    greenlets = run_together(reads, items)
+    assert [g.get() for g in greenlets] == [reads.direct(item) for item in items]
+    assert [g.get() is None for g in greenlets] == [False, False, False, True, True, False]
+    assert greenlets[0].get()[4] is not None and greenlets[0].get()[5] is not None
+    assert reads.batches < len(items)
+
+
+def ingest_item(project, session, external_id: str):
+    from models.messages import new_message
+
+    message, event = new_message(session, sender_name="Ada", content="hi", external_id=external_id,
+                                 source="voice:server")
+    return project, message, event
