@@ -33,9 +33,10 @@ transaction with what it describes:
 
 A session id that is not the project's answers 400 (ingest documents no 404).
 
-**Group commit.** Writes go through :class:`models.events.GroupCommit`: everything that arrives while a
-transaction is being written shares the next one (message.created as multi-row INSERTs); every request still
-gets exactly its own answer. What this process knows about a project (its cached secret, the debug-audio flag)
+**Coalescing.** Writes go through :class:`models.events.GroupCommit`: everything that arrives while a
+transaction is being written shares the next one (message.created as multi-row INSERTs); the Redis rate
+counter (:class:`SharedCounts`) and, on PostgreSQL, the message.created reads (:class:`ContextReads`) are
+batched the same way (``cortex/coalesce.py``); every request still gets exactly its own answer. What this process knows about a project (its cached secret, the debug-audio flag)
 is re-read after :data:`TARGET_TTL` seconds, at once after this process changed it.
 """
 
