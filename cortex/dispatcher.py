@@ -164,6 +164,7 @@ class Dispatcher:
         poll_interval: float = 0.5,
         persist: bool = True,
         coalesce: float = WAKE_COALESCE,
+        interested: Callable[[], bool] | None = None,
     ):
         if batch < 1:
             raise ValueError("batch must be at least 1")
@@ -173,6 +174,7 @@ class Dispatcher:
         self.poll_interval = poll_interval
         self.persist = persist
         self.coalesce = coalesce
+        self.interested = interested
         self._cursor: int | None = None  # in-memory cursor (persist=False)
         self._wake = threading.Event()  # set by wake(): poll now instead of at the end of the pause
         self._worker = _Worker(f"cortex-dispatcher-{consumer}", self.run_forever)
@@ -225,9 +227,19 @@ class Dispatcher:
         """
         with _own_connection():
             cursor = self._load_cursor()
-            events = list(
-                DomainEvent.select().where(DomainEvent.seq > cursor).order_by(DomainEvent.seq).limit(self.batch)
-            )
+            after = DomainEvent.seq > cursor
+            if self.interested is not None:
+                # Nobody to hand them to (a live dispatcher without subscribers or Redis): move past them without
+                # reading them. Asked AFTER the seqs were read: a stream that subscribes later starts after them.
+                seqs = [seq for (seq,) in DomainEvent.select(DomainEvent.seq).where(after)
+                        .order_by(DomainEvent.seq).limit(self.batch).tuples()]
+                if not seqs:
+                    return 0
+                if not self.interested():
+                    self._save_cursor(seqs[-1])
+                    return len(seqs)
+                after = after & (DomainEvent.seq <= seqs[-1])
+            events = list(DomainEvent.select().where(after).order_by(DomainEvent.seq).limit(self.batch))
             if not events:
                 return 0
             self.handler(events)
@@ -410,6 +422,10 @@ class LiveFanout:
         if not subscription.closed:
             subscription._close(reason)
 
+    def wants_events(self) -> bool:
+        """Is anyone listening: a local subscriber, or (with Redis) the other processes?"""
+        return self.redis_url is not None or bool(self._subscribers)
+
     @property
     def subscriber_count(self) -> int:
         """How many subscriptions are open."""
@@ -563,7 +579,8 @@ def start_event_pipeline(settings, *, poll_interval: float = LIVE_POLL_INTERVAL)
     """
     fanout = LiveFanout(getattr(settings, "redis_url", None))
     fanout.start()
-    dispatcher = Dispatcher(LIVE_CONSUMER, fanout.publish_events, persist=False, poll_interval=poll_interval)
+    dispatcher = Dispatcher(LIVE_CONSUMER, fanout.publish_events, persist=False, poll_interval=poll_interval,
+                            interested=fanout.wants_events)
     try:
         dispatcher.prime()
     except Exception:

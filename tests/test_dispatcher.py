@@ -226,6 +226,34 @@ def test_event_pipeline_publishes_events_committed_after_start(app, settings):
     assert not EventCursor.select().exists()
 
 
+def test_a_dispatcher_nobody_listens_to_moves_past_events_without_handing_them_over(app):
+    """The live dispatcher of a process without stream subscribers (and without Redis) does not read events
+    just to drop them; once someone listens it hands over what is committed from then on, in order."""
+    listening = {"now": False}
+    recorder = Recorder()
+    dispatcher = Dispatcher("live-test", recorder, persist=False, interested=lambda: listening["now"])
+    dispatcher.prime()
+    skipped = [emit_session("nobody listens") for _ in range(3)]
+    assert dispatcher.run_once() == 3 and recorder.seqs == []
+    assert dispatcher.cursor == skipped[-1].seq
+    listening["now"] = True
+    wanted = [emit_session("someone listens") for _ in range(2)]
+    assert dispatcher.run_once() == 2
+    assert recorder.seqs == [e.seq for e in wanted]
+    assert dispatcher.run_once() == 0
+
+
+def test_live_fanout_wants_events_with_a_subscriber_or_redis():
+    fanout = LiveFanout()
+    assert not fanout.wants_events()
+    subscription = fanout.subscribe()
+    assert fanout.wants_events()
+    fanout.unsubscribe(subscription)
+    assert not fanout.wants_events()
+    assert LiveFanout(REDIS_TEST_URL).wants_events()  # the other processes listen through Redis
+    fanout.stop()
+
+
 def test_live_items_carry_the_log_position_beside_the_envelope(app):
     events = [emit_session("one"), emit_session("two")]
     fanout = LiveFanout()
