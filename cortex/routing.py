@@ -241,6 +241,31 @@ def _fast_formats(schema, formats: set, open_schemas: set) -> bool:
         open_schemas.discard(id(schema))
 
 
+_NOT_COMPILED = object()
+_fast_checks: dict[str, object] = {}  # canonical JSON of a schema → its fastjsonschema check (or None)
+
+
+def _compile_fast(plain: dict):
+    """fastjsonschema's check of a schema it can vouch for (see :class:`SchemaValidator`), else None."""
+    key = json.dumps(plain, sort_keys=True, default=str)
+    if key in _fast_checks:
+        return _fast_checks[key]
+    formats: set = set()
+    check = None
+    if _fast_formats(plain, formats, set()):
+        checker = Draft4Validator.FORMAT_CHECKER
+        try:
+            check = fastjsonschema.compile(
+                {**plain, "$schema": "http://json-schema.org/draft-04/schema#"},
+                formats={name: (lambda value, name=name: checker.conforms(value, name)) for name in formats},
+                use_default=False,  # never fill defaults into the caller's data
+            )
+        except Exception:  # a schema it cannot compile: jsonschema alone
+            check = None
+    _fast_checks[key] = check
+    return check
+
+
 class SchemaValidator:
     """A request schema check: Connexion's Draft 4 request validator (jsonschema) decides and words every
     error; a fastjsonschema compilation of the same schema answers first when it can vouch for the input.
@@ -254,20 +279,17 @@ class SchemaValidator:
 
     def __init__(self, schema: dict):
         self.slow = Draft4RequestValidator(schema, format_checker=Draft4Validator.FORMAT_CHECKER)
-        self.fast = None
-        formats: set = set()
         # Connexion attaches the document's components for $ref resolution; schemas with a $ref are not fast.
-        plain = {key: value for key, value in schema.items() if key != "components"}
-        if _fast_formats(plain, formats, set()):
-            checker = Draft4Validator.FORMAT_CHECKER
-            try:
-                self.fast = fastjsonschema.compile(
-                    {**plain, "$schema": "http://json-schema.org/draft-04/schema#"},
-                    formats={name: (lambda value, name=name: checker.conforms(value, name)) for name in formats},
-                    use_default=False,  # never fill defaults into the caller's data
-                )
-            except Exception:  # a schema it cannot compile: jsonschema alone
-                self.fast = None
+        self._plain = {key: value for key, value in schema.items() if key != "components"}
+        self._fast = _NOT_COMPILED
+
+    @property
+    def fast(self):
+        """The fastjsonschema check, or None — compiled on first use (compiling all ~230 schemas of the
+        document up front doubled ``create_app``'s time), once per process for equal schemas."""
+        if self._fast is _NOT_COMPILED:
+            self._fast = _compile_fast(self._plain)
+        return self._fast
 
     def validate(self, instance) -> None:
         """Raise jsonschema's ValidationError when ``instance`` does not match."""
