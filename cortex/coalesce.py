@@ -16,6 +16,8 @@ from __future__ import annotations
 import collections
 import logging
 
+from models.base import release_connection
+
 log = logging.getLogger("cortex.coalesce")
 
 
@@ -37,10 +39,23 @@ class Coalescer:
         """Serve one item in the caller (not coalescing)."""
         raise NotImplementedError
 
-    def flush(self, entries: list) -> None:
-        """Serve ``entries`` — ``(item, result)`` pairs — and give every ``result`` its value
-        (``result.set(value)``) or error (``result.set_exception(exc)``); counts ``batches``/``items``."""
+    def serve_many(self, items: list) -> list:
+        """Serve ``items`` with one round trip: their results, in order (an exception fails them all)."""
         raise NotImplementedError
+
+    def flush(self, entries: list) -> None:
+        """Serve ``entries`` — ``(item, result)`` pairs — and give every ``result`` its value or error; by
+        default through :meth:`serve_many`."""
+        self.batches += 1
+        self.items += len(entries)
+        try:
+            values = self.serve_many([item for item, _result in entries])
+        except Exception as exc:
+            for _item, result in entries:
+                result.set_exception(exc)
+            return
+        for (_item, result), value in zip(entries, values, strict=True):
+            result.set(value)
 
     def coalescing(self) -> bool:
         """Whether this call is queued for the worker (default: when gevent has patched threading)."""
@@ -51,7 +66,9 @@ class Coalescer:
         return monkey.is_module_patched("threading")
 
     def before_wait(self) -> None:
-        """Called in the caller just before it waits for its result."""
+        """Called in the caller just before it waits: its pooled database connection goes back to the pool
+        (a worker may need one; waiting callers must not hold them all)."""
+        release_connection()
 
     # -------------------------------------------------------- the caller's side
 
@@ -100,4 +117,5 @@ class Coalescer:
             self._worker = None
 
     def idle(self) -> None:
-        """Called in the worker when the queue is empty (e.g. to return a pooled connection)."""
+        """Called in the worker when the queue is empty: its pooled database connection goes back."""
+        release_connection()

@@ -9,7 +9,8 @@ timestamp, wrong signature — answers the same 401 problem (``Authentication fa
 
 **Rate limit.** After authentication, at most :data:`RATE_LIMIT` events per project per one-second window
 (fixed windows: an ``INCR``/``EXPIRE`` counter per project and second in Redis when ``REDIS_URL`` is set, so every
-process shares it — one script call counts the hits of every ingest that arrived meanwhile; an in-process counter otherwise, or while Redis is unreachable). Beyond it: 429 with
+process shares it — one script call counts the hits of every ingest that arrived meanwhile; an in-process
+counter otherwise, or while Redis is unreachable). Beyond it: 429 with
 ``Retry-After: 1``. Strangers cannot spend a project's budget: unauthenticated requests are not counted.
 
 **Materialisation.** The event is validated (400 with the field and the rule) and written with
@@ -36,8 +37,9 @@ A session id that is not the project's answers 400 (ingest documents no 404).
 **Coalescing.** Writes go through :class:`models.events.GroupCommit`: everything that arrives while a
 transaction is being written shares the next one (message.created as multi-row INSERTs); the Redis rate
 counter (:class:`SharedCounts`) and, on PostgreSQL, the message.created reads (:class:`ContextReads`) are
-batched the same way (``cortex/coalesce.py``); every request still gets exactly its own answer. What this process knows about a project (its cached secret, the debug-audio flag)
-is re-read after :data:`TARGET_TTL` seconds, at once after this process changed it.
+batched the same way (``cortex/coalesce.py``); every request still gets exactly its own answer. What this
+process knows about a project (its cached secret, the debug-audio flag) is re-read after :data:`TARGET_TTL`
+seconds, at once after this process changed it.
 """
 
 from __future__ import annotations
@@ -60,7 +62,7 @@ from cortex import crypto
 from cortex import debug_audio as audio_files
 from cortex.coalesce import Coalescer
 from cortex.problems import ApiProblem, bad_request
-from models.base import Prepared, db, is_sqlite, new_id, parse_timestamp, release_connection, utcnow
+from models.base import Prepared, db, is_sqlite, new_id, parse_timestamp, utcnow
 from models.events import DomainEvent, GroupCommit, emit
 from models.identity import Project
 from models.messages import (
@@ -205,19 +207,10 @@ class SharedCounts(Coalescer):
         self.script = script
 
     def direct(self, name: str) -> int:
-        return int(self.script(keys=[name])[0])
+        return self.serve_many([name])[0]
 
-    def flush(self, entries: list) -> None:
-        self.batches += 1
-        self.items += len(entries)
-        try:
-            counts = self.script(keys=[name for name, _result in entries])
-        except Exception as exc:  # every caller falls back to counting in its process
-            for _name, result in entries:
-                result.set_exception(exc)
-            return
-        for (_name, result), count in zip(entries, counts, strict=True):
-            result.set(int(count))
+    def serve_many(self, names: list[str]) -> list[int]:
+        return [int(count) for count in self.script(keys=names)]
 
 
 class RateLimiter:
@@ -397,19 +390,11 @@ def _wav(data: dict) -> bytes | None:
 
 
 def _session_query(lock: str):
-    """The project's session by id (raw id, project, tenant, status) and the participant id of an external user
-    of the project (NULL when unknown or not asked for), in one statement; the session row locked with ``lock``
-    on PostgreSQL."""
+    """The project's session by id (raw id, project, tenant, status), row-locked with ``lock`` on PostgreSQL."""
 
-    def build(session, project, user):
-        query = (
-            Session.select(Session.id, Session.project, Session.tenant_id, Session.status, Participant.id)
-            .join(
-                Participant,
-                pw.JOIN.LEFT_OUTER,
-                on=(Participant.project == Session.project) & (Participant.external_user_id == user),
-            )
-            .where(Session.id == session, Session.project == project)
+    def build(session, project):
+        query = Session.select(Session.id, Session.project, Session.tenant_id, Session.status).where(
+            Session.id == session, Session.project == project
         )
         return query if is_sqlite() else query.for_update(lock, of=Session)
 
@@ -419,20 +404,22 @@ def _session_query(lock: str):
 _SESSION = {lock: _session_query(lock) for lock in ("FOR UPDATE", "FOR KEY SHARE")}
 
 
-def _session(project: Project, session_id: str, lock: str = "FOR UPDATE", user_id: str | None = None):
-    """(session, participant id of ``user_id`` or None): the project's session, row-locked on PostgreSQL before
-    anything else (400 when there is none).
+def _session(project: Project, session_id: str, lock: str = "FOR UPDATE") -> Session:
+    """The project's session, row-locked on PostgreSQL before anything else (400 when there is none).
 
     Lock order: every session write locks the session row before the event log (``emit``'s advisory lock), and
     inserting a message or a presence span locks the row (``FOR KEY SHARE``, the foreign key) too. Taking the
     row lock first keeps ingest in that order, so it can never deadlock with a concurrent start/stop.
     Presence takes ``FOR UPDATE`` (``models.presence`` does too); a message needs only ``FOR KEY SHARE``.
     """
-    rows = _SESSION[lock].rows(session=session_id, project=project.id, user=user_id)
+    rows = _SESSION[lock].rows(session=session_id, project=project.id)
     if not rows:
         raise bad_request(f"payload.data.sessionId: this project has no session {session_id[:64]!r}")
-    id_, project_id, tenant_id, status, participant_id = rows[0]
-    return Session(id=id_, project=project_id, tenant_id=tenant_id, status=status, __no_default__=True), participant_id
+    return _session_row(*rows[0])
+
+
+def _session_row(id_, project_id, tenant_id, status) -> Session:
+    return Session(id=id_, project=project_id, tenant_id=tenant_id, status=status, __no_default__=True)
 
 
 def _log(project: Project, incoming: Incoming, data: dict | None = None, action: str | None = None) -> DomainEvent:
@@ -472,7 +459,7 @@ def _presence(target: Target, incoming: Incoming) -> str:
     project = target.project
 
     def write() -> str:
-        session, _participant_id = _session(project, session_id)
+        session = _session(project, session_id)
         participant, _created = create_or_find_participant(project, user_id, display_name, user_data)
         if joined:
             _span, changed = record_join(session, participant, peer_id, at)
@@ -583,8 +570,8 @@ def _message_context(project: Project, session_id: str, user_id: str | None, ext
     row = context_reads.submit((session_id, project.id, user_id, external_id))
     if row is None:
         raise bad_request(f"payload.data.sessionId: this project has no session {session_id[:64]!r}")
-    id_, project_id, tenant_id, status, participant_id, original = row
-    return Session(id=id_, project=project_id, tenant_id=tenant_id, status=status, __no_default__=True), participant_id, original
+    *session, participant_id, original = row
+    return _session_row(*session), participant_id, original
 
 
 def _columns(model, *names: str) -> list[str]:
@@ -599,24 +586,16 @@ class ContextReads(Coalescer):
     def coalescing(self) -> bool:
         return not is_sqlite() and super().coalescing()
 
-    def before_wait(self) -> None:
-        release_connection()
-
-    def idle(self) -> None:
-        release_connection()
-
     def direct(self, item):
         session_id, project_id, user_id, external_id = item
         rows = _MESSAGE_CONTEXT.rows(session=session_id, project=project_id, user=user_id, external=external_id)
         return rows[0] if rows else None
 
-    def flush(self, entries: list) -> None:
-        self.batches += 1
-        self.items += len(entries)
+    def serve_many(self, items: list) -> list:
         s_id, s_project, s_tenant, s_status = _columns(Session, "id", "project", "tenant_id", "status")
         p_id, p_project, p_user = _columns(Participant, "id", "project", "external_user_id")
         m_session, m_external, m_event = _columns(Message, "session", "external_id", "event_id")
-        values = ", ".join(["(%s::int, %s::text, %s::text, %s::text, %s::text)"] * len(entries))
+        values = ", ".join(["(%s::int, %s::text, %s::text, %s::text, %s::text)"] * len(items))
         sql = (
             f"SELECT q.i, s.{s_id}, s.{s_project}, s.{s_tenant}, s.{s_status}, p.{p_id}, m.{m_event} "
             f"FROM (VALUES {values}) AS q(i, session, project, usr, ext) "
@@ -624,15 +603,9 @@ class ContextReads(Coalescer):
             f'LEFT JOIN "{Participant._meta.table_name}" p ON p.{p_project} = s.{s_project} AND p.{p_user} = q.usr '
             f'LEFT JOIN "{Message._meta.table_name}" m ON m.{m_session} = s.{s_id} AND m.{m_external} = q.ext'
         )
-        params = [value for index, (item, _result) in enumerate(entries) for value in (index, *item)]
-        try:
-            found = {row[0]: row[1:] for row in db.execute_sql(sql, params).fetchall()}
-        except Exception as exc:
-            for _item, result in entries:
-                result.set_exception(exc)
-            return
-        for index, (_item, result) in enumerate(entries):
-            result.set(found.get(index))
+        params = [value for index, item in enumerate(items) for value in (index, *item)]
+        found = {row[0]: row[1:] for row in db.execute_sql(sql, params).fetchall()}
+        return [found.get(index) for index in range(len(items))]
 
 
 context_reads = ContextReads()

@@ -26,7 +26,6 @@ from models.base import (
     db,
     insert_rows,
     new_id,
-    release_connection,
     rfc3339,
     transaction,
     utcnow,
@@ -68,33 +67,10 @@ class EventCursor(pw.Model):
 MODELS = [DomainEvent, EventCursor]
 
 
-def emit(
-    event_type: str,
-    *,
-    tenant_id: str,
-    project_id: str | None,
-    resource_id: str,
-    action: str,
-    data: dict,
-    changes: dict | None = None,
-    source: str = "cortex:api",
-    timestamp: datetime | None = None,
-) -> DomainEvent:
-    """Append one event to the log; must run inside the transaction that makes the change.
-
-    ``timestamp`` is when the event occurred (default: now), e.g. the time a signed-ingest sender gave.
-    """
-    event = new_event(
-        event_type,
-        tenant_id=tenant_id,
-        project_id=project_id,
-        resource_id=resource_id,
-        action=action,
-        data=data,
-        changes=changes,
-        source=source,
-        timestamp=timestamp,
-    )
+def emit(event_type: str, **fields) -> DomainEvent:
+    """Append one event to the log (``fields`` as for :func:`new_event`); must run inside the transaction that
+    makes the change."""
+    event = new_event(event_type, **fields)
     append([event])
     return event
 
@@ -111,7 +87,8 @@ def new_event(
     source: str = "cortex:api",
     timestamp: datetime | None = None,
 ) -> DomainEvent:
-    """An envelope not yet in the log (``append`` writes it); ``emit`` is both in one call."""
+    """An envelope not yet in the log (``append`` writes it); ``emit`` is both in one call. ``timestamp`` is
+    when the event occurred (default: now), e.g. the time a signed-ingest sender gave."""
     payload = {"action": action, "data": data}
     if changes:
         payload["changes"] = changes
@@ -257,12 +234,6 @@ class GroupCommit(Coalescer):
     def direct(self, item):
         with transaction():
             return self.write_one(item)
-
-    def before_wait(self) -> None:
-        release_connection()  # the committer needs a pooled connection: waiting callers must not hold them all
-
-    def idle(self) -> None:
-        release_connection()
 
     def _call_each(self, works: list) -> list:
         values = []
