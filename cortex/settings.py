@@ -32,6 +32,39 @@ def _positive_seconds(env: dict, name: str, default: float) -> float:
     return value
 
 
+def _positive_int(env: dict, name: str, default: int) -> int:
+    """A positive integer from ``env[name]`` (``default`` when unset); ValueError naming it."""
+    raw = env.get(name)
+    if raw is None or raw.strip() == "":
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ValueError(f"{name} must be a whole number, not {raw!r}") from None
+    if value < 1:
+        raise ValueError(f"{name} must be at least 1, not {raw!r}")
+    return value
+
+
+def _schedule(env: dict, name: str, default: tuple[float, ...]) -> tuple[float, ...]:
+    """Comma-separated non-negative seconds (e.g. ``1,1,1``); an empty list means no retries ("none")."""
+    raw = env.get(name)
+    if raw is None or raw.strip() == "":
+        return default
+    if raw.strip().lower() == "none":
+        return ()
+    values = []
+    for part in raw.split(","):
+        try:
+            value = float(part)
+        except ValueError:
+            raise ValueError(f"{name} must be comma-separated seconds (e.g. 5,300,1800), not {raw!r}") from None
+        if not math.isfinite(value) or value < 0:
+            raise ValueError(f"{name}: {part.strip()!r} is not a non-negative number of seconds")
+        values.append(value)
+    return tuple(values)
+
+
 @dataclass(frozen=True)
 class Settings:
     """Every tunable of the server; see the configuration table in README.md."""
@@ -56,6 +89,14 @@ class Settings:
     event_retention_days: float = 7.0
     client_timeout: float = 60.0  # seconds a client connection may neither send nor accept data
     sse_max_seconds: float = 300.0  # an event stream ends after this long; clients resume with Last-Event-ID
+    webhook_worker: bool = True  # `cortex serve` runs the webhook fan-out + delivery worker too
+    webhook_retry_schedule: tuple[float, ...] = (5, 300, 1800, 7200, 18000, 36000, 36000)  # seconds before each retry
+    webhook_timeout: float = 15.0  # one delivery attempt, connect to last byte
+    webhook_allow_private: bool = False  # deliver to loopback/private/link-local/metadata addresses
+    webhook_concurrency: int = 100  # deliveries in flight per worker process
+    webhook_subscription_concurrency: int = 10  # of which to one subscription
+    webhook_disable_after: float = 5 * 24 * 3600.0  # a subscription failing this long without a success is disabled
+    webhook_poll_interval: float = 0.05  # how often a worker looks for new events written by other processes
 
     @classmethod
     def from_env(cls, env: dict | None = None, **overrides) -> Settings:
@@ -86,6 +127,15 @@ class Settings:
             event_retention_days=float(env.get("CORTEX_EVENT_RETENTION_DAYS", 7)),
             sse_max_seconds=_positive_seconds(env, "CORTEX_SSE_MAX_SECONDS", 300.0),
             client_timeout=_positive_seconds(env, "CORTEX_CLIENT_TIMEOUT", 60.0),
+            webhook_worker=_bool(env.get("CORTEX_WEBHOOK_WORKER"), True),
+            webhook_retry_schedule=_schedule(env, "CORTEX_WEBHOOK_RETRY_SCHEDULE",
+                                             (5, 300, 1800, 7200, 18000, 36000, 36000)),
+            webhook_timeout=_positive_seconds(env, "CORTEX_WEBHOOK_TIMEOUT", 15.0),
+            webhook_allow_private=_bool(env.get("CORTEX_WEBHOOK_ALLOW_PRIVATE")),
+            webhook_concurrency=_positive_int(env, "CORTEX_WEBHOOK_CONCURRENCY", 100),
+            webhook_subscription_concurrency=_positive_int(env, "CORTEX_WEBHOOK_SUBSCRIPTION_CONCURRENCY", 10),
+            webhook_disable_after=_positive_seconds(env, "CORTEX_WEBHOOK_DISABLE_AFTER", 5 * 24 * 3600.0),
+            webhook_poll_interval=_positive_seconds(env, "CORTEX_WEBHOOK_POLL_INTERVAL", 0.05),
         )
         if env.get("CORTEX_SPEC_PATH"):
             values["spec_path"] = Path(env["CORTEX_SPEC_PATH"])

@@ -2,7 +2,7 @@
 
 from playhouse.migrate import SchemaMigrator, migrate
 
-from models import events, identity, messages, participants, presence, sessions, settings, voice
+from models import events, identity, messages, participants, presence, sessions, settings, voice, webhooks
 from models.base import UTCDateTimeField
 
 
@@ -50,6 +50,11 @@ def _v5_idle_clock_presence_index(database):
     )
 
 
+def _v6_webhooks(database):
+    """Webhook subscriptions, the delivery queue (webhook events) and the delivery-attempt log."""
+    database.create_tables(webhooks.MODELS, safe=True)
+
+
 #: Versioned migrations: (version, name, function(database)). Append only; never edit an applied one.
 MIGRATIONS = [
     (1, "identity and projects", _v1_identity),
@@ -57,4 +62,5 @@ MIGRATIONS = [
     (3, "event log, sessions and participants", _v3_events_sessions_participants),
     (4, "messages and presence", _v4_messages_presence),
     (5, "session idle clock and presence index", _v5_idle_clock_presence_index),
+    (6, "webhooks", _v6_webhooks),
 ]

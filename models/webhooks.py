@@ -1,0 +1,677 @@
+"""Webhooks: subscriptions, the durable delivery queue (one ``WebhookEvent`` per event and subscription) and
+the log of every delivery attempt (``WebhookDelivery``).
+
+The flow (see ARCHITECTURE.md "Webhooks"):
+
+1. ``fan_out(events)`` — run by the persistent ``webhooks`` dispatcher over the event log — writes one
+   ``pending`` WebhookEvent per event and active matching subscription of the event's project. The row holds
+   the exact JSON body that will be POSTed (the event envelope), so every retry sends the same bytes and
+   signature input. A unique (subscription, event) pair makes fan-out idempotent: two processes, or a batch
+   handed over again after a crash, never queue an event twice.
+2. ``claim(...)`` leases due rows to one worker (``FOR UPDATE SKIP LOCKED`` on PostgreSQL; SQLite has one
+   writer): a leased row is not handed to anyone else until its lease expires, which only happens when the
+   worker died mid-delivery — the row is then delivered again (at least once).
+3. ``record(attempt)`` writes the attempt's ``WebhookDelivery`` row, moves the WebhookEvent on (delivered,
+   scheduled retry, or failed) and emits ``webhook.delivery.updated``, in one transaction.
+
+Secrets (the signing secret, an API key, a basic-auth password, custom header values) are encrypted at rest
+with the server key (``cortex.crypto``) and never returned by the API.
+"""
+
+from __future__ import annotations
+
+import random
+import re
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from functools import lru_cache
+
+import orjson
+import peewee as pw
+
+from cortex.crypto import decrypt, encrypt
+from models.base import (
+    BaseModel,
+    DomainError,
+    JSONField,
+    UTCDateTimeField,
+    db,
+    new_id,
+    rfc3339,
+    transaction,
+    utcnow,
+)
+from models.events import DomainEvent, emit, envelope
+
+NEVER_DELIVERED = "webhook.delivery.updated"  # about webhooks themselves: on SSE, never sent by webhook
+DEFAULT_API_KEY_HEADER = "X-API-Key"
+AUTH_TYPES = ("none", "api_key", "basic_auth", "custom_headers")
+MAX_URL = 2048
+MAX_CAPTURE = 64 * 1024  # bytes of a request or response body kept in a delivery row
+#: Headers a subscription's custom headers may not set: the signature headers, and what HTTP itself decides.
+RESERVED_HEADERS = {"webhook-id", "webhook-timestamp", "webhook-signature", "content-type", "content-length",
+                    "host", "transfer-encoding", "connection"}
+_TOKEN = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")  # an HTTP header name (RFC 9110 token)
+
+
+class WebhookSubscription(BaseModel):
+    """One endpoint of a project and the event patterns it wants."""
+
+    tenant_id = pw.CharField(max_length=36)
+    project_id = pw.CharField(max_length=36, index=True)
+    url = pw.TextField()
+    events = JSONField()  # patterns: exact types, or with "*" wildcards ("message.*", "*")
+    description = pw.TextField(null=True)
+    is_active = pw.BooleanField(default=True)
+    auth_type = pw.CharField(max_length=20, default="none")
+    secret_encrypted = pw.TextField()
+    api_key_encrypted = pw.TextField(null=True)
+    api_key_header = pw.CharField(max_length=200, null=True)
+    basic_auth_username = pw.TextField(null=True)
+    basic_auth_password_encrypted = pw.TextField(null=True)
+    custom_headers_encrypted = pw.TextField(null=True)  # the JSON object, encrypted as a whole
+    start_seq = pw.BigIntegerField(default=0)  # events after this log position are delivered (not older ones)
+    failing_since = UTCDateTimeField(null=True)  # first failed attempt since the last success
+    disabled_reason = pw.TextField(null=True)  # why Cortex set isActive false (410 Gone, failing too long)
+    deleted_at = UTCDateTimeField(null=True)  # deleted subscriptions stay, so their delivery log stays readable
+    updated_at = UTCDateTimeField(default=utcnow)
+
+    class Meta:
+        table_name = "webhook_subscription"
+
+
+class WebhookEvent(BaseModel):
+    """One event to deliver to one subscription: the delivery queue and its state."""
+
+    subscription_id = pw.CharField(max_length=36)
+    event_seq = pw.BigIntegerField()
+    event_id = pw.CharField(max_length=36)
+    tenant_id = pw.CharField(max_length=36)
+    project_id = pw.CharField(max_length=36)
+    event_type = pw.CharField(max_length=100)
+    body = pw.TextField()  # the exact JSON POSTed (the event envelope): the same bytes on every attempt
+    status = pw.CharField(max_length=10, default="pending")  # pending | delivered | failed
+    attempts_count = pw.IntegerField(default=0)
+    last_error = pw.TextField(null=True)
+    next_attempt_at = UTCDateTimeField(default=utcnow)  # when due (pending); the last attempt's time otherwise
+    lease_until = UTCDateTimeField(null=True)  # claimed by a worker until then
+    updated_at = UTCDateTimeField(default=utcnow)
+
+    class Meta:
+        table_name = "webhook_event"
+        indexes = (
+            (("subscription_id", "event_seq"), True),
+            (("status", "next_attempt_at"), False),
+            (("project_id", "created_at"), False),
+        )
+
+
+class WebhookDelivery(BaseModel):
+    """One attempt to deliver a WebhookEvent: what was sent and what came back."""
+
+    webhook_event_id = pw.CharField(max_length=36, index=True)
+    subscription_id = pw.CharField(max_length=36)
+    status_code = pw.IntegerField(null=True)
+    response_body = pw.TextField(null=True)
+    response_headers = JSONField(null=True)
+    request_body = pw.TextField()
+    error = pw.TextField(null=True)
+    duration_ms = pw.FloatField(null=True)
+
+    class Meta:
+        table_name = "webhook_delivery"
+
+
+MODELS = [WebhookSubscription, WebhookEvent, WebhookDelivery]
+
+
+class WebhookError(DomainError):
+    """A subscription rule was broken (400/404)."""
+
+
+# ------------------------------------------------------------------------------------------ patterns
+
+
+@lru_cache(maxsize=4096)
+def _pattern(pattern: str) -> re.Pattern:
+    return re.compile("^" + ".*".join(re.escape(part) for part in pattern.split("*")) + "$")
+
+
+def matches(patterns: list[str], event_type: str) -> bool:
+    """True when ``event_type`` matches one of the patterns (``*`` stands for any run of characters);
+    ``webhook.delivery.updated`` never matches."""
+    if event_type == NEVER_DELIVERED:
+        return False
+    return any(_pattern(p).match(event_type) for p in patterns)
+
+
+def check_patterns(patterns: list[str], known_types: list[str]) -> list[str]:
+    """The patterns, deduplicated in order; WebhookError unless each one matches some deliverable type."""
+    if not patterns:
+        raise WebhookError("invalid", "events must name at least one event type or pattern, e.g. \"*\"")
+    deliverable = [t for t in known_types if t != NEVER_DELIVERED]
+    seen = []
+    for pattern in patterns:
+        if not pattern or pattern != pattern.strip() or len(pattern) > 100:
+            raise WebhookError("invalid", f"events: {pattern!r} is not an event type or pattern")
+        if not any(_pattern(pattern).match(t) for t in deliverable):
+            hint = " (it is never delivered by webhook; read it on SSE)" if pattern == NEVER_DELIVERED else ""
+            raise WebhookError("invalid", f"events: {pattern!r} matches no event type{hint}; "
+                                          "see the *Event schemas of the document")
+        if pattern not in seen:
+            seen.append(pattern)
+    return seen
+
+
+# ------------------------------------------------------------------------------------------ subscriptions
+
+
+def check_url(url: str) -> str:
+    """The URL if it is an absolute http(s) URL with a host; WebhookError otherwise."""
+    from urllib.parse import urlsplit
+
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 - raises ValueError for a bad port
+    except ValueError:
+        parts = None
+    if (parts is None or parts.scheme.lower() not in ("http", "https") or not parts.hostname
+            or len(url) > MAX_URL or any(c.isspace() for c in url)):
+        raise WebhookError("invalid", "url must be an absolute http:// or https:// URL with a host "
+                                      f"(at most {MAX_URL} characters), e.g. https://example.com/webhook")
+    return url
+
+
+def check_secret(secret: str) -> str:
+    """The secret if usable for signing; a ``whsec_`` secret must be base64 (Standard Webhooks)."""
+    import base64
+    import binascii
+
+    if not secret.strip():
+        raise WebhookError("invalid", "secret must not be empty")
+    if secret.startswith("whsec_"):
+        try:
+            if not base64.b64decode(secret[6:], validate=True):
+                raise ValueError
+        except (binascii.Error, ValueError):
+            raise WebhookError("invalid", "a secret starting with whsec_ must continue with base64 "
+                                          "(Standard Webhooks); use another prefix for a plain secret") from None
+    return secret
+
+
+#: Fields of the request bodies (camelCase) that configure how Cortex authenticates at the endpoint.
+_AUTH_FIELDS = ("authType", "apiKey", "apiKeyHeader", "basicAuthUsername", "basicAuthPassword", "customHeaders")
+
+
+def _auth_state(sub: WebhookSubscription) -> dict:
+    state = {"authType": sub.auth_type, "apiKeyHeader": sub.api_key_header,
+             "basicAuthUsername": sub.basic_auth_username}
+    state["apiKey"] = decrypt(sub.api_key_encrypted) if sub.api_key_encrypted else None
+    state["basicAuthPassword"] = (decrypt(sub.basic_auth_password_encrypted)
+                                  if sub.basic_auth_password_encrypted else None)
+    state["customHeaders"] = (orjson.loads(decrypt(sub.custom_headers_encrypted))
+                              if sub.custom_headers_encrypted else None)
+    return state
+
+
+def _apply_auth(sub: WebhookSubscription, state: dict) -> None:
+    """Check the authentication settings for their ``authType`` and store them (secrets encrypted)."""
+    auth_type = state.get("authType") or "none"
+    api_key, header = state.get("apiKey"), state.get("apiKeyHeader")
+    user, password = state.get("basicAuthUsername"), state.get("basicAuthPassword")
+    custom = state.get("customHeaders")
+    if auth_type == "api_key" and not api_key:
+        raise WebhookError("invalid", "authType api_key needs apiKey")
+    if auth_type == "basic_auth" and (not user or password is None or ":" in user):
+        raise WebhookError("invalid", "authType basic_auth needs basicAuthUsername (without ':') and "
+                                      "basicAuthPassword")
+    if auth_type == "custom_headers" and not custom:
+        raise WebhookError("invalid", "authType custom_headers needs customHeaders with at least one header")
+    if header is not None and (not _TOKEN.match(header) or header.lower() in RESERVED_HEADERS):
+        raise WebhookError("invalid", f"apiKeyHeader {header!r} is not a header name Cortex may set")
+    for name, value in (custom or {}).items():
+        if not _TOKEN.match(name) or name.lower() in RESERVED_HEADERS:
+            raise WebhookError("invalid", f"customHeaders: {name!r} is not a header name Cortex may set")
+        if any(c in value for c in "\r\n\x00"):
+            raise WebhookError("invalid", f"customHeaders: the value of {name!r} must be one line")
+    if api_key is not None and any(c in api_key for c in "\r\n\x00"):
+        raise WebhookError("invalid", "apiKey must be one line")
+    sub.auth_type = auth_type
+    sub.api_key_encrypted = encrypt(api_key) if api_key else None
+    sub.api_key_header = header
+    sub.basic_auth_username = user
+    sub.basic_auth_password_encrypted = encrypt(password) if password is not None else None
+    sub.custom_headers_encrypted = encrypt(orjson.dumps(custom).decode()) if custom else None
+
+
+def _newest_seq() -> int:
+    return DomainEvent.select(pw.fn.MAX(DomainEvent.seq)).scalar() or 0
+
+
+def create_subscription(project, body: dict, known_types: list[str]) -> WebhookSubscription:
+    """A new active subscription of ``project``; it receives the events logged from now on."""
+    now = utcnow()
+    sub = WebhookSubscription(
+        id=new_id(), tenant_id=project.tenant_id, project_id=project.id, url=check_url(body["url"]),
+        events=check_patterns(body["events"], known_types), description=body.get("description"),
+        secret_encrypted=encrypt(check_secret(body["secret"])), created_at=now, updated_at=now,
+    )
+    _apply_auth(sub, {name: body.get(name) for name in _AUTH_FIELDS})
+    with transaction():
+        sub.start_seq = _newest_seq()
+        sub.save(force_insert=True)
+    return sub
+
+
+def live_subscriptions(project_id: str):
+    """A project's subscriptions that were not deleted, oldest first."""
+    return (WebhookSubscription.select()
+            .where((WebhookSubscription.project_id == project_id) & WebhookSubscription.deleted_at.is_null())
+            .order_by(WebhookSubscription.created_at, WebhookSubscription.id))
+
+
+def get_subscription(project_id: str, subscription_id: str) -> WebhookSubscription:
+    """One live subscription of the project; WebhookError not_found otherwise."""
+    sub = live_subscriptions(project_id).where(WebhookSubscription.id == subscription_id).first()
+    if sub is None:
+        raise WebhookError("not_found", f"webhook subscription {subscription_id} not found")
+    return sub
+
+
+def update_subscription(project_id: str, subscription_id: str, body: dict,
+                        known_types: list[str]) -> WebhookSubscription:
+    """Change the given fields. Auth fields merge with the stored ones; a new authType drops the settings of
+    the old one. ``isActive: false`` pauses: pending events wait, new events are not queued for it;
+    ``isActive: true`` resumes (also a subscription Cortex disabled): its pending events go out."""
+    with transaction():
+        sub = get_subscription(project_id, subscription_id)
+        if "url" in body:
+            sub.url = check_url(body["url"])
+        if "events" in body:
+            sub.events = check_patterns(body["events"], known_types)
+        if "description" in body:
+            sub.description = body["description"]
+        if "secret" in body:
+            sub.secret_encrypted = encrypt(check_secret(body["secret"]))
+        if any(name in body for name in _AUTH_FIELDS):
+            state = _auth_state(sub)
+            if body.get("authType", sub.auth_type) != sub.auth_type:
+                state = {"authType": body["authType"]}
+            state.update({name: body[name] for name in _AUTH_FIELDS if name in body})
+            _apply_auth(sub, state)
+        if "isActive" in body:
+            if body["isActive"] and not sub.is_active:  # events logged while paused are not delivered
+                sub.failing_since = None
+                sub.disabled_reason = None
+                sub.start_seq = max(sub.start_seq, _newest_seq())
+            sub.is_active = body["isActive"]
+        sub.updated_at = utcnow()
+        sub.save()
+    return sub
+
+
+def delete_subscription(project_id: str, subscription_id: str) -> WebhookSubscription:
+    """Delete: nothing more is sent to it; its pending events become ``failed`` ("subscription deleted"), each
+    with a ``webhook.delivery.updated`` event. The delivery log stays readable."""
+    with transaction():
+        sub = get_subscription(project_id, subscription_id)
+        now = utcnow()
+        sub.deleted_at = now
+        sub.is_active = False
+        sub.updated_at = now
+        sub.save()
+        pending = list(WebhookEvent.select().where((WebhookEvent.subscription_id == sub.id)
+                                                   & (WebhookEvent.status == "pending")))
+        for row in pending:
+            row.status = "failed"
+            row.last_error = "subscription deleted"
+            row.lease_until = None
+            row.updated_at = now
+            row.save()
+            _emit_status(row)
+    return sub
+
+
+def subscription_json(sub: WebhookSubscription) -> dict:
+    """The WebhookSubscription schema (never a secret)."""
+    body = {
+        "id": sub.id, "tenantId": sub.tenant_id, "projectId": sub.project_id, "url": sub.url,
+        "events": list(sub.events), "isActive": bool(sub.is_active), "authType": sub.auth_type,
+        "createdAt": rfc3339(sub.created_at), "updatedAt": rfc3339(sub.updated_at),
+    }
+    if sub.description is not None:
+        body["description"] = sub.description
+    if sub.auth_type == "api_key":
+        body["apiKeyHeader"] = sub.api_key_header or DEFAULT_API_KEY_HEADER
+    if sub.auth_type == "basic_auth":
+        body["basicAuthUsername"] = sub.basic_auth_username
+    if sub.disabled_reason and not sub.is_active:
+        body["disabledReason"] = sub.disabled_reason
+    return body
+
+
+# ------------------------------------------------------------------------------------------ fan-out
+
+
+def fan_out(events: list[DomainEvent]) -> int:
+    """Queue every event for each active subscription of its project that wants it; how many rows were new.
+
+    Idempotent (unique subscription + event): safe to run twice for the same events."""
+    candidates = [e for e in events if e.project_id is not None and e.type != NEVER_DELIVERED]
+    if not candidates:
+        return 0
+    projects = {e.project_id for e in candidates}
+    subs: dict[str, list[tuple]] = {}
+    query = (WebhookSubscription.select(WebhookSubscription.id, WebhookSubscription.project_id,
+                                        WebhookSubscription.events, WebhookSubscription.start_seq)
+             .where(WebhookSubscription.project_id.in_(list(projects)) & WebhookSubscription.is_active
+                    & WebhookSubscription.deleted_at.is_null()))
+    for sub_id, project_id, patterns, start_seq in query.tuples():
+        subs.setdefault(project_id, []).append((sub_id, patterns, start_seq))  # tuples() decodes JSON
+    if not subs:
+        return 0
+    rows = []
+    now = utcnow()
+    for event in candidates:
+        body = None
+        for sub_id, patterns, start_seq in subs.get(event.project_id, ()):
+            if event.seq > start_seq and matches(patterns, event.type):
+                if body is None:
+                    body = orjson.dumps(envelope(event)).decode()
+                rows.append({"id": new_id(), "subscription_id": sub_id, "event_seq": event.seq,
+                             "event_id": event.id, "tenant_id": event.tenant_id, "project_id": event.project_id,
+                             "event_type": event.type, "body": body, "status": "pending", "attempts_count": 0,
+                             "next_attempt_at": now, "created_at": now, "updated_at": now})
+    if not rows:
+        return 0
+    created = 0
+    with transaction():
+        for start in range(0, len(rows), 200):
+            created += WebhookEvent.insert_many(rows[start:start + 200]).on_conflict_ignore().as_rowcount().execute()
+    return created
+
+
+# ------------------------------------------------------------------------------------------ delivery queue
+
+
+@dataclass(slots=True)
+class Claimed:
+    """A leased WebhookEvent, with what its delivery needs."""
+
+    id: str
+    subscription_id: str
+    tenant_id: str
+    project_id: str
+    event_type: str
+    body: str
+    attempts_count: int
+    url: str
+    secret: str
+    headers: dict  # the authentication headers of the subscription's authType
+
+
+def _auth_headers(auth_type, api_key_enc, api_key_header, user, password_enc, custom_enc) -> dict:
+    import base64
+
+    if auth_type == "api_key" and api_key_enc:
+        return {api_key_header or DEFAULT_API_KEY_HEADER: decrypt(api_key_enc)}
+    if auth_type == "basic_auth" and user is not None and password_enc:
+        token = base64.b64encode(f"{user}:{decrypt(password_enc)}".encode()).decode()
+        return {"Authorization": f"Basic {token}"}
+    if auth_type == "custom_headers" and custom_enc:
+        return dict(orjson.loads(decrypt(custom_enc)))
+    return {}
+
+
+_CLAIM_COLUMNS = ('e."id", e."subscription_id", e."tenant_id", e."project_id", e."event_type", e."body", '
+                  'e."attempts_count", s."url", s."secret_encrypted", s."auth_type", s."api_key_encrypted", '
+                  's."api_key_header", s."basic_auth_username", s."basic_auth_password_encrypted", '
+                  's."custom_headers_encrypted"')
+
+
+def claim(limit: int, *, lease: float, per_subscription: int, exclude: set[str] | frozenset = frozenset(),
+          now: datetime | None = None) -> list[Claimed]:
+    """Lease up to ``limit`` due pending events of active subscriptions (at most ``per_subscription`` of one
+    subscription, none of ``exclude``) for ``lease`` seconds; oldest due first.
+
+    PostgreSQL: ``FOR UPDATE SKIP LOCKED`` — concurrent workers take disjoint rows without waiting. SQLite: the
+    one-writer lock serialises claims. A lease ends when the attempt is recorded; one that runs out (the
+    worker died) makes the row due again."""
+    if limit <= 0:
+        return []
+    now = now or utcnow()
+    field = WebhookEvent.next_attempt_at
+    now_db, until_db = field.db_value(now), field.db_value(now + timedelta(seconds=lease))
+    excluded = sorted(exclude)
+    not_in = f' AND e."subscription_id" NOT IN ({", ".join(["%s"] * len(excluded))})' if excluded else ""
+    due = ('e."status" = \'pending\' AND e."next_attempt_at" <= %s '
+           'AND (e."lease_until" IS NULL OR e."lease_until" < %s)')
+    candidates = (
+        f'SELECT "id" FROM (SELECT e."id", e."next_attempt_at", ROW_NUMBER() OVER '
+        f'(PARTITION BY e."subscription_id" ORDER BY e."next_attempt_at") AS rn '
+        f'FROM "webhook_event" e JOIN "webhook_subscription" s ON s."id" = e."subscription_id" '
+        f'WHERE {due} AND s."is_active" AND s."deleted_at" IS NULL{not_in}) c '
+        f'WHERE c.rn <= %s ORDER BY c."next_attempt_at" LIMIT %s'
+    )
+    params = [now_db, now_db, *excluded, per_subscription, limit]
+    postgres = isinstance(db.obj, pw.PostgresqlDatabase)
+    if postgres:
+        candidates = (f'SELECT e."id" FROM "webhook_event" e WHERE e."id" IN ({candidates}) AND {due} '
+                      'FOR UPDATE SKIP LOCKED')
+        params += [now_db, now_db]
+    sql = (f'UPDATE "webhook_event" SET "lease_until" = %s WHERE "id" IN ({candidates}) '
+           'RETURNING "id"')
+    if not postgres:
+        sql = sql.replace("%s", "?")
+        candidates = candidates.replace("%s", "?")
+    with transaction():
+        ids = [row[0] for row in db.execute_sql(sql, [until_db, *params]).fetchall()]
+        if not ids:
+            return []
+        mark = "%s" if postgres else "?"
+        rows = db.execute_sql(
+            f'SELECT {_CLAIM_COLUMNS} FROM "webhook_event" e JOIN "webhook_subscription" s '
+            f'ON s."id" = e."subscription_id" WHERE e."id" IN ({", ".join([mark] * len(ids))})', ids).fetchall()
+    claimed = []
+    for (event_id, sub_id, tenant_id, project_id, event_type, body, attempts, url, secret_enc, auth_type,
+         api_key_enc, api_key_header, user, password_enc, custom_enc) in rows:
+        claimed.append(Claimed(event_id, sub_id, tenant_id, project_id, event_type, body, attempts, url,
+                               decrypt(secret_enc),
+                               _auth_headers(auth_type, api_key_enc, api_key_header, user, password_enc,
+                                             custom_enc)))
+    return claimed
+
+
+def release(ids: list[str]) -> None:
+    """Give leased rows back unattempted (e.g. the worker is stopping)."""
+    if ids:
+        with transaction():
+            WebhookEvent.update(lease_until=None).where(WebhookEvent.id.in_(ids)
+                                                        & (WebhookEvent.status == "pending")).execute()
+
+
+@dataclass(slots=True)
+class Attempt:
+    """The outcome of one delivery attempt, to record."""
+
+    claimed: Claimed
+    status_code: int | None
+    response_body: str
+    response_headers: dict
+    error: str | None
+    duration_ms: float
+    retry_after: float | None
+    at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class RetryPolicy:
+    """Seconds before each retry (the first attempt is immediate), jitter, and when to give up on an endpoint."""
+
+    schedule: tuple[float, ...] = (5, 300, 1800, 7200, 18000, 36000, 36000)
+    jitter: float = 0.1  # each delay is stretched or shrunk by up to this fraction
+    disable_after: float = 5 * 24 * 3600.0  # a subscription failing this long without a success is disabled
+
+    @property
+    def max_attempts(self) -> int:
+        return 1 + len(self.schedule)
+
+    def delay(self, attempts_done: int, retry_after: float | None) -> float:
+        """Seconds before the next attempt after ``attempts_done`` attempts: the schedule's delay with jitter,
+        never sooner than the endpoint's ``Retry-After``."""
+        base = self.schedule[attempts_done - 1]
+        delay = base * (1 + random.uniform(-self.jitter, self.jitter)) if base > 0 else 0.0
+        if retry_after is not None:
+            delay = max(delay, retry_after)
+        return delay
+
+
+def _cap(text: str | None) -> str | None:
+    if text is None:
+        return None
+    data = text.encode("utf-8", "replace")
+    return text if len(data) <= MAX_CAPTURE else data[:MAX_CAPTURE].decode("utf-8", "ignore")
+
+
+def record(attempt: Attempt, policy: RetryPolicy) -> str | None:
+    """Write one attempt (delivery row, event state, ``webhook.delivery.updated``) inside the caller's
+    transaction; the event's new status, or None when the row was settled meanwhile (deleted subscription,
+    a manual retry re-queued it) and only the attempt was logged."""
+    claimed, at = attempt.claimed, attempt.at
+    WebhookDelivery.insert(
+        id=new_id(), webhook_event_id=claimed.id, subscription_id=claimed.subscription_id,
+        status_code=attempt.status_code, response_body=_cap(attempt.response_body),
+        response_headers=attempt.response_headers or None, request_body=_cap(claimed.body),
+        error=attempt.error, duration_ms=round(attempt.duration_ms, 3), created_at=at,
+    ).execute()
+    attempts = claimed.attempts_count + 1
+    ok = attempt.error is None and attempt.status_code is not None and 200 <= attempt.status_code < 300
+    gone = attempt.status_code == 410
+    if ok:
+        status, next_at, error = "delivered", at, None
+    elif gone or attempts >= policy.max_attempts:
+        status, next_at, error = "failed", at, attempt.error
+    else:
+        status = "pending"
+        next_at = at + timedelta(seconds=policy.delay(attempts, attempt.retry_after))
+        error = attempt.error
+    changed = (WebhookEvent.update(status=status, attempts_count=attempts, last_error=error,
+                                   next_attempt_at=next_at, lease_until=None, updated_at=at)
+               .where((WebhookEvent.id == claimed.id) & (WebhookEvent.status == "pending")
+                      & (WebhookEvent.attempts_count == claimed.attempts_count))
+               .execute())
+    _subscription_health(claimed.subscription_id, ok, gone, at, policy)
+    if not changed:
+        return None
+    _emit_status_values(claimed.id, claimed.tenant_id, claimed.project_id, claimed.event_type, status,
+                        attempts, error)
+    return status
+
+
+def _subscription_health(sub_id: str, ok: bool, gone: bool, at: datetime, policy: RetryPolicy) -> None:
+    """410 disables at once; a success ends a failing streak; a streak longer than ``disable_after`` disables."""
+    S = WebhookSubscription
+    if ok:
+        S.update(failing_since=None).where((S.id == sub_id) & S.failing_since.is_null(False)).execute()
+        return
+    if gone:
+        S.update(is_active=False, disabled_reason="the endpoint answered 410 Gone", updated_at=at).where(
+            (S.id == sub_id) & S.is_active).execute()
+        return
+    S.update(failing_since=at).where((S.id == sub_id) & S.failing_since.is_null()).execute()
+    cutoff = at - timedelta(seconds=policy.disable_after)
+    S.update(is_active=False, updated_at=at,
+             disabled_reason=f"every attempt failed for {policy.disable_after:g} s").where(
+        (S.id == sub_id) & S.is_active & (S.failing_since <= cutoff)).execute()
+
+
+def _emit_status(row: WebhookEvent) -> None:
+    _emit_status_values(row.id, row.tenant_id, row.project_id, row.event_type, row.status, row.attempts_count,
+                        row.last_error)
+
+
+def _emit_status_values(event_id, tenant_id, project_id, event_type, status, attempts, error) -> None:
+    data = {"id": event_id, "eventType": event_type, "status": status, "attemptsCount": attempts,
+            "projectId": project_id}
+    if error is not None:
+        data["lastError"] = error
+    emit(NEVER_DELIVERED, tenant_id=tenant_id, project_id=project_id, resource_id=f"webhook_event:{event_id}",
+         action="occurred", data=data)
+
+
+def retry_event(project_id: str, event_id: str) -> WebhookEvent:
+    """Queue a delivered or failed event again, due now, with a fresh attempt budget (409 while pending;
+    400 when its subscription was deleted). ``webhook-id`` stays the same."""
+    with transaction():
+        row = get_event(project_id, event_id)
+        if row.status == "pending":
+            raise WebhookError("conflict", "the event is still pending; it is retried on its schedule")
+        sub = WebhookSubscription.get_or_none(WebhookSubscription.id == row.subscription_id)
+        if sub is None or sub.deleted_at is not None:
+            raise WebhookError("invalid", "its subscription was deleted; nothing to deliver to")
+        now = utcnow()
+        row.status = "pending"
+        row.attempts_count = 0
+        row.last_error = None
+        row.next_attempt_at = now
+        row.lease_until = None
+        row.updated_at = now
+        row.save()
+        _emit_status(row)
+    return row
+
+
+# ------------------------------------------------------------------------------------------ the event log API
+
+
+def get_event(project_id: str, event_id: str) -> WebhookEvent:
+    """One WebhookEvent of the project; WebhookError not_found otherwise."""
+    row = WebhookEvent.get_or_none((WebhookEvent.id == event_id) & (WebhookEvent.project_id == project_id))
+    if row is None:
+        raise WebhookError("not_found", f"webhook event {event_id} not found")
+    return row
+
+
+def list_events(project_id: str, status: str | None, limit: int, offset: int) -> list[WebhookEvent]:
+    """A project's WebhookEvents, newest first."""
+    query = WebhookEvent.select().where(WebhookEvent.project_id == project_id)
+    if status is not None:
+        query = query.where(WebhookEvent.status == status)
+    return list(query.order_by(WebhookEvent.created_at.desc(), WebhookEvent.event_seq.desc(),
+                               WebhookEvent.id.desc()).limit(limit).offset(offset))
+
+
+def deliveries(event_id: str) -> list[WebhookDelivery]:
+    """The attempts of one WebhookEvent, oldest first."""
+    return list(WebhookDelivery.select().where(WebhookDelivery.webhook_event_id == event_id)
+                .order_by(WebhookDelivery.created_at, WebhookDelivery.id))
+
+
+def event_json(row: WebhookEvent) -> dict:
+    """The WebhookEvent schema."""
+    body = {
+        "id": row.id, "tenantId": row.tenant_id, "projectId": row.project_id, "subscriptionId": row.subscription_id,
+        "eventType": row.event_type, "payload": orjson.loads(row.body), "status": row.status,
+        "attemptsCount": row.attempts_count, "nextAttemptAt": rfc3339(row.next_attempt_at),
+        "createdAt": rfc3339(row.created_at),
+    }
+    if row.last_error is not None:
+        body["lastError"] = row.last_error
+    return body
+
+
+def delivery_json(row: WebhookDelivery) -> dict:
+    """The WebhookDelivery schema."""
+    body = {"id": row.id, "webhookEventId": row.webhook_event_id, "subscriptionId": row.subscription_id,
+            "requestBody": row.request_body, "createdAt": rfc3339(row.created_at)}
+    if row.status_code is not None:
+        body["statusCode"] = row.status_code
+    if row.response_body is not None:
+        body["responseBody"] = row.response_body
+    if row.response_headers is not None:
+        body["responseHeaders"] = row.response_headers
+    if row.error is not None:
+        body["error"] = row.error
+    if row.duration_ms is not None:
+        body["durationMs"] = row.duration_ms
+    return body
