@@ -29,7 +29,8 @@ def _print(obj) -> None:
 
 def serve_with_engines(app, host: str, port: int) -> None:
     """Serve with the background engines: the live event dispatcher + fan-out, event-log retention, the
-    idle-session sweeper and the debug-audio cleanup."""
+    idle-session sweeper, the debug-audio cleanup and (unless ``CORTEX_WEBHOOK_WORKER=false``) the webhook
+    fan-out and delivery worker."""
     from cortex.debug_audio import DebugAudioCleanupJob
     from cortex.dispatcher import RetentionJob, start_event_pipeline
     from cortex.idle import IdleSessionSweeper
@@ -44,9 +45,18 @@ def serve_with_engines(app, host: str, port: int) -> None:
     sweeper.start()
     audio_cleanup = DebugAudioCleanupJob.from_settings(settings)
     audio_cleanup.start()
+    webhooks = None
+    if settings.webhook_worker:
+        from cortex.webhooks import WebhookEngine
+
+        webhooks = WebhookEngine.from_settings(settings)
+        fanout.add_waker(webhooks.dispatcher.wake)  # this process's writes reach the webhook fan-out at once
+        webhooks.start()
     try:
         serve(app, host, port)
     finally:
+        if webhooks is not None:
+            webhooks.stop()
         audio_cleanup.stop()
         sweeper.stop()
         retention.stop()
@@ -60,6 +70,33 @@ def cmd_serve(args) -> int:
 
     patch()
     serve_with_engines(_app(), args.host, args.port)
+    return 0
+
+
+def cmd_worker(_args) -> int:
+    """cortex worker: migrate, then run the webhook fan-out and delivery worker until SIGTERM/SIGINT."""
+    import signal
+
+    from cortex.serve import patch
+
+    patch()
+    import gevent
+    from gevent.event import Event
+
+    from cortex.webhooks import WebhookEngine
+
+    app = _app()
+    settings = app.extensions["cortex"].settings
+    engine = WebhookEngine.from_settings(settings)
+    stopping = Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        gevent.signal_handler(signum, stopping.set)
+    engine.start()
+    print(f"cortex worker: delivering webhooks (pid {os.getpid()})", flush=True)
+    try:
+        stopping.wait()
+    finally:
+        engine.stop()
     return 0
 
 
@@ -148,6 +185,9 @@ def build_parser() -> argparse.ArgumentParser:
     serve = commands.add_parser("serve", help="apply migrations and serve the API")
     add_listen(serve)
     serve.set_defaults(func=cmd_serve)
+
+    worker = commands.add_parser("worker", help="run the webhook fan-out and delivery worker (no HTTP)")
+    worker.set_defaults(func=cmd_worker)
 
     demo = commands.add_parser("demo", help="seed a demo user and project, then serve")
     add_listen(demo)

@@ -184,18 +184,15 @@ def check_url(url: str) -> str:
 
 def check_secret(secret: str) -> str:
     """The secret if usable for signing; a ``whsec_`` secret must be base64 (Standard Webhooks)."""
-    import base64
-    import binascii
+    from cortex.outbound import signing_key
 
     if not secret.strip():
         raise WebhookError("invalid", "secret must not be empty")
-    if secret.startswith("whsec_"):
-        try:
-            if not base64.b64decode(secret[6:], validate=True):
-                raise ValueError
-        except (binascii.Error, ValueError):
-            raise WebhookError("invalid", "a secret starting with whsec_ must continue with base64 "
-                                          "(Standard Webhooks); use another prefix for a plain secret") from None
+    try:
+        signing_key(secret)
+    except ValueError:
+        raise WebhookError("invalid", "a secret starting with whsec_ must continue with base64 "
+                                      "(Standard Webhooks); use another prefix for a plain secret") from None
     return secret
 
 

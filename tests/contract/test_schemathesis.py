@@ -56,7 +56,11 @@ def contract_config(auth: dict) -> SchemathesisConfig:
                     # without narrowing upstream types, and the examples and coverage phases combine fields
                     # freely (they bypass map_case). For exactly these two operations a 400 naming the rule is
                     # an expected answer to a schema-valid body; every other check stays on.
-                    "include-operation-id": ["upsertAppSettings", "patchAppSettings"],
+                    # Webhook subscriptions likewise: the url must be http(s) (the issue requires a 400; the
+                    # document types it as a bare string), patterns must match an event type the document defines,
+                    # and each authType needs its own fields.
+                    "include-operation-id": ["upsertAppSettings", "patchAppSettings", "createSubscription",
+                                             "updateSubscription"],
                     "checks": {
                         "positive_data_acceptance": {
                             "expected-statuses": ["2xx", "400", "401", "403", "404", "409"],

@@ -1,0 +1,537 @@
+"""Outbound HTTP for webhooks: a guarded sender plus Standard Webhooks 1.0 signing and verification.
+
+:class:`Sender` POSTs one request and always answers with an :class:`Outcome` — it never raises for
+network or HTTP problems. It keeps keep-alive pools per host (urllib3), follows no redirects, reads at
+most ``max_body`` bytes of a response and bounds the whole exchange by ``timeout`` seconds (a hard
+``gevent.Timeout`` when sockets are monkey-patched, urllib3's socket timeouts plus a deadline otherwise).
+
+Server-side request forgery: before a new connection is made the host name is resolved here, every
+resolved address is checked with :func:`forbidden_reason` (loopback, private, link-local, cloud metadata,
+multicast, reserved, shared address space and IPv6 forms embedding any of them), and the socket connects
+to a checked address itself — the name is not resolved a second time, so DNS rebinding cannot slip in
+between check and connect. The ``Host`` header and TLS (SNI, certificate host name) still use the name.
+``allow_private=True`` (``CORTEX_WEBHOOK_ALLOW_PRIVATE``) turns the check off, e.g. for local receivers.
+
+Signing follows https://www.standardwebhooks.com: ``webhook-id``, ``webhook-timestamp`` and
+``webhook-signature: v1,<base64 HMAC-SHA256 of "{id}.{timestamp}.{body}">``; a ``whsec_`` secret is the
+base64 of the key. :func:`verify` is the reference receiver-side check.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import email.utils
+import hashlib
+import hmac
+import ipaddress
+import math
+import socket
+import ssl
+import sys
+import time
+from dataclasses import dataclass, field
+from datetime import UTC
+from typing import Any
+from urllib.parse import urljoin
+
+import urllib3
+from urllib3.connection import HTTPConnection, HTTPSConnection
+from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
+from urllib3.exceptions import (
+    ConnectTimeoutError,
+    HTTPError,
+    LocationValueError,
+    NameResolutionError,
+    NewConnectionError,
+    ProtocolError,
+    ReadTimeoutError,
+    SSLError,
+)
+from urllib3.util import connection as urllib3_connection
+
+__all__ = [
+    "Outcome",
+    "RefusedDestination",
+    "Sender",
+    "forbidden_reason",
+    "sign",
+    "signing_key",
+    "verify",
+]
+
+USER_AGENT = "Cortex-Webhooks/1.0"
+ALLOW_PRIVATE_HINT = "set CORTEX_WEBHOOK_ALLOW_PRIVATE=true to allow"
+SECRET_PREFIX = "whsec_"
+MAX_RETRY_AFTER = 86400.0
+_CHUNK = 16384
+_MAX_ERROR = 300
+
+_METADATA = {ipaddress.ip_address("169.254.169.254"), ipaddress.ip_address("fd00:ec2::254")}
+_SHARED = ipaddress.ip_network("100.64.0.0/10")
+_NAT64 = ipaddress.ip_network("64:ff9b::/96")
+
+
+# --- Standard Webhooks signing ---------------------------------------------------------------------
+
+
+def signing_key(secret: str) -> bytes:
+    """The HMAC key of a secret: base64-decoded after a ``whsec_`` prefix, else the secret's UTF-8 bytes."""
+    if secret.startswith(SECRET_PREFIX):
+        try:
+            encoded = secret[len(SECRET_PREFIX) :]
+            # unpadded base64 is accepted, as the standard's libraries do
+            key = base64.b64decode(encoded + "=" * (-len(encoded) % 4), validate=True)
+        except (binascii.Error, ValueError) as e:
+            raise ValueError(f"{SECRET_PREFIX} secret is not valid base64: {e}") from None
+        if not key:
+            raise ValueError(f"{SECRET_PREFIX} secret decodes to an empty key")
+        return key
+    return secret.encode()
+
+
+def sign(key: bytes, msg_id: str, timestamp: int, body: bytes) -> str:
+    """The ``webhook-signature`` value: ``v1,`` + base64 HMAC-SHA256 of ``{msg_id}.{timestamp}.{body}``."""
+    digest = hmac.new(key, f"{msg_id}.{timestamp}.".encode() + body, hashlib.sha256).digest()
+    return "v1," + base64.b64encode(digest).decode()
+
+
+def verify(secret: str, headers: dict, body: bytes, tolerance: float = 300, now: float | None = None) -> None:
+    """Check a delivery as a Standard Webhooks receiver would; raise ``ValueError`` with the reason if bad.
+
+    Header names are case-insensitive. The timestamp must be within ``tolerance`` seconds of ``now``
+    (default: the current time). ``webhook-signature`` may hold several space-separated ``v1,<sig>``
+    entries (e.g. during secret rotation); any one matching passes.
+    """
+    lowered = {str(name).lower(): value for name, value in headers.items()}
+    missing = [n for n in ("webhook-id", "webhook-timestamp", "webhook-signature") if not lowered.get(n)]
+    if missing:
+        raise ValueError(f"missing header: {', '.join(missing)}")
+    msg_id = str(lowered["webhook-id"])
+    raw_timestamp = str(lowered["webhook-timestamp"]).strip()
+    try:
+        timestamp = int(raw_timestamp)
+    except ValueError:
+        raise ValueError(f"invalid webhook-timestamp {raw_timestamp!r}") from None
+    current = time.time() if now is None else now
+    if timestamp < current - tolerance:
+        raise ValueError("message timestamp too old")
+    if timestamp > current + tolerance:
+        raise ValueError("message timestamp too new")
+    expected = sign(signing_key(secret), msg_id, timestamp, body).partition(",")[2].encode()
+    matched = False
+    for entry in str(lowered["webhook-signature"]).split():
+        version, _, signature = entry.partition(",")
+        if version == "v1" and hmac.compare_digest(signature.encode(), expected):
+            matched = True  # keep going: the time taken does not depend on which entry matched
+    if not matched:
+        raise ValueError("no matching signature")
+
+
+# --- destination checks ----------------------------------------------------------------------------
+
+
+def _kind(addr: ipaddress.IPv4Address | ipaddress.IPv6Address) -> str | None:
+    """Why ``addr`` is not a public destination (``None`` if it is); IPv6 forms embedding IPv4 excluded."""
+    if addr in _METADATA:
+        return "the cloud metadata address"
+    if addr.is_unspecified:
+        return "an unspecified address"
+    if addr.is_loopback:
+        return "a loopback address"
+    if addr.is_link_local:
+        return "a link-local address"
+    if addr.is_multicast:
+        return "a multicast address"
+    if addr.version == 4 and addr in _SHARED:
+        return "a shared address space (100.64.0.0/10) address"
+    if addr.is_reserved:
+        return "a reserved address"
+    if addr.is_private:
+        return "a private address"
+    if not addr.is_global:
+        return "not a publicly routable address"
+    return None
+
+
+def _embedded_ipv4(addr: ipaddress.IPv6Address) -> ipaddress.IPv4Address | None:
+    """The IPv4 address inside an IPv4-mapped, 6to4 or NAT64 (64:ff9b::/96) IPv6 address."""
+    if addr.ipv4_mapped is not None:
+        return addr.ipv4_mapped
+    if addr.sixtofour is not None:
+        return addr.sixtofour
+    if addr in _NAT64:
+        return ipaddress.IPv4Address(int(addr) & 0xFFFFFFFF)
+    return None
+
+
+def forbidden_reason(ip: str) -> str | None:
+    """``None`` if ``ip`` is a public address, else why not (e.g. ``"127.0.0.1 is a loopback address"``)."""
+    text = ip.strip().strip("[]")
+    try:
+        addr = ipaddress.ip_address(text.split("%", 1)[0])
+    except ValueError:
+        return f"{ip} is not an IP address"
+    if isinstance(addr, ipaddress.IPv6Address):
+        if addr in _METADATA:
+            return f"{text} is the cloud metadata address"
+        inner = _embedded_ipv4(addr)
+        if inner is not None:
+            kind = _kind(inner)
+            return None if kind is None else f"{text} embeds {inner}, which is {kind}"
+    kind = _kind(addr)
+    return None if kind is None else f"{text} is {kind}"
+
+
+class RefusedDestination(Exception):
+    """A new connection was refused: a resolved address of the host is not a permitted destination."""
+
+
+class _ResolveError(Exception):
+    """The host name could not be resolved (or resolved to nothing)."""
+
+
+def _is_ip_literal(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host.split("%", 1)[0])
+    except ValueError:
+        return False
+    return True
+
+
+def _default_resolver(host: str, port: int) -> list[str]:
+    infos = socket.getaddrinfo(host, port, urllib3_connection.allowed_gai_family(), socket.SOCK_STREAM)
+    return [info[4][0] for info in infos]
+
+
+@dataclass(slots=True)
+class _Guard:
+    """Resolution and the address check for one :class:`Sender`'s new connections."""
+
+    resolver: Any
+    allow_private: bool
+
+    def addresses(self, host: str, port: int) -> list[str]:
+        host = host.strip("[]")
+        if _is_ip_literal(host):
+            found = [host]  # nothing to resolve
+        else:
+            try:
+                found = list(dict.fromkeys(str(a) for a in self.resolver(host, port)))
+            except Exception as e:  # resolvers may raise anything (gaierror, gevent DNS errors, ...)
+                raise _ResolveError(host) from e
+            if not found:
+                raise _ResolveError(host)
+        if not self.allow_private:
+            for address in found:
+                reason = forbidden_reason(address)
+                if reason is not None:
+                    raise RefusedDestination(reason)
+        return found
+
+
+def _connect(conn: HTTPConnection, guard: _Guard) -> socket.socket:
+    """urllib3's ``_new_conn`` with our resolution: connect to a checked address, never to the name."""
+    host = conn._dns_host.rstrip(".")
+    addresses = guard.addresses(host, conn.port)
+    error: OSError | None = None
+    for address in addresses:
+        try:
+            return urllib3_connection.create_connection(
+                (address, conn.port),
+                conn.timeout,
+                source_address=conn.source_address,
+                socket_options=conn.socket_options,
+            )
+        except OSError as e:  # try the next address, as socket.create_connection does
+            error = e
+    assert error is not None
+    if isinstance(error, TimeoutError):
+        raise ConnectTimeoutError(conn, f"Connection to {host} timed out. (connect timeout={conn.timeout})")
+    raise NewConnectionError(conn, f"Failed to establish a new connection: {error}") from error
+
+
+class _GuardedHTTPConnection(HTTPConnection):
+    guard: _Guard  # set on the per-Sender subclass
+
+    def _new_conn(self) -> socket.socket:
+        sock = _connect(self, self.guard)
+        sys.audit("http.client.connect", self, self.host, self.port)
+        return sock
+
+
+class _GuardedHTTPSConnection(HTTPSConnection):
+    guard: _Guard
+
+    def _new_conn(self) -> socket.socket:
+        sock = _connect(self, self.guard)
+        sys.audit("http.client.connect", self, self.host, self.port)
+        return sock
+
+
+# --- the sender ------------------------------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class Outcome:
+    """What one delivery attempt got back."""
+
+    status: int | None  # None when there was no response (timeout, connection error, refused destination)
+    headers: dict[str, str] = field(default_factory=dict)  # lower-cased names; repeats joined with ", "
+    body: str = ""  # at most max_body bytes, decoded as UTF-8 (errors replaced)
+    error: str | None = None  # None on 2xx, else a short human message
+    duration_ms: float = 0.0
+    retry_after: float | None = None  # seconds asked for by Retry-After on 429/503, within [0, 86400]
+
+    @property
+    def ok(self) -> bool:
+        return self.status is not None and 200 <= self.status < 300
+
+
+def parse_retry_after(value: str | None, now: float | None = None) -> float | None:
+    """Seconds from a ``Retry-After`` value (delta-seconds or HTTP-date), clamped to [0, 86400]."""
+    if not value:
+        return None
+    value = value.strip()
+    try:
+        seconds = float(value)
+    except ValueError:
+        try:
+            when = email.utils.parsedate_to_datetime(value)
+        except (TypeError, ValueError, IndexError):
+            return None
+        if when.tzinfo is None:
+            when = when.replace(tzinfo=UTC)
+        seconds = when.timestamp() - (time.time() if now is None else now)
+    if not math.isfinite(seconds):
+        return None
+    return min(max(seconds, 0.0), MAX_RETRY_AFTER)
+
+
+class _HardTimeout(Exception):
+    """The overall deadline passed while reading the response body."""
+
+
+def _short(text: str) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= _MAX_ERROR else text[: _MAX_ERROR - 1] + "…"
+
+
+def _root_cause(exc: BaseException) -> BaseException:
+    seen = set()
+    while id(exc) not in seen:
+        seen.add(id(exc))
+        inner = exc.__cause__ or exc.__context__
+        if isinstance(exc, ProtocolError) and len(exc.args) > 1 and isinstance(exc.args[1], BaseException):
+            inner = exc.args[1]
+        if inner is None:
+            break
+        exc = inner
+    return exc
+
+
+class Sender:
+    """POSTs webhook deliveries over keep-alive pools; safe to share between threads and greenlets."""
+
+    def __init__(
+        self,
+        *,
+        timeout: float = 15.0,
+        allow_private: bool = False,
+        max_body: int = 65536,
+        connections_per_host: int = 10,
+        resolver=None,
+    ) -> None:
+        self.timeout = float(timeout)
+        self.allow_private = allow_private
+        self.max_body = max_body
+        guard = _Guard(resolver or _default_resolver, allow_private)
+        http_conn = type("GuardedHTTPConnection", (_GuardedHTTPConnection,), {"guard": guard})
+        https_conn = type("GuardedHTTPSConnection", (_GuardedHTTPSConnection,), {"guard": guard})
+        http_pool = type("GuardedHTTPConnectionPool", (HTTPConnectionPool,), {"ConnectionCls": http_conn})
+        https_pool = type("GuardedHTTPSConnectionPool", (HTTPSConnectionPool,), {"ConnectionCls": https_conn})
+        self._pools = urllib3.PoolManager(
+            num_pools=256,
+            maxsize=connections_per_host,
+            block=False,
+            retries=False,
+        )
+        self._pools.pool_classes_by_scheme = {"http": http_pool, "https": https_pool}
+
+    def close(self) -> None:
+        """Close every idle pooled connection (connections in use are closed when they come back)."""
+        self._pools.clear()
+
+    def __enter__(self) -> Sender:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def post(self, url: str, body: bytes, headers: dict[str, str]) -> Outcome:
+        """Send one POST; every network or HTTP problem comes back as an :class:`Outcome`, never raised."""
+        started = time.perf_counter()
+        try:
+            parsed = urllib3.util.parse_url(url)
+        except LocationValueError:
+            return self._failed("invalid URL", started)
+        if not parsed.scheme:
+            return self._failed("invalid URL: no scheme", started)
+        if parsed.scheme not in ("http", "https"):
+            return self._failed(f"unsupported URL scheme {parsed.scheme!r} (only http and https)", started)
+        if not parsed.host:
+            return self._failed("invalid URL: no host", started)
+
+        request_headers = dict(headers)
+        names = {name.lower() for name in request_headers}
+        if "content-type" not in names:
+            request_headers["Content-Type"] = "application/json"
+        if "user-agent" not in names:
+            request_headers["User-Agent"] = USER_AGENT
+
+        timer = None
+        if _gevent_patched():
+            import gevent
+
+            timer = gevent.Timeout(self.timeout)
+            timer.start()
+        try:
+            return self._exchange(url, parsed.host, body, request_headers, started)
+        except BaseException as e:
+            if timer is not None and e is timer:
+                return self._failed(self._timed_out(), started)
+            raise
+        finally:
+            if timer is not None:
+                timer.close()
+
+    # -- internals --
+
+    def _timed_out(self) -> str:
+        return f"timed out after {self.timeout:g} s"
+
+    def _failed(self, error: str, started: float) -> Outcome:
+        return Outcome(status=None, error=error, duration_ms=(time.perf_counter() - started) * 1000)
+
+    def _exchange(self, url: str, host: str, body: bytes, headers: dict[str, str], started: float) -> Outcome:
+        deadline = started + self.timeout
+        response = None
+        try:
+            response = self._pools.urlopen(
+                "POST",
+                url,
+                body=body,
+                headers=headers,
+                redirect=False,
+                retries=False,
+                timeout=urllib3.Timeout(total=self.timeout),
+                preload_content=False,
+                decode_content=True,
+            )
+            data = self._read_body(response, deadline)
+        except Exception as e:
+            if response is not None:
+                _discard(response)
+            return self._failed(self._describe(e, host), started)
+        except BaseException:  # the hard gevent.Timeout (or a kill): the connection state is unknown
+            if response is not None:
+                _discard(response)
+            raise
+
+        status = response.status
+        response_headers = {name.lower(): response.headers[name] for name in response.headers}
+        error = None
+        if not 200 <= status < 300:
+            error = f"HTTP {status}"
+            if 300 <= status < 400:
+                location = response.headers.get("Location")
+                target = f" to {urljoin(url, location.strip())}" if location else ""
+                error = f"redirect not followed (HTTP {status}{target})"
+        retry_after = None
+        if status in (429, 503):
+            retry_after = parse_retry_after(response.headers.get("Retry-After"))
+        return Outcome(
+            status=status,
+            headers=response_headers,
+            body=data.decode("utf-8", errors="replace"),
+            error=error,
+            duration_ms=(time.perf_counter() - started) * 1000,
+            retry_after=retry_after,
+        )
+
+    def _read_body(self, response: urllib3.BaseHTTPResponse, deadline: float) -> bytes:
+        """Up to max_body bytes; the connection goes back to the pool only if the body was read whole."""
+        chunks: list[bytes] = []
+        size = 0
+        while size <= self.max_body:
+            remaining = deadline - time.perf_counter()
+            if remaining <= 0:
+                raise _HardTimeout
+            conn = response.connection
+            sock = getattr(conn, "sock", None) if conn is not None else None
+            if sock is not None:
+                sock.settimeout(remaining)
+            # read1: at most one receive per call, so a body dripping in byte by byte still meets the deadline
+            chunk = response.read1(min(_CHUNK, self.max_body + 1 - size))
+            if not chunk:
+                break
+            chunks.append(chunk)
+            size += len(chunk)
+        data = b"".join(chunks)
+        if size > self.max_body:
+            _discard(response)  # don't drain an unbounded body: drop the connection instead
+            return data[: self.max_body]
+        response.release_conn()
+        return data
+
+    def _describe(self, exc: Exception, host: str) -> str:
+        """A short human message for a failed exchange."""
+        if isinstance(exc, RefusedDestination):
+            return f"refused: {exc} ({ALLOW_PRIVATE_HINT})"
+        if isinstance(exc, _ResolveError | NameResolutionError):
+            return f"cannot resolve {host}"
+        if isinstance(exc, _HardTimeout | ReadTimeoutError | TimeoutError):
+            return self._timed_out()
+        root = _root_cause(exc)
+        if isinstance(exc, SSLError) or root.__class__.__module__ == "ssl":
+            if isinstance(root, ssl.SSLCertVerificationError):
+                return _short(f"TLS error: certificate verify failed: {root.verify_message}")
+            reason = getattr(root, "reason", None) or str(root)
+            return _short(f"TLS error: {reason}")
+        if isinstance(root, TimeoutError) or (
+            isinstance(exc, ConnectTimeoutError) and not isinstance(exc, NewConnectionError)
+        ):
+            return self._timed_out()
+        if isinstance(root, ConnectionRefusedError):
+            return "connection refused"
+        if isinstance(root, ConnectionResetError | BrokenPipeError):
+            return "connection reset"
+        if root.__class__.__name__ == "RemoteDisconnected":
+            return "connection closed without a response"
+        if isinstance(exc, NewConnectionError):
+            detail = getattr(root, "strerror", None) or str(root)
+            return _short(f"connection failed: {detail}")
+        if isinstance(exc, LocationValueError):
+            return _short(f"invalid URL: {exc}")
+        if isinstance(exc, HTTPError | OSError):
+            return _short(f"connection error: {root}")
+        return _short(f"error: {type(exc).__name__}: {exc}")
+
+
+def _discard(response: urllib3.BaseHTTPResponse) -> None:
+    """Close the response's connection and hand the (closed) slot back to its pool."""
+    try:
+        response.close()
+    except Exception:
+        pass
+    try:
+        response.release_conn()
+    except Exception:
+        pass
+
+
+def _gevent_patched() -> bool:
+    gevent_monkey = sys.modules.get("gevent.monkey")
+    if gevent_monkey is None:
+        return False
+    return bool(gevent_monkey.is_module_patched("socket"))

@@ -1,0 +1,239 @@
+"""The webhook engine: fan-out from the event log and the delivery worker (one per process).
+
+- **Fan-out**: a persistent :class:`cortex.dispatcher.Dispatcher` named ``webhooks`` reads the log after its
+  cursor and queues one ``WebhookEvent`` per event and matching subscription (``models.webhooks.fan_out``,
+  idempotent). Its cursor moves only after the rows committed, so a crash in between queues them again
+  (ignored duplicates), never loses them. It polls every ``CORTEX_WEBHOOK_POLL_INTERVAL`` and is woken at
+  once by writes of its own process (``LiveFanout.add_waker`` in ``cortex serve``).
+- **Delivery**: one loop claims due rows (a lease, ``FOR UPDATE SKIP LOCKED`` on PostgreSQL) while slots are
+  free — at most ``CORTEX_WEBHOOK_CONCURRENCY`` attempts in flight per process and
+  ``CORTEX_WEBHOOK_SUBSCRIPTION_CONCURRENCY`` per subscription, so a hanging endpoint holds only its own
+  slots — and runs each attempt in a pool (greenlets under gevent, threads otherwise). An attempt signs the
+  stored body (Standard Webhooks), POSTs it with ``cortex.outbound.Sender`` (SSRF checks on the resolved
+  address, no redirects, hard timeout) and records the outcome through group commit
+  (``models.events.GroupCommit``: the attempts finishing together share one transaction).
+
+``drain()`` runs fan-out and every due delivery inline until nothing is due: tests and scripts use it
+instead of the background loop.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+from cortex.dispatcher import Dispatcher, _own_connection, _pause, _Worker, gevent_patched
+from cortex.outbound import Sender, sign, signing_key
+from models.base import utcnow
+from models.events import GroupCommit
+from models.webhooks import Attempt, Claimed, RetryPolicy, claim, fan_out, record, release
+
+log = logging.getLogger("cortex.webhooks")
+# Two subscriptions on one host share its keep-alive pool; a connection beyond the pool size is closed after
+# use, which urllib3 reports as a warning per request. Expected here, not a problem.
+logging.getLogger("urllib3.connectionpool").setLevel(logging.ERROR)
+
+CONSUMER = "webhooks"  # the event-log cursor of the fan-out
+IDLE_POLL = 0.5  # seconds between two looks for due retries when nothing wakes the delivery loop
+CLAIM_BATCH = 100  # rows claimed per query at most
+LEASE_MARGIN = 5.0  # a lease lasts twice the attempt timeout plus this (claim → send → record)
+
+
+class WebhookEngine:
+    """Fan-out dispatcher + delivery loop of one process (see the module doc)."""
+
+    def __init__(self, *, policy: RetryPolicy | None = None, sender: Sender | None = None, timeout: float = 15.0,
+                 allow_private: bool = False, concurrency: int = 100, per_subscription: int = 10,
+                 poll_interval: float = 0.05):
+        self.policy = policy or RetryPolicy()
+        self.timeout = timeout
+        self.sender = sender or Sender(timeout=timeout, allow_private=allow_private,
+                                       connections_per_host=per_subscription)
+        self.concurrency = concurrency
+        self.per_subscription = per_subscription
+        self.lease = 2 * timeout + LEASE_MARGIN
+        self.dispatcher = Dispatcher(CONSUMER, self._fan_out, poll_interval=poll_interval)
+        self.recorder = GroupCommit()
+        self.in_flight: collections.Counter = collections.Counter()  # subscription id → attempts running
+        self._lock = threading.Lock()
+        self._wake = threading.Event()
+        self._worker = _Worker("cortex-webhook-delivery", self.run_forever)
+        self._pool = None
+        self.delivered = 0  # attempts recorded by this engine (benchmarks read it)
+
+    @classmethod
+    def from_settings(cls, settings) -> WebhookEngine:
+        """The engine configured by the ``CORTEX_WEBHOOK_*`` settings."""
+        return cls(
+            policy=RetryPolicy(schedule=tuple(settings.webhook_retry_schedule),
+                               disable_after=settings.webhook_disable_after),
+            timeout=settings.webhook_timeout, allow_private=settings.webhook_allow_private,
+            concurrency=settings.webhook_concurrency, per_subscription=settings.webhook_subscription_concurrency,
+            poll_interval=settings.webhook_poll_interval,
+        )
+
+    # ------------------------------------------------------------------ fan-out
+
+    def _fan_out(self, events) -> None:
+        if fan_out(events):
+            self.wake()
+
+    def wake(self) -> None:
+        """Look for due deliveries now."""
+        self._wake.set()
+
+    # ------------------------------------------------------------------ one attempt
+
+    def attempt(self, claimed: Claimed) -> Attempt:
+        """Sign and POST one claimed event; the outcome (never raises for the endpoint's failures)."""
+        timestamp = int(time.time())
+        body = claimed.body.encode()
+        headers = dict(claimed.headers)
+        headers.update({
+            "Content-Type": "application/json",
+            "webhook-id": claimed.id,
+            "webhook-timestamp": str(timestamp),
+            "webhook-signature": sign(signing_key(claimed.secret), claimed.id, timestamp, body),
+        })
+        outcome = self.sender.post(claimed.url, body, headers)
+        return Attempt(claimed=claimed, status_code=outcome.status, response_body=outcome.body,
+                       response_headers=outcome.headers, error=outcome.error, duration_ms=outcome.duration_ms,
+                       retry_after=outcome.retry_after, at=utcnow())
+
+    def deliver(self, claimed: Claimed) -> str | None:
+        """One attempt, recorded; the event's new status."""
+        try:
+            result = self.attempt(claimed)
+        except Exception as exc:  # a bug, not the endpoint: record it as a failed attempt all the same
+            log.exception("webhook attempt %s failed unexpectedly", claimed.id)
+            result = Attempt(claimed=claimed, status_code=None, response_body="", response_headers={},
+                             error=f"internal error: {type(exc).__name__}", duration_ms=0.0, retry_after=None,
+                             at=utcnow())
+        status = self.recorder.run(lambda: record(result, self.policy))
+        self.delivered += 1
+        return status
+
+    # ------------------------------------------------------------------ inline (tests, scripts)
+
+    def drain(self, *, max_rounds: int = 1000) -> int:
+        """Fan out new events and deliver everything due, inline, until nothing is due; attempts made."""
+        made = 0
+        with _own_connection():
+            for _ in range(max_rounds):
+                while self.dispatcher.run_once():
+                    pass
+                batch = claim(CLAIM_BATCH, lease=self.lease, per_subscription=CLAIM_BATCH)
+                if not batch:
+                    return made
+                for claimed in batch:
+                    self.deliver(claimed)
+                    made += 1
+        return made
+
+    # ------------------------------------------------------------------ background
+
+    def _saturated(self) -> set[str]:
+        with self._lock:
+            return {sub for sub, running in self.in_flight.items() if running >= self.per_subscription}
+
+    def _run_claimed(self, claimed: Claimed) -> None:
+        try:
+            self.deliver(claimed)
+        except Exception:  # recording failed (database down): the lease runs out and the row is due again
+            log.exception("webhook attempt %s could not be recorded; it is retried when its lease ends",
+                          claimed.id)
+        finally:
+            with self._lock:
+                self.in_flight[claimed.subscription_id] -= 1
+                if self.in_flight[claimed.subscription_id] <= 0:
+                    del self.in_flight[claimed.subscription_id]
+            self._wake.set()
+
+    def claim_and_start(self) -> int:
+        """Claim what free slots allow and start those attempts; how many started."""
+        with self._lock:
+            running = sum(self.in_flight.values())
+        free = self.concurrency - running
+        if free <= 0:
+            return 0
+        with _own_connection():
+            batch = claim(min(free, CLAIM_BATCH), lease=self.lease, per_subscription=self.per_subscription,
+                          exclude=self._saturated())
+        extra = []
+        started = 0
+        for claimed in batch:
+            with self._lock:
+                if self.in_flight[claimed.subscription_id] >= self.per_subscription:
+                    extra.append(claimed.id)
+                    continue
+                self.in_flight[claimed.subscription_id] += 1
+            self._pool.submit(self._run_claimed, claimed)
+            started += 1
+        if extra:
+            with _own_connection():
+                release(extra)
+        return started
+
+    def run_forever(self, stop_event: threading.Event) -> None:
+        """Claim and start attempts until stopped; waits for a wake-up (new rows, a finished attempt) or
+        ``IDLE_POLL`` when nothing can start."""
+        failures = 0
+        while not stop_event.is_set():
+            self._wake.clear()
+            try:
+                started = self.claim_and_start()
+            except Exception:
+                failures += 1
+                log.exception("webhook delivery: claiming failed (attempt %d); retrying", failures)
+                _pause(stop_event, min(0.5 * 2**failures, 30.0))
+                continue
+            failures = 0
+            if started:
+                time.sleep(0)  # more may be due: go on, letting the attempts start
+                continue
+            _pause(stop_event, IDLE_POLL, self._wake)
+
+    def start(self) -> None:
+        """Start the fan-out dispatcher and the delivery loop in the background."""
+        if self._pool is None:
+            self._pool = _Pool(self.concurrency)
+        self.dispatcher.start()
+        self._worker.start()
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Stop claiming; wait up to ``timeout`` for attempts in flight (their leases cover the rest)."""
+        self.dispatcher.stop(timeout)
+        self._worker.stop(timeout)
+        if self._pool is not None:
+            self._pool.shutdown(timeout)
+            self._pool = None
+        self.sender.close()
+
+
+class _Pool:
+    """At most ``size`` tasks at once: a gevent pool when gevent patched the process, else threads."""
+
+    def __init__(self, size: int):
+        self._gevent = gevent_patched()
+        if self._gevent:
+            from gevent.pool import Pool
+
+            self._pool = Pool(size)
+        else:
+            self._pool = ThreadPoolExecutor(max_workers=size, thread_name_prefix="cortex-webhook")
+
+    def submit(self, function, *args) -> None:
+        if self._gevent:
+            self._pool.spawn(function, *args)
+        else:
+            self._pool.submit(function, *args)
+
+    def shutdown(self, timeout: float) -> None:
+        if self._gevent:
+            self._pool.join(timeout=timeout)
+            self._pool.kill(block=True, timeout=1)
+        else:
+            self._pool.shutdown(wait=True, cancel_futures=True)
