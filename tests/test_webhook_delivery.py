@@ -302,3 +302,47 @@ def test_background_engine_keeps_healthy_endpoints_fast_beside_a_hanging_one(cli
         assert fast == set(range(20))
     finally:
         engine.stop(timeout=5)
+
+
+def _readme_snippet(name: str) -> str:
+    from cortex import ROOT
+
+    text = (ROOT / "README.md").read_text()
+    after = text.split(f"<!-- snippet: {name} -->", 1)[1]
+    return after.split("```", 2)[1].split("\n", 1)[1]  # the fenced block right after the marker
+
+
+@pytest.mark.parametrize("secret", ["plain-secret", "whsec_" + base64.b64encode(b"z" * 24).decode().rstrip("=")])
+def test_readme_verification_snippets_accept_real_deliveries(client, owner, receiver, tmp_path, secret):
+    """The Python and Node functions the README shows accept a real delivery and reject a tampered one."""
+    import shutil
+    import subprocess
+
+    subscribe(client, owner, receiver.url(), secret=secret)
+    log_event(owner.project)
+    make_engine().drain()
+    [request] = receiver.at()
+    headers = {k.lower(): v for k, v in request["headers"].items()}
+    namespace: dict = {}
+    exec(compile(_readme_snippet("verify-python"), "README.md", "exec"), namespace)  # noqa: S102
+    namespace["verify_webhook"](secret, request["headers"], request["body"])
+    with pytest.raises(ValueError):
+        namespace["verify_webhook"](secret, request["headers"], request["body"] + b" ")
+    node = shutil.which("node")
+    assert node, "Node.js is part of the documented toolchain"
+    case = tmp_path / "case.json"
+    case.write_text(json.dumps({"secret": secret, "headers": headers,
+                                "body": base64.b64encode(request["body"]).decode()}))
+    script = tmp_path / "verify.js"
+    script.write_text(_readme_snippet("verify-node") + """
+const c = JSON.parse(require("node:fs").readFileSync(process.argv[2], "utf8"));
+const body = Buffer.from(c.body, "base64");
+verifyWebhook(c.secret, c.headers, body);
+let tampered = false;
+try { verifyWebhook(c.secret, c.headers, Buffer.concat([body, Buffer.from(" ")])); } catch (e) { tampered = true; }
+if (!tampered) throw new Error("tampered body accepted");
+console.log("verified");
+""")
+    result = subprocess.run([node, str(script), str(case)], capture_output=True, text=True, timeout=30)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "verified"
