@@ -47,3 +47,20 @@ def test_concurrent_first_starts_agree_on_one_key(tmp_path):
             worker.join(20)
         keys = {queue.get(timeout=5) for _ in workers}
         assert len(keys) == 1 and len(keys.pop()) >= 32
+
+
+def test_webhook_settings_parse_and_refuse_bad_values(tmp_path):
+    env = {"CORTEX_WEBHOOK_RETRY_SCHEDULE": "1, 2.5,0", "CORTEX_WEBHOOK_ALLOW_PRIVATE": "true",
+           "CORTEX_WEBHOOK_WORKER": "false", "CORTEX_WEBHOOK_CONCURRENCY": "7", "CORTEX_WEBHOOK_TIMEOUT": "2"}
+    settings = Settings.from_env(env, data_dir=tmp_path)
+    assert settings.webhook_retry_schedule == (1.0, 2.5, 0.0)
+    assert settings.webhook_allow_private is True and settings.webhook_worker is False
+    assert (settings.webhook_concurrency, settings.webhook_timeout) == (7, 2.0)
+    defaults = Settings.from_env({}, data_dir=tmp_path)
+    assert defaults.webhook_retry_schedule == (5, 300, 1800, 7200, 18000, 36000, 36000)
+    assert defaults.webhook_allow_private is False and defaults.webhook_worker is True
+    assert Settings.from_env({"CORTEX_WEBHOOK_RETRY_SCHEDULE": "none"}, data_dir=tmp_path).webhook_retry_schedule == ()
+    for name, value in [("CORTEX_WEBHOOK_RETRY_SCHEDULE", "1,x"), ("CORTEX_WEBHOOK_RETRY_SCHEDULE", "-1"),
+                        ("CORTEX_WEBHOOK_CONCURRENCY", "0"), ("CORTEX_WEBHOOK_TIMEOUT", "0")]:
+        with pytest.raises(ValueError, match=name):
+            Settings.from_env({name: value}, data_dir=tmp_path)

@@ -346,3 +346,49 @@ console.log("verified");
     result = subprocess.run([node, str(script), str(case)], capture_output=True, text=True, timeout=30)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "verified"
+
+
+def test_delivery_updates_are_on_sse_as_documented_envelopes(app, client, owner, receiver):
+    from tests.handlers.test_sse import assert_envelope, open_stream, set_max_seconds
+
+    subscribe(client, owner, receiver.url())
+    mark = log_event(owner.project)
+    make_engine().drain()
+    set_max_seconds(app, 0.5)
+    reader = open_stream(app, url=f"/api/projects/{owner.project.id}/events/stream",
+                         headers={**owner.headers, "Last-Event-ID": mark.id},
+                         query_string={"types": "webhook.delivery.updated"})
+    frames = [f for f in reader.rest() if f.is_event]
+    assert len(frames) == 1
+    envelope = frames[0].envelope
+    assert_envelope(envelope)
+    row = WebhookEvent.get()
+    assert envelope["resourceId"] == f"webhook_event:{row.id}"
+    assert envelope["payload"]["data"] == {"id": row.id, "eventType": "session.created", "status": "delivered",
+                                           "attemptsCount": 1, "projectId": owner.project.id}
+
+
+def test_two_engines_at_once_send_each_event_once(client, owner, receiver):
+    """Several workers may run together: leases (FOR UPDATE SKIP LOCKED on PostgreSQL) hand each row to one."""
+    for path in ("/a", "/b", "/c"):
+        subscribe(client, owner, receiver.url(path))
+    for n in range(60):
+        log_event(owner.project, n)
+    engines = [make_engine(concurrency=8, per_subscription=3) for _ in range(3)]
+    for engine in engines:
+        engine.dispatcher.run_once()  # all three fan out the same events: the unique pair keeps one row each
+    assert WebhookEvent.select().count() == 180
+    for engine in engines:
+        engine.start()
+    try:
+        deadline = time.monotonic() + 20
+        while WebhookEvent.select().where(WebhookEvent.status == "delivered").count() < 180:
+            assert time.monotonic() < deadline, "not delivered in time"
+            time.sleep(0.05)
+    finally:
+        for engine in engines:
+            engine.stop(timeout=5)
+    ids = [r["headers"]["webhook-id"] for r in receiver.requests]
+    assert len(ids) == 180 and len(set(ids)) == 180
+    assert WebhookDelivery.select().count() == 180
+    assert sum(engine.delivered for engine in engines) == 180
