@@ -96,6 +96,7 @@ class Settings:
     webhook_concurrency: int = 100  # deliveries in flight per worker process
     webhook_subscription_concurrency: int = 10  # of which to one subscription
     webhook_disable_after: float = 5 * 24 * 3600.0  # a subscription failing this long without a success is disabled
+    webhook_log_retention_days: float = 30.0  # delivered/failed webhook events and their attempts are kept this long
     webhook_poll_interval: float = 0.05  # how often a worker looks for new events written by other processes
 
     @classmethod
@@ -136,6 +137,7 @@ class Settings:
             webhook_subscription_concurrency=_positive_int(env, "CORTEX_WEBHOOK_SUBSCRIPTION_CONCURRENCY", 10),
             webhook_disable_after=_positive_seconds(env, "CORTEX_WEBHOOK_DISABLE_AFTER", 5 * 24 * 3600.0),
             webhook_poll_interval=_positive_seconds(env, "CORTEX_WEBHOOK_POLL_INTERVAL", 0.05),
+            webhook_log_retention_days=_positive_seconds(env, "CORTEX_WEBHOOK_LOG_RETENTION_DAYS", 30.0),
         )
         if env.get("CORTEX_SPEC_PATH"):
             values["spec_path"] = Path(env["CORTEX_SPEC_PATH"])

@@ -25,11 +25,11 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
-from cortex.dispatcher import Dispatcher, _own_connection, _pause, _Worker, gevent_patched
+from cortex.dispatcher import Dispatcher, PeriodicJob, _own_connection, _pause, _Worker, gevent_patched
 from cortex.outbound import Sender, sign, signing_key
 from models.base import utcnow
 from models.events import GroupCommit
-from models.webhooks import Attempt, Claimed, RetryPolicy, claim, fan_out, record, release
+from models.webhooks import Attempt, Claimed, RetryPolicy, claim, fan_out, prune_log, record, release
 
 log = logging.getLogger("cortex.webhooks")
 # Two subscriptions on one host share its keep-alive pool; a connection beyond the pool size is closed after
@@ -47,7 +47,7 @@ class WebhookEngine:
 
     def __init__(self, *, policy: RetryPolicy | None = None, sender: Sender | None = None, timeout: float = 15.0,
                  allow_private: bool = False, concurrency: int = 100, per_subscription: int = 10,
-                 poll_interval: float = 0.05):
+                 poll_interval: float = 0.05, log_retention_days: float = 30.0):
         self.policy = policy or RetryPolicy()
         self.timeout = timeout
         self.sender = sender or Sender(timeout=timeout, allow_private=allow_private,
@@ -62,6 +62,7 @@ class WebhookEngine:
         self._wake = threading.Event()
         self._worker = _Worker("cortex-webhook-delivery", self.run_forever)
         self._pool = None
+        self.retention = WebhookLogRetentionJob(log_retention_days)
         self.delivered = 0  # attempts recorded by this engine (benchmarks read it)
 
     @classmethod
@@ -72,7 +73,7 @@ class WebhookEngine:
                                disable_after=settings.webhook_disable_after),
             timeout=settings.webhook_timeout, allow_private=settings.webhook_allow_private,
             concurrency=settings.webhook_concurrency, per_subscription=settings.webhook_subscription_concurrency,
-            poll_interval=settings.webhook_poll_interval,
+            poll_interval=settings.webhook_poll_interval, log_retention_days=settings.webhook_log_retention_days,
         )
 
     # ------------------------------------------------------------------ fan-out
@@ -202,15 +203,37 @@ class WebhookEngine:
             self._pool = _Pool(self.concurrency)
         self.dispatcher.start()
         self._worker.start()
+        self.retention.start()
 
     def stop(self, timeout: float = 10.0) -> None:
         """Stop claiming; wait up to ``timeout`` for attempts in flight (their leases cover the rest)."""
+        self.retention.stop(timeout)
         self.dispatcher.stop(timeout)
         self._worker.stop(timeout)
         if self._pool is not None:
             self._pool.shutdown(timeout)
             self._pool = None
         self.sender.close()
+
+
+class WebhookLogRetentionJob(PeriodicJob):
+    """Deletes settled webhook events and their attempts older than ``CORTEX_WEBHOOK_LOG_RETENTION_DAYS``,
+    hourly (run by every webhook engine; concurrent runs delete disjoint or already-deleted rows)."""
+
+    label = "webhook log retention"
+
+    def __init__(self, retention_days: float = 30.0, interval: float = 3600.0):
+        super().__init__("cortex-webhook-log-retention", interval)
+        self.retention_days = retention_days
+
+    def run_once(self) -> int:
+        """Prune once; the number of webhook events deleted."""
+        with _own_connection():
+            deleted = prune_log(self.retention_days)
+        if deleted:
+            log.info("webhook log retention: deleted %d webhook events older than %s days", deleted,
+                     self.retention_days)
+        return deleted
 
 
 class _Pool:

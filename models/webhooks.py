@@ -657,6 +657,23 @@ def event_json(row: WebhookEvent) -> dict:
     return body
 
 
+def prune_log(older_than_days: float, *, batch: int = 2000) -> int:
+    """Delete delivered and failed webhook events (with their attempts) settled more than ``older_than_days``
+    ago, in short transactions; how many events. Pending ones are never deleted."""
+    cutoff = utcnow() - timedelta(days=older_than_days)
+    total = 0
+    while True:
+        with transaction():
+            ids = [i for (i,) in WebhookEvent.select(WebhookEvent.id)
+                   .where(WebhookEvent.status.in_(["delivered", "failed"]) & (WebhookEvent.updated_at < cutoff))
+                   .limit(batch).tuples()]
+            if ids:
+                WebhookDelivery.delete().where(WebhookDelivery.webhook_event_id.in_(ids)).execute()
+                total += WebhookEvent.delete().where(WebhookEvent.id.in_(ids)).execute()
+        if len(ids) < batch:
+            return total
+
+
 def delivery_json(row: WebhookDelivery) -> dict:
     """The WebhookDelivery schema."""
     body = {"id": row.id, "webhookEventId": row.webhook_event_id, "subscriptionId": row.subscription_id,

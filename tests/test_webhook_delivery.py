@@ -392,3 +392,20 @@ def test_two_engines_at_once_send_each_event_once(client, owner, receiver):
     assert len(ids) == 180 and len(set(ids)) == 180
     assert WebhookDelivery.select().count() == 180
     assert sum(engine.delivered for engine in engines) == 180
+
+
+def test_log_retention_deletes_only_old_settled_events(client, owner, receiver):
+    from cortex.webhooks import WebhookLogRetentionJob
+
+    receiver.script["/hook"] = [(200, {}, b"")]
+    subscribe(client, owner, receiver.url())
+    for n in range(3):
+        log_event(owner.project, n)
+    make_engine(schedule=()).drain()
+    old, pending, recent = list(WebhookEvent.select().order_by(WebhookEvent.event_seq))
+    long_ago = utcnow() - timedelta(days=31)
+    WebhookEvent.update(updated_at=long_ago).where(WebhookEvent.id == old.id).execute()
+    WebhookEvent.update(updated_at=long_ago, status="pending").where(WebhookEvent.id == pending.id).execute()
+    assert WebhookLogRetentionJob(30).run_once() == 1
+    assert {r.id for r in WebhookEvent.select()} == {pending.id, recent.id}
+    assert {d.webhook_event_id for d in WebhookDelivery.select()} == {pending.id, recent.id}
