@@ -29,7 +29,7 @@ from cortex.dispatcher import Dispatcher, PeriodicJob, _own_connection, _pause, 
 from cortex.outbound import Sender, sign, signing_key
 from models.base import utcnow
 from models.events import GroupCommit
-from models.webhooks import Attempt, Claimed, RetryPolicy, claim, fan_out, prune_log, record, release
+from models.webhooks import Attempt, Claimed, RetryPolicy, any_active, claim, fan_out, prune_log, record, release
 
 log = logging.getLogger("cortex.webhooks")
 # Two subscriptions on one host share its keep-alive pool; a connection beyond the pool size is closed after
@@ -55,7 +55,8 @@ class WebhookEngine:
         self.concurrency = concurrency
         self.per_subscription = per_subscription
         self.lease = 2 * timeout + LEASE_MARGIN
-        self.dispatcher = Dispatcher(CONSUMER, self._fan_out, poll_interval=poll_interval)
+        # With no active subscription anywhere, new events are passed over reading only their seqs.
+        self.dispatcher = Dispatcher(CONSUMER, self._fan_out, poll_interval=poll_interval, interested=any_active)
         self.recorder = GroupCommit()
         self.in_flight: collections.Counter = collections.Counter()  # subscription id → attempts running
         self._lock = threading.Lock()

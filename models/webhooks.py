@@ -350,6 +350,13 @@ def subscription_json(sub: WebhookSubscription) -> dict:
 # ------------------------------------------------------------------------------------------ fan-out
 
 
+def any_active() -> bool:
+    """Whether any subscription could receive events. When none does, the fan-out moves past new events
+    without reading them: a subscription created later starts after them anyway (``start_seq``)."""
+    return (WebhookSubscription.select(WebhookSubscription.id)
+            .where(WebhookSubscription.is_active & WebhookSubscription.deleted_at.is_null()).exists())
+
+
 def fan_out(events: list[DomainEvent]) -> int:
     """Queue every event for each active subscription of its project that wants it; how many rows were new.
 

@@ -409,3 +409,14 @@ def test_log_retention_deletes_only_old_settled_events(client, owner, receiver):
     assert WebhookLogRetentionJob(30).run_once() == 1
     assert {r.id for r in WebhookEvent.select()} == {pending.id, recent.id}
     assert {d.webhook_event_id for d in WebhookDelivery.select()} == {pending.id, recent.id}
+
+
+def test_fan_out_passes_over_events_while_no_subscription_is_active(client, owner, receiver):
+    engine = make_engine()
+    first = log_event(owner.project, 1)
+    assert engine.dispatcher.run_once() == 1 and engine.dispatcher.cursor == first.seq  # nobody to deliver to
+    subscribe(client, owner, receiver.url())
+    log_event(owner.project, 2)
+    assert engine.drain() == 1
+    [request] = receiver.at()
+    assert json.loads(request["body"])["payload"]["data"]["n"] == 2
