@@ -29,7 +29,17 @@ from cortex.dispatcher import Dispatcher, PeriodicJob, _own_connection, _pause, 
 from cortex.outbound import Sender, sign, signing_key
 from models.base import utcnow
 from models.events import GroupCommit
-from models.webhooks import Attempt, Claimed, RetryPolicy, any_active, claim, fan_out, prune_log, record, release
+from models.webhooks import (
+    Attempt,
+    Claimed,
+    RetryPolicy,
+    any_active,
+    claim,
+    fan_out,
+    prune_log,
+    record,
+    release,
+)
 
 log = logging.getLogger("cortex.webhooks")
 # Two subscriptions on one host share its keep-alive pool; a connection beyond the pool size is closed after
