@@ -49,6 +49,7 @@ logging.getLogger("urllib3.connectionpool").setLevel(logging.ERROR)
 CONSUMER = "webhooks"  # the event-log cursor of the fan-out
 IDLE_POLL = 0.5  # seconds between two looks for due retries when nothing wakes the delivery loop
 CLAIM_BATCH = 100  # rows claimed per query at most
+CLAIM_COALESCE = 0.005  # seconds to wait after a wake-up while attempts are in flight (see run_forever)
 LEASE_MARGIN = 5.0  # a lease lasts twice the attempt timeout plus this (claim → send → record)
 
 
@@ -207,6 +208,10 @@ class WebhookEngine:
                 time.sleep(0)  # more may be due: go on, letting the attempts start
                 continue
             _pause(stop_event, IDLE_POLL, self._wake)
+            if self._wake.is_set() and self.in_flight:
+                # Woken (often by one finished attempt) while others run: let a few more finish, so one claim
+                # fills several slots instead of one claim per delivery.
+                _pause(stop_event, CLAIM_COALESCE)
 
     def start(self) -> None:
         """Start the fan-out dispatcher and the delivery loop in the background."""

@@ -101,7 +101,7 @@ class WebhookEvent(BaseModel):
         table_name = "webhook_event"
         indexes = (
             (("subscription_id", "event_seq"), True),
-            (("status", "next_attempt_at"), False),
+            (("status", "next_attempt_at", "event_seq"), False),  # the claim's ordered scan
             (("project_id", "created_at"), False),
         )
 
@@ -450,11 +450,18 @@ def claim(limit: int, *, lease: float, per_subscription: int, exclude: set[str] 
     not_in = f' AND e."subscription_id" NOT IN ({", ".join(["%s"] * len(excluded))})' if excluded else ""
     due = ('e."status" = \'pending\' AND e."next_attempt_at" <= %s '
            'AND (e."lease_until" IS NULL OR e."lease_until" < %s)')
+    # The window (at most per_subscription rows of one subscription) runs over a bounded slice: the oldest
+    # `scan` due rows of active subscriptions, read along the (status, next_attempt_at) index — not over the
+    # whole backlog, which made every claim sort all pending rows.
+    # A subscription that fills the slice gets its share and is excluded (saturated) at the next claim.
+    scan = limit * 4 + 100
     candidates = (
-        f'SELECT "id" FROM (SELECT e."id", e."next_attempt_at", ROW_NUMBER() OVER '
-        f'(PARTITION BY e."subscription_id" ORDER BY e."next_attempt_at") AS rn '
+        f'SELECT "id" FROM (SELECT d."id", d."next_attempt_at", ROW_NUMBER() OVER '
+        f'(PARTITION BY d."subscription_id" ORDER BY d."next_attempt_at") AS rn FROM ('
+        f'SELECT e."id", e."subscription_id", e."next_attempt_at" '
         f'FROM "webhook_event" e JOIN "webhook_subscription" s ON s."id" = e."subscription_id" '
-        f'WHERE {due} AND s."is_active" AND s."deleted_at" IS NULL{not_in}) c '
+        f'WHERE {due} AND s."is_active" AND s."deleted_at" IS NULL{not_in} '
+        f'ORDER BY e."status", e."next_attempt_at", e."event_seq" LIMIT {scan}) d) c '
         f'WHERE c.rn <= %s ORDER BY c."next_attempt_at" LIMIT %s'
     )
     params = [now_db, now_db, *excluded, per_subscription, limit]
