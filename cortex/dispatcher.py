@@ -165,6 +165,7 @@ class Dispatcher:
         persist: bool = True,
         coalesce: float = WAKE_COALESCE,
         interested: Callable[[], bool] | None = None,
+        skip_types: frozenset[str] = frozenset(),
     ):
         if batch < 1:
             raise ValueError("batch must be at least 1")
@@ -175,6 +176,7 @@ class Dispatcher:
         self.persist = persist
         self.coalesce = coalesce
         self.interested = interested
+        self.skip_types = frozenset(skip_types)  # never handed over (read as seq + type only, then passed)
         self._cursor: int | None = None  # in-memory cursor (persist=False)
         self._wake = threading.Event()  # set by wake(): poll now instead of at the end of the pause
         self._worker = _Worker(f"cortex-dispatcher-{consumer}", self.run_forever)
@@ -228,23 +230,30 @@ class Dispatcher:
         with _own_connection():
             cursor = self._load_cursor()
             after = DomainEvent.seq > cursor
-            if self.interested is not None:
-                # Nobody to hand them to (a live dispatcher without subscribers or Redis): move past them without
-                # reading them. Asked AFTER the seqs were read: a stream that subscribes later starts after them.
-                seqs = [seq for (seq,) in DomainEvent.select(DomainEvent.seq).where(after)
-                        .order_by(DomainEvent.seq).limit(self.batch).tuples()]
-                if not seqs:
+            last = None
+            if self.interested is not None or self.skip_types:
+                # Read only (seq, type) first. Nobody to hand them to (a live dispatcher without subscribers or
+                # Redis), or only skipped types: move past them without reading the rest. `interested` is asked
+                # AFTER the seqs were read: a stream that subscribes later starts after them.
+                rows = (DomainEvent.select(DomainEvent.seq, DomainEvent.type).where(after)
+                        .order_by(DomainEvent.seq).limit(self.batch).tuples())
+                rows = list(rows)
+                if not rows:
                     return 0
-                if not self.interested():
-                    self._save_cursor(seqs[-1])
-                    return len(seqs)
-                after = after & (DomainEvent.seq <= seqs[-1])
+                last = rows[-1][0]
+                if ((self.interested is not None and not self.interested())
+                        or all(kind in self.skip_types for _seq, kind in rows)):
+                    self._save_cursor(last)
+                    return len(rows)
+                after = after & (DomainEvent.seq <= last)
+                if self.skip_types:
+                    after = after & DomainEvent.type.not_in(sorted(self.skip_types))
             events = list(DomainEvent.select().where(after).order_by(DomainEvent.seq).limit(self.batch))
             if not events:
                 return 0
             self.handler(events)
-            self._save_cursor(events[-1].seq)
-            return len(events)
+            self._save_cursor(events[-1].seq if last is None else last)
+            return len(events) if last is None else len(rows)
 
     def wake(self) -> None:
         """Poll now (e.g. right after a request committed events) instead of at the end of the current pause."""

@@ -30,6 +30,7 @@ from cortex.outbound import Sender, sign, signing_key
 from models.base import utcnow
 from models.events import GroupCommit
 from models.webhooks import (
+    NEVER_DELIVERED,
     Attempt,
     Claimed,
     RetryPolicy,
@@ -38,6 +39,7 @@ from models.webhooks import (
     fan_out,
     prune_log,
     record,
+    record_many,
     release,
 )
 
@@ -67,8 +69,11 @@ class WebhookEngine:
         self.per_subscription = per_subscription
         self.lease = 2 * timeout + LEASE_MARGIN
         # With no active subscription anywhere, new events are passed over reading only their seqs.
-        self.dispatcher = Dispatcher(CONSUMER, self._fan_out, poll_interval=poll_interval, interested=any_active)
-        self.recorder = GroupCommit()
+        self.dispatcher = Dispatcher(CONSUMER, self._fan_out, poll_interval=poll_interval, interested=any_active,
+                                     skip_types=frozenset({NEVER_DELIVERED}))
+        # Attempts finishing together are recorded in one transaction with a few multi-row statements.
+        self.recorder = GroupCommit(write_many=lambda attempts: record_many(attempts, self.policy),
+                                    write_one=lambda attempt: record(attempt, self.policy))
         self.in_flight: collections.Counter = collections.Counter()  # subscription id → attempts running
         self._lock = threading.Lock()
         self._wake = threading.Event()
@@ -125,7 +130,7 @@ class WebhookEngine:
             result = Attempt(claimed=claimed, status_code=None, response_body="", response_headers={},
                              error=f"internal error: {type(exc).__name__}", duration_ms=0.0, retry_after=None,
                              at=utcnow())
-        status = self.recorder.run(lambda: record(result, self.policy))
+        status = self.recorder.run(result)
         self.delivered += 1
         return status
 
@@ -148,10 +153,6 @@ class WebhookEngine:
 
     # ------------------------------------------------------------------ background
 
-    def _saturated(self) -> set[str]:
-        with self._lock:
-            return {sub for sub, running in self.in_flight.items() if running >= self.per_subscription}
-
     def _run_claimed(self, claimed: Claimed) -> None:
         try:
             self.deliver(claimed)
@@ -173,8 +174,10 @@ class WebhookEngine:
         if free <= 0:
             return 0
         with _own_connection():
+            with self._lock:
+                busy = dict(self.in_flight)
             batch = claim(min(free, CLAIM_BATCH), lease=self.lease, per_subscription=self.per_subscription,
-                          exclude=self._saturated())
+                          busy=busy)
         extra = []
         started = 0
         for claimed in batch:

@@ -434,3 +434,18 @@ def test_retention_job_prunes_in_the_background(app):
     assert not job._worker.alive
     assert [e.seq for e in DomainEvent.select()] == [keep.seq]
     assert RetentionJob.from_settings(object()).retention_days == 7
+
+
+def test_skipped_types_are_passed_over_without_being_handed_over(app):
+    recorder = Recorder()
+    dispatcher = Dispatcher("skipper", recorder, batch=10, skip_types=frozenset({"noise.made"}))
+    with transaction():
+        for n in range(12):
+            emit("noise.made", tenant_id="t", project_id=None, resource_id=f"n:{n}", action="occurred", data={})
+    assert dispatcher.run_once() == 10 and recorder.seqs == []  # only skipped types: the cursor moves on
+    with transaction():
+        wanted = emit("session.created", tenant_id="t", project_id=None, resource_id="s:1", action="created", data={})
+        emit("noise.made", tenant_id="t", project_id=None, resource_id="n:x", action="occurred", data={})
+    assert dispatcher.run_once() == 4
+    assert recorder.seqs == [wanted.seq]
+    assert EventCursor.get_by_id("skipper").seq == wanted.seq + 1  # past the trailing skipped one too

@@ -420,3 +420,47 @@ def test_fan_out_passes_over_events_while_no_subscription_is_active(client, owne
     assert engine.drain() == 1
     [request] = receiver.at()
     assert json.loads(request["body"])["payload"]["data"]["n"] == 2
+
+
+def test_record_many_writes_a_batch_of_mixed_outcomes(client, owner, receiver):
+    """The bulk writer (one UPDATE … FROM VALUES on PostgreSQL) does what one record per attempt does."""
+    from models.webhooks import Attempt, record_many
+
+    subs = [subscribe(client, owner, receiver.url(f"/{n}"))["id"] for n in range(4)]
+    log_event(owner.project)
+    make_engine().dispatcher.run_once()
+    claimed = {c.subscription_id: c for c in claim(10, lease=30, per_subscription=10)}
+    ok, retry, gone, stale = (claimed[s] for s in subs)
+    stale.attempts_count = 5  # as if a manual retry had re-queued the row meanwhile: log only
+    at = utcnow()
+
+    def attempt(c, code, error=None):
+        return Attempt(claimed=c, status_code=code, response_body="b", response_headers={"x": "1"}, error=error,
+                       duration_ms=1.5, retry_after=None, at=at)
+
+    policy = RetryPolicy(schedule=(60,), jitter=0)
+    with transaction():
+        result = record_many([attempt(ok, 200), attempt(retry, 500, "HTTP 500"), attempt(gone, 410, "HTTP 410"),
+                              attempt(stale, 200)], policy)
+    assert result == ["delivered", "pending", "failed", None]
+    rows = {r.subscription_id: r for r in WebhookEvent.select()}
+    assert (rows[subs[0]].status, rows[subs[0]].attempts_count, rows[subs[0]].lease_until) == ("delivered", 1, None)
+    assert (rows[subs[1]].status, rows[subs[1]].last_error) == ("pending", "HTTP 500")
+    assert (rows[subs[1]].next_attempt_at - at).total_seconds() == 60
+    assert rows[subs[2]].status == "failed" and not WebhookSubscription.get_by_id(subs[2]).is_active
+    assert (rows[subs[3]].status, rows[subs[3]].attempts_count) == ("pending", 0)  # untouched
+    assert WebhookSubscription.get_by_id(subs[1]).failing_since == at
+    assert WebhookDelivery.select().count() == 4
+    assert sorted(u["status"] for u in updates()) == ["delivered", "failed", "pending"]
+
+
+def test_claim_respects_slots_already_in_flight(client, owner, receiver):
+    a = subscribe(client, owner, receiver.url("/a"))["id"]
+    b = subscribe(client, owner, receiver.url("/b"))["id"]
+    c = subscribe(client, owner, receiver.url("/c"))["id"]
+    for n in range(5):
+        log_event(owner.project, n)
+    make_engine().dispatcher.run_once()
+    got = claim(100, lease=30, per_subscription=3, busy={a: 3, b: 1})
+    per_sub = {s: sum(1 for x in got if x.subscription_id == s) for s in (a, b, c)}
+    assert per_sub == {a: 0, b: 2, c: 3}
