@@ -25,7 +25,15 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
-from cortex.dispatcher import Dispatcher, PeriodicJob, _own_connection, _pause, _Worker, gevent_patched
+from cortex.dispatcher import (
+    CommitListener,
+    Dispatcher,
+    PeriodicJob,
+    _own_connection,
+    _pause,
+    _Worker,
+    gevent_patched,
+)
 from cortex.outbound import Sender, sign, signing_key
 from models.base import utcnow
 from models.events import GroupCommit
@@ -80,6 +88,8 @@ class WebhookEngine:
         self._worker = _Worker("cortex-webhook-delivery", self.run_forever)
         self._pool = None
         self.retention = WebhookLogRetentionJob(log_retention_days)
+        # PostgreSQL: events committed by other processes wake the fan-out at once (no poll wait).
+        self.listener = CommitListener(self.dispatcher.wake)
         self.delivered = 0  # attempts recorded by this engine (benchmarks read it)
 
     @classmethod
@@ -223,9 +233,11 @@ class WebhookEngine:
         self.dispatcher.start()
         self._worker.start()
         self.retention.start()
+        self.listener.start()
 
     def stop(self, timeout: float = 10.0) -> None:
         """Stop claiming; wait up to ``timeout`` for attempts in flight (their leases cover the rest)."""
+        self.listener.stop(timeout)
         self.retention.stop(timeout)
         self.dispatcher.stop(timeout)
         self._worker.stop(timeout)

@@ -32,6 +32,9 @@ from models.base import (
 )
 
 EVENT_LOG_LOCK = 7415002  # advisory-lock key serialising event writers on PostgreSQL
+#: PostgreSQL NOTIFY channel: every event-writing transaction notifies it (delivered at commit, one
+#: notification per transaction), so consumers in other processes wake at once instead of polling.
+EVENTS_CHANNEL = "cortex_events"
 
 
 class DomainEvent(pw.Model):
@@ -134,8 +137,9 @@ def _outer_transaction():
     return db._state.transactions[0]  # peewee's stack of this connection's (nested) transactions
 
 
-def _lock_log(statement: str = "SELECT pg_advisory_xact_lock(%s)") -> None:
-    """Take the event-log advisory lock for the rest of the transaction (once per transaction)."""
+def _lock_log(statement: str = f"SELECT pg_advisory_xact_lock(%s); NOTIFY {EVENTS_CHANNEL}") -> None:
+    """Take the event-log advisory lock for the rest of the transaction (once per transaction), and notify
+    ``EVENTS_CHANNEL`` (sent when the transaction commits)."""
     outer = _outer_transaction()
     if outer not in _locked:
         db.execute_sql(statement, (EVENT_LOG_LOCK,))
@@ -249,7 +253,7 @@ class GroupCommit(Coalescer):
             try:
                 with transaction():
                     if isinstance(db.obj, pw.PostgresqlDatabase):
-                        _lock_log("SELECT pg_advisory_xact_lock(%s); "
+                        _lock_log(f"SELECT pg_advisory_xact_lock(%s); NOTIFY {EVENTS_CHANNEL}; "
                                   f"SET LOCAL lock_timeout = {int(self.lock_timeout_ms)}")
                     values = self.write_many([item for item, _result in batch])
                     if len(values) != len(batch):

@@ -449,3 +449,22 @@ def test_skipped_types_are_passed_over_without_being_handed_over(app):
     assert dispatcher.run_once() == 4
     assert recorder.seqs == [wanted.seq]
     assert EventCursor.get_by_id("skipper").seq == wanted.seq + 1  # past the trailing skipped one too
+
+
+def test_commit_listener_wakes_on_commits_of_other_connections(app):
+    """PostgreSQL: every event-writing transaction notifies; a listener in another process wakes at once."""
+    from cortex.dispatcher import CommitListener
+
+    if not CommitListener.available():
+        pytest.skip("LISTEN/NOTIFY is PostgreSQL's; on SQLite one process writes and wakes its consumers")
+    woken = threading.Event()
+    listener = CommitListener(woken.set)
+    listener.start()
+    try:
+        assert woken.wait(5)  # woken once on connect (anything committed before LISTEN)
+        woken.clear()
+        time.sleep(0.2)
+        emit_session()
+        assert woken.wait(5) and listener.notifications >= 1
+    finally:
+        listener.stop()
