@@ -101,7 +101,7 @@ class WebhookEvent(BaseModel):
         table_name = "webhook_event"
         indexes = (
             (("subscription_id", "event_seq"), True),
-            (("status", "next_attempt_at", "event_seq"), False),  # the claim's ordered scan
+            (("status", "subscription_id", "next_attempt_at"), False),  # the claim: per-subscription queues
             (("project_id", "created_at"), False),
         )
 
@@ -433,59 +433,48 @@ _CLAIM_COLUMNS = ('e."id", e."subscription_id", e."tenant_id", e."project_id", e
                   's."custom_headers_encrypted"')
 
 
+#: Subscriptions with pending rows, found by a loose index scan over (status, subscription_id, …): one index
+#: seek per subscription, however many rows each has queued.
+_READY = (
+    'WITH RECURSIVE ready(sid) AS ('
+    'SELECT (SELECT MIN(e."subscription_id") FROM "webhook_event" e WHERE e."status" = \'pending\') '
+    'UNION ALL SELECT (SELECT MIN(e."subscription_id") FROM "webhook_event" e '
+    'WHERE e."status" = \'pending\' AND e."subscription_id" > r.sid) FROM ready r WHERE r.sid IS NOT NULL) '
+)
+_DUE = ('e."status" = \'pending\' AND e."next_attempt_at" <= %s '
+        'AND (e."lease_until" IS NULL OR e."lease_until" < %s)')
+
+
 def claim(limit: int, *, lease: float, per_subscription: int, busy: dict[str, int] | None = None,
           now: datetime | None = None) -> list[Claimed]:
     """Lease up to ``limit`` due pending events of active subscriptions for ``lease`` seconds, oldest due
     first, at most ``per_subscription`` minus ``busy[subscription]`` (its attempts already in flight) of one
     subscription — none of a subscription whose slots are full.
 
-    PostgreSQL: ``FOR UPDATE SKIP LOCKED`` — concurrent workers take disjoint rows without waiting. SQLite: the
-    one-writer lock serialises claims. A lease ends when the attempt is recorded; one that runs out (the
-    worker died) makes the row due again."""
+    The rows are found per subscription, never by walking one global queue: the subscriptions with pending
+    rows come from a loose index scan (``_READY``), then each one's oldest due rows from the
+    ``(status, subscription_id, next_attempt_at)`` index. A slow endpoint's backlog of due rows therefore
+    costs the other subscriptions' claims nothing (walking it cost 106 ms per claim at 50,000 rows).
+
+    PostgreSQL: one statement (a LATERAL per subscription, ``FOR UPDATE SKIP LOCKED``) — concurrent workers
+    take disjoint rows without waiting. SQLite: the one-writer lock serialises claims. A lease ends when the
+    attempt is recorded; one that runs out (the worker died) makes the row due again."""
     if limit <= 0:
         return []
     now = now or utcnow()
     field = WebhookEvent.next_attempt_at
     now_db, until_db = field.db_value(now), field.db_value(now + timedelta(seconds=lease))
     busy = busy or {}
-    full = sorted(sub for sub, running in busy.items() if running >= per_subscription)
-    partial = sorted((sub, per_subscription - running) for sub, running in busy.items()
-                     if 0 < running < per_subscription)
-    not_in = f' AND e."subscription_id" NOT IN ({", ".join(["%s"] * len(full))})' if full else ""
-    slots = ("CASE c.\"subscription_id\" " + "WHEN %s THEN CAST(%s AS INTEGER) " * len(partial)
-             + "ELSE CAST(%s AS INTEGER) END" if partial else "%s")
-    due = ('e."status" = \'pending\' AND e."next_attempt_at" <= %s '
-           'AND (e."lease_until" IS NULL OR e."lease_until" < %s)')
-    # The window (a subscription's free slots at most) runs over a bounded slice: the oldest `scan` due rows
-    # of active subscriptions, read along the (status, next_attempt_at, event_seq) index — not over the whole
-    # backlog, which made every claim sort all pending rows. A subscription that fills the slice gets its
-    # share and is full (excluded) at the next claim.
-    scan = limit * 4 + 100
-    candidates = (
-        f'SELECT "id" FROM (SELECT d."id", d."subscription_id", d."next_attempt_at", ROW_NUMBER() OVER '
-        f'(PARTITION BY d."subscription_id" ORDER BY d."next_attempt_at") AS rn FROM ('
-        f'SELECT e."id", e."subscription_id", e."next_attempt_at" '
-        f'FROM "webhook_event" e JOIN "webhook_subscription" s ON s."id" = e."subscription_id" '
-        f'WHERE {due} AND s."is_active" AND s."deleted_at" IS NULL{not_in} '
-        f'ORDER BY e."status", e."next_attempt_at", e."event_seq" LIMIT {scan}) d) c '
-        f'WHERE c.rn <= {slots} ORDER BY c."next_attempt_at" LIMIT %s'
-    )
-    params = [now_db, now_db, *full, *[v for pair in partial for v in pair], per_subscription, limit]
-    postgres = isinstance(db.obj, pw.PostgresqlDatabase)
-    if postgres:
-        candidates = (f'SELECT e."id" FROM "webhook_event" e WHERE e."id" IN ({candidates}) AND {due} '
-                      'FOR UPDATE SKIP LOCKED')
-        params += [now_db, now_db]
-    sql = (f'UPDATE "webhook_event" SET "lease_until" = %s WHERE "id" IN ({candidates}) '
-           'RETURNING "id"')
-    if not postgres:
-        sql = sql.replace("%s", "?")
-        candidates = candidates.replace("%s", "?")
+    free = {sub: per_subscription - running for sub, running in busy.items() if running > 0}
     with transaction():
-        ids = [row[0] for row in db.execute_sql(sql, [until_db, *params]).fetchall()]
+        if isinstance(db.obj, pw.PostgresqlDatabase):
+            ids = _claim_postgres(limit, now_db, until_db, per_subscription, free)
+            mark = "%s"
+        else:
+            ids = _claim_sqlite(limit, now_db, until_db, per_subscription, free)
+            mark = "?"
         if not ids:
             return []
-        mark = "%s" if postgres else "?"
         rows = db.execute_sql(
             f'SELECT {_CLAIM_COLUMNS} FROM "webhook_event" e JOIN "webhook_subscription" s '
             f'ON s."id" = e."subscription_id" WHERE e."id" IN ({", ".join([mark] * len(ids))})', ids).fetchall()
@@ -499,12 +488,49 @@ def claim(limit: int, *, lease: float, per_subscription: int, busy: dict[str, in
     return claimed
 
 
+def _claim_postgres(limit, now_db, until_db, per_subscription, free) -> list[str]:
+    full = [sub for sub, slots in free.items() if slots <= 0]
+    partial = [(sub, slots) for sub, slots in free.items() if slots > 0]
+    not_full = f' AND r.sid NOT IN ({", ".join(["%s"] * len(full))})' if full else ""
+    slots = ("CASE r.sid " + "WHEN %s THEN %s::int " * len(partial) + "ELSE %s::int END") if partial else "%s::int"
+    sql = (
+        _READY + ', picked AS (SELECT x."id", x."next_attempt_at" FROM ready r '
+        'JOIN "webhook_subscription" s ON s."id" = r.sid AND s."is_active" AND s."deleted_at" IS NULL '
+        f'CROSS JOIN LATERAL (SELECT e."id", e."next_attempt_at" FROM "webhook_event" e '
+        f'WHERE e."subscription_id" = r.sid AND {_DUE} ORDER BY e."next_attempt_at" LIMIT {slots} '
+        f'FOR UPDATE SKIP LOCKED) x WHERE r.sid IS NOT NULL{not_full} ORDER BY x."next_attempt_at" LIMIT %s) '
+        'UPDATE "webhook_event" SET "lease_until" = %s WHERE "id" IN (SELECT "id" FROM picked) RETURNING "id"'
+    )
+    params = [now_db, now_db, *[v for pair in partial for v in pair], per_subscription, *full, limit, until_db]
+    return [row[0] for row in db.execute_sql(sql, params).fetchall()]
+
+
+def _claim_sqlite(limit, now_db, until_db, per_subscription, free) -> list[str]:
+    ready = [sid for (sid,) in db.execute_sql(
+        _READY + 'SELECT r.sid FROM ready r JOIN "webhook_subscription" s ON s."id" = r.sid '
+        'WHERE r.sid IS NOT NULL AND s."is_active" AND s."deleted_at" IS NULL').fetchall()]
+    due = _DUE.replace("%s", "?")
+    picked = []
+    for sid in ready:
+        slots = free.get(sid, per_subscription)
+        if slots > 0:
+            picked += db.execute_sql(
+                f'SELECT e."next_attempt_at", e."id" FROM "webhook_event" e WHERE e."subscription_id" = ? '
+                f'AND {due} ORDER BY e."next_attempt_at" LIMIT ?', (sid, now_db, now_db, slots)).fetchall()
+    ids = [event_id for _at, event_id in sorted(picked)[:limit]]
+    if ids:
+        db.execute_sql(f'UPDATE "webhook_event" SET "lease_until" = ? WHERE "id" IN ({", ".join("?" * len(ids))})',
+                       [until_db, *ids])
+    return ids
+
+
 def release(ids: list[str]) -> None:
     """Give leased rows back unattempted (e.g. the worker is stopping)."""
     if ids:
         with transaction():
-            WebhookEvent.update(lease_until=None).where(WebhookEvent.id.in_(ids)
-                                                        & (WebhookEvent.status == "pending")).execute()
+            # by id only: a settled row's lease means nothing, and a status condition lets SQLite pick the
+            # status index and walk every pending row
+            WebhookEvent.update(lease_until=None).where(WebhookEvent.id.in_(ids)).execute()
 
 
 @dataclass(slots=True)
