@@ -174,6 +174,14 @@ def own_cpu_seconds() -> float:
 # ----------------------------------------------------------------- the latency loop
 
 
+def percentile(values, p: float) -> float | None:
+    """Nearest-rank percentile of ``values``; None without values."""
+    ordered = sorted(values)
+    if not ordered:
+        return None
+    return ordered[max(0, math.ceil(p / 100 * len(ordered)) - 1)]
+
+
 @dataclass
 class Result:
     """One measured row."""
@@ -196,10 +204,7 @@ class Result:
 
     def percentile(self, p: float) -> float | None:
         """Nearest-rank percentile of the latencies (inf when it falls on a timeout); None without samples."""
-        values = sorted(self.latencies)
-        if not values:
-            return None
-        return values[max(0, math.ceil(p / 100 * len(values)) - 1)]
+        return percentile(self.latencies, p)
 
     def as_dict(self) -> dict:
         def ms(value):
@@ -466,6 +471,62 @@ def measure_with_streams(
         streams.close()
 
 
+# ----------------------------------------------------------------- subprocesses
+
+
+def read_first_line(
+    proc: subprocess.Popen, timeout: float, what: str, log_tail, late: str = "not ready"
+) -> bytes:
+    """The first line of ``proc``'s stdout pipe (without the newline), waiting at most ``timeout`` s.
+
+    Raises BenchError "<what> <late> within <timeout> s" on time-out and "<what> exited with <code>" when the
+    pipe ends first; ``log_tail()`` (called only then) is appended to the message.
+    """
+    deadline = time.monotonic() + timeout
+    fd = proc.stdout.fileno()
+    buf = b""
+    while b"\n" not in buf:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise BenchError(f"{what} {late} within {timeout:.0f} s{log_tail()}")
+        ready, _, _ = select.select([fd], [], [], remaining)
+        if ready:
+            data = os.read(fd, 65536)
+            if not data:
+                proc.wait(timeout=5)
+                raise BenchError(f"{what} exited with {proc.returncode}{log_tail()}")
+            buf += data
+    return buf.split(b"\n", 1)[0]
+
+
+def log_file_tail(path: str, title: str, size: int, log=None) -> str:
+    """The last ``size`` bytes of the log file ``path`` headed "--- <title> (tail) ---" ("" when empty or
+    unreadable); ``log``, the open handle writing it, is flushed first."""
+    try:
+        if log is not None:
+            log.flush()
+        with open(path, "rb") as handle:
+            handle.seek(0, os.SEEK_END)
+            handle.seek(max(0, handle.tell() - size))
+            text = handle.read().decode("utf-8", "replace").strip()
+    except (OSError, ValueError):  # ValueError: ``log`` already closed
+        return ""
+    return f"\n--- {title} (tail) ---\n{text}" if text else ""
+
+
+def stop_process(proc: subprocess.Popen, timeout: float) -> None:
+    """SIGTERM, at most ``timeout`` s to exit, else SIGKILL; then close its stdout pipe."""
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=10)
+    if proc.stdout:
+        proc.stdout.close()
+
+
 # ----------------------------------------------------------------- server subprocesses
 
 
@@ -511,31 +572,16 @@ class ServerProcess:
             start_new_session=True,
         )
         try:
-            self.info = self._first_line(SERVER_START_TIMEOUT)
+            self.info = json.loads(
+                read_first_line(
+                    self.proc, SERVER_START_TIMEOUT, f"{self.kind} server", self.log_tail, late="did not start"
+                )
+            )
             self._wait_serving(SERVER_START_TIMEOUT)
         except BaseException:
             self.stop()
             raise
         return self
-
-    def _first_line(self, timeout: float) -> dict:
-        deadline = time.monotonic() + timeout
-        fd = self.proc.stdout.fileno()
-        buf = b""
-        while b"\n" not in buf:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                raise BenchError(f"{self.kind} server did not start within {timeout:.0f} s{self.log_tail()}")
-            ready, _, _ = select.select([fd], [], [], remaining)
-            if ready:
-                data = os.read(fd, 65536)
-                if not data:
-                    self.proc.wait(timeout=5)
-                    raise BenchError(
-                        f"{self.kind} server exited with {self.proc.returncode}{self.log_tail()}"
-                    )
-                buf += data
-        return json.loads(buf.split(b"\n", 1)[0])
 
     def _wait_serving(self, timeout: float) -> None:
         deadline = time.monotonic() + timeout
@@ -552,28 +598,12 @@ class ServerProcess:
                 gevent.sleep(0.1)
 
     def log_tail(self, size: int = 4000) -> str:
-        try:
-            if self.log:
-                self.log.flush()
-            with open(os.path.join(self.workdir, f"{self.kind}-server.log"), "rb") as handle:
-                handle.seek(0, os.SEEK_END)
-                handle.seek(max(0, handle.tell() - size))
-                text = handle.read().decode("utf-8", "replace").strip()
-        except OSError:
-            return ""
-        return f"\n--- {self.kind} server log (tail) ---\n{text}" if text else ""
+        path = os.path.join(self.workdir, f"{self.kind}-server.log")
+        return log_file_tail(path, f"{self.kind} server log", size, self.log)
 
     def stop(self) -> None:
         if self.proc is not None:
-            if self.proc.poll() is None:
-                self.proc.terminate()
-                try:
-                    self.proc.wait(timeout=10)
-                except subprocess.TimeoutExpired:
-                    self.proc.kill()
-                    self.proc.wait(timeout=10)
-            if self.proc.stdout:
-                self.proc.stdout.close()
+            stop_process(self.proc, timeout=10)
         if self.log is not None:
             self.log.close()
             self.log = None
@@ -838,21 +868,36 @@ def run(args, script: str, fd_limit: int) -> int:
         )
         return 2
     cpus, pinning = split_cpus()
-    workdir = tempfile.mkdtemp(prefix="cortex-bench-")
+
+    def body(workdir: str) -> tuple[int, dict]:
+        mode = run_compare if args.compare else run_main
+        return 0, mode(args, script, workdir, cpus, pinning)
+
+    return run_in_workdir(body, prefix="cortex-bench-", as_json=args.json, stopped="servers stopped")
+
+
+def run_in_workdir(body, *, prefix: str, as_json: bool, stopped: str, keep: bool = False) -> int:
+    """``body(workdir) -> (exit code, report)`` in a fresh temporary directory; the exit code of a bench.
+
+    The report is printed as JSON with ``as_json``. A BenchError exits 1 with its message, Ctrl-C (or SIGTERM made
+    a KeyboardInterrupt) 130 with "interrupted; <stopped>". The directory is removed afterwards, or with ``keep``
+    kept and named on stderr.
+    """
+    workdir = tempfile.mkdtemp(prefix=prefix)
     try:
-        if args.compare:
-            report = run_compare(args, script, workdir, cpus, pinning)
-        else:
-            report = run_main(args, script, workdir, cpus, pinning)
-        if args.json:
+        code, report = body(workdir)
+        if as_json:
             print()
             print(json.dumps(report, indent=2))
-        return 0
+        return code
     except BenchError as exc:
         print(f"bench: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
-        print("bench: interrupted; servers stopped", file=sys.stderr)
+        print(f"bench: interrupted; {stopped}", file=sys.stderr)
         return 130
     finally:
-        shutil.rmtree(workdir, ignore_errors=True)
+        if keep:
+            print(f"bench: logs kept in {workdir}", file=sys.stderr)
+        else:
+            shutil.rmtree(workdir, ignore_errors=True)

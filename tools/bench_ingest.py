@@ -413,9 +413,7 @@ def main(argv=None) -> int:
         return 2
     sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
     sys.path.insert(0, ROOT)
-    import shutil
     import signal
-    import tempfile
 
     import _loadgen
     import gevent
@@ -430,21 +428,8 @@ def main(argv=None) -> int:
     hub = gevent.get_hub()
     hub.NOT_ERROR = (*hub.NOT_ERROR, KeyboardInterrupt)
     cpus, pinning = _loadgen.split_cpus()
-    workdir = tempfile.mkdtemp(prefix="cortex-bench-ingest-")
-    try:
-        code, report = run_bench(args, workdir, cpus, pinning)
-        if args.json:
-            print()
-            print(json.dumps(report, indent=2))
-        return code
-    except _loadgen.BenchError as exc:
-        print(f"bench: {exc}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        print("bench: interrupted; server stopped", file=sys.stderr)
-        return 130
-    finally:
-        shutil.rmtree(workdir, ignore_errors=True)
+    return _loadgen.run_in_workdir(lambda workdir: run_bench(args, workdir, cpus, pinning),
+                                   prefix="cortex-bench-ingest-", as_json=args.json, stopped="server stopped")
 
 
 if __name__ == "__main__":

@@ -388,15 +388,6 @@ def cpu_busy(cpu: int | None) -> tuple[int, int]:
     return 0, 1
 
 
-def percentile(values: list[float], p: float) -> float | None:
-    import math
-
-    if not values:
-        return None
-    ordered = sorted(values)
-    return ordered[max(0, math.ceil(p / 100 * len(ordered)) - 1)]
-
-
 def post_participant(port: int, token: str, project: str, name: str):
     """The bytes of one keep-alive POST creating a participant."""
     body = json.dumps({"externalUserId": name}).encode()
@@ -412,7 +403,7 @@ def probe_api(port: int, rate: float, connections: int, seconds: float) -> dict:
     import time
 
     import gevent
-    from _loadgen import HttpConnection, build_request
+    from _loadgen import HttpConnection, build_request, percentile
 
     raw = build_request("/api")
     latencies: list[float] = []
@@ -464,7 +455,7 @@ def run_stack(args, stack: str, workdir: str, cpus) -> dict:
     import time
 
     import gevent
-    from _loadgen import HttpConnection, build_request
+    from _loadgen import HttpConnection, build_request, percentile
 
     print(f"\n[{stack}]", flush=True)
     data_dir = os.path.join(workdir, stack.replace("+", "-"))
