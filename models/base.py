@@ -191,9 +191,14 @@ def release_connection() -> None:
 
 @contextmanager
 def transaction():
-    """One domain operation = one transaction (serialised writers on SQLite)."""
+    """One domain operation = one transaction (serialised writers on SQLite).
+
+    SQLite: ``BEGIN IMMEDIATE`` takes the write lock up front. A deferred transaction that reads first and
+    writes later cannot wait for another process's writer: in WAL mode its upgrade fails at once with
+    SQLITE_BUSY (its snapshot is stale) — measured as webhook claims (read, then lease) failing and backing off
+    while a second process wrote events. Within one process the writer lock above serialises anyway."""
     if is_sqlite():
-        with _sqlite_writer, db.atomic():
+        with _sqlite_writer, db.atomic("IMMEDIATE"):
             yield
     else:
         with db.atomic():
