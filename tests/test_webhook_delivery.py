@@ -464,3 +464,14 @@ def test_claim_respects_slots_already_in_flight(client, owner, receiver):
     got = claim(100, lease=30, per_subscription=3, busy={a: 3, b: 1})
     per_sub = {s: sum(1 for x in got if x.subscription_id == s) for s in (a, b, c)}
     assert per_sub == {a: 0, b: 2, c: 3}
+
+
+def test_retry_policy_schedule_jitter_and_retry_after():
+    policy = RetryPolicy()  # the documented default: immediately, then 5 s, 5 min, 30 min, 2 h, 5 h, 10 h, 10 h
+    assert policy.max_attempts == 8
+    assert policy.schedule == (5, 300, 1800, 7200, 18000, 36000, 36000)
+    delays = [policy.delay(2, None) for _ in range(200)]  # before the third attempt: 5 min ± 10 %
+    assert all(270 <= d <= 330 for d in delays) and len(set(delays)) > 1  # jittered
+    assert policy.delay(1, 120) == 120  # a Retry-After later than the scheduled 5 s wins
+    assert 4.5 <= policy.delay(1, 1) <= 5.5  # an earlier Retry-After does not make it sooner than the schedule
+    assert RetryPolicy(schedule=(0,)).delay(1, None) == 0
