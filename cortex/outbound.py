@@ -141,6 +141,8 @@ def _kind(addr: ipaddress.IPv4Address | ipaddress.IPv6Address) -> str | None:
         return "a loopback address"
     if addr.is_link_local:
         return "a link-local address"
+    if addr.version == 6 and addr.is_site_local:  # fec0::/10: deprecated, still routed inside some networks
+        return "a site-local address"
     if addr.is_multicast:
         return "a multicast address"
     if addr.version == 4 and addr in _SHARED:

@@ -24,7 +24,6 @@ import random
 import re
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from functools import lru_cache
 
 import orjson
 import peewee as pw
@@ -132,9 +131,31 @@ class WebhookError(DomainError):
 # ------------------------------------------------------------------------------------------ patterns
 
 
-@lru_cache(maxsize=4096)
-def _pattern(pattern: str) -> re.Pattern:
-    return re.compile("^" + ".*".join(re.escape(part) for part in pattern.split("*")) + "$")
+MAX_PATTERNS = 100  # patterns per subscription
+MAX_WILDCARDS = 5  # "*" per pattern (runs of "*" count once)
+
+
+def glob_match(pattern: str, text: str) -> bool:
+    """``*`` matches any run of characters (also none); everything else matches itself. Iterative, at most
+    len(pattern) × len(text) steps — never the exponential backtracking a regex of several ``.*`` can take."""
+    p = t = 0
+    star = resume = -1
+    while t < len(text):
+        if p < len(pattern) and pattern[p] != "*" and pattern[p] == text[t]:
+            p += 1
+            t += 1
+        elif p < len(pattern) and pattern[p] == "*":
+            star, resume = p, t
+            p += 1
+        elif star >= 0:
+            p = star + 1
+            resume += 1
+            t = resume
+        else:
+            return False
+    while p < len(pattern) and pattern[p] == "*":
+        p += 1
+    return p == len(pattern)
 
 
 def matches(patterns: list[str], event_type: str) -> bool:
@@ -142,25 +163,30 @@ def matches(patterns: list[str], event_type: str) -> bool:
     ``webhook.delivery.updated`` never matches."""
     if event_type == NEVER_DELIVERED:
         return False
-    return any(_pattern(p).match(event_type) for p in patterns)
+    return any(glob_match(p, event_type) for p in patterns)
 
 
 def check_patterns(patterns: list[str], known_types: list[str]) -> list[str]:
-    """The patterns, deduplicated in order; WebhookError unless each one matches some deliverable type."""
+    """The patterns, deduplicated in order (runs of ``*`` collapsed); WebhookError unless there are 1 to
+    ``MAX_PATTERNS`` and each one matches some deliverable type."""
     if not patterns:
         raise WebhookError("invalid", "events must name at least one event type or pattern, e.g. \"*\"")
+    if len(patterns) > MAX_PATTERNS:
+        raise WebhookError("invalid", f"events may list at most {MAX_PATTERNS} types or patterns")
     deliverable = [t for t in known_types if t != NEVER_DELIVERED]
-    seen = []
+    seen: dict[str, None] = {}
     for pattern in patterns:
         if not pattern or pattern != pattern.strip() or len(pattern) > 100:
             raise WebhookError("invalid", f"events: {pattern!r} is not an event type or pattern")
-        if not any(_pattern(pattern).match(t) for t in deliverable):
+        pattern = re.sub(r"\*+", "*", pattern)
+        if pattern.count("*") > MAX_WILDCARDS:
+            raise WebhookError("invalid", f"events: {pattern!r} has more than {MAX_WILDCARDS} wildcards")
+        if not any(glob_match(pattern, t) for t in deliverable):
             hint = " (it is never delivered by webhook; read it on SSE)" if pattern == NEVER_DELIVERED else ""
             raise WebhookError("invalid", f"events: {pattern!r} matches no event type{hint}; "
                                           "see the *Event schemas of the document")
-        if pattern not in seen:
-            seen.append(pattern)
-    return seen
+        seen[pattern] = None
+    return list(seen)
 
 
 # ------------------------------------------------------------------------------------------ subscriptions
@@ -179,6 +205,9 @@ def check_url(url: str) -> str:
             or len(url) > MAX_URL or any(c.isspace() for c in url)):
         raise WebhookError("invalid", "url must be an absolute http:// or https:// URL with a host "
                                       f"(at most {MAX_URL} characters), e.g. https://example.com/webhook")
+    if parts.username is not None or parts.password is not None:
+        raise WebhookError("invalid", "url must not contain credentials (they would be stored and shown in the "
+                                      "clear): use authType basic_auth")
     return url
 
 
@@ -198,6 +227,11 @@ def check_secret(secret: str) -> str:
 
 #: Fields of the request bodies (camelCase) that configure how Cortex authenticates at the endpoint.
 _AUTH_FIELDS = ("authType", "apiKey", "apiKeyHeader", "basicAuthUsername", "basicAuthPassword", "customHeaders")
+
+
+def _header_value_ok(value: str) -> bool:
+    """Sendable as an HTTP header value: Latin-1, no control characters (tab allowed)."""
+    return all(c == "\t" or (" " <= c <= "\xff" and c != "\x7f") for c in value)
 
 
 def _auth_state(sub: WebhookSubscription) -> dict:
@@ -229,10 +263,12 @@ def _apply_auth(sub: WebhookSubscription, state: dict) -> None:
     for name, value in (custom or {}).items():
         if not _TOKEN.match(name) or name.lower() in RESERVED_HEADERS:
             raise WebhookError("invalid", f"customHeaders: {name!r} is not a header name Cortex may set")
-        if any(c in value for c in "\r\n\x00"):
-            raise WebhookError("invalid", f"customHeaders: the value of {name!r} must be one line")
-    if api_key is not None and any(c in api_key for c in "\r\n\x00"):
-        raise WebhookError("invalid", "apiKey must be one line")
+        if not _header_value_ok(value):
+            raise WebhookError("invalid", f"customHeaders: the value of {name!r} must be one line of printable "
+                                          "Latin-1 characters (HTTP header values)")
+    if api_key is not None and not _header_value_ok(api_key):
+        raise WebhookError("invalid", "apiKey must be one line of printable Latin-1 characters (it is sent as a "
+                                      "header value)")
     sub.auth_type = auth_type
     sub.api_key_encrypted = encrypt(api_key) if api_key else None
     sub.api_key_header = header
@@ -312,21 +348,37 @@ def delete_subscription(project_id: str, subscription_id: str) -> WebhookSubscri
     with a ``webhook.delivery.updated`` event. The delivery log stays readable."""
     with transaction():
         sub = get_subscription(project_id, subscription_id)
+        if isinstance(db.obj, pw.PostgresqlDatabase):  # waits for a fan-out or retry holding it (FOR SHARE)
+            WebhookSubscription.select(WebhookSubscription.id).where(
+                WebhookSubscription.id == sub.id).for_update().execute()
         now = utcnow()
         sub.deleted_at = now
         sub.is_active = False
         sub.updated_at = now
         sub.save()
-        pending = list(WebhookEvent.select().where((WebhookEvent.subscription_id == sub.id)
-                                                   & (WebhookEvent.status == "pending")))
-        for row in pending:
-            row.status = "failed"
-            row.last_error = "subscription deleted"
-            row.lease_until = None
-            row.updated_at = now
-            row.save()
-            _emit_status(row)
+        _fail_pending(sub.id, "subscription deleted", now)
     return sub
+
+
+def _fail_pending(subscription_id: str, reason: str, now: datetime, chunk: int = 500) -> int:
+    """Set every pending event of a subscription ``failed`` with ``reason`` — conditional UPDATEs in chunks, so
+    a record that committed first is not overwritten — and append their status events in multi-row chunks."""
+    ids = [i for (i,) in WebhookEvent.select(WebhookEvent.id).where(
+        (WebhookEvent.subscription_id == subscription_id) & (WebhookEvent.status == "pending")).tuples()]
+    mark = "%s" if isinstance(db.obj, pw.PostgresqlDatabase) else "?"
+    field = WebhookEvent.updated_at
+    done = 0
+    for start in range(0, len(ids), chunk):
+        part = ids[start:start + chunk]
+        rows = db.execute_sql(
+            f'UPDATE "webhook_event" SET "status" = \'failed\', "last_error" = {mark}, "lease_until" = NULL, '
+            f'"updated_at" = {mark} WHERE "status" = \'pending\' AND "id" IN ({", ".join([mark] * len(part))}) '
+            'RETURNING "id", "tenant_id", "project_id", "event_type", "attempts_count"',
+            [reason, field.db_value(now), *part]).fetchall()
+        append([_status_event(event_id, tenant, project, kind, "failed", attempts, reason)
+                for event_id, tenant, project, kind, attempts in rows])
+        done += len(rows)
+    return done
 
 
 def subscription_json(sub: WebhookSubscription) -> dict:
@@ -365,15 +417,24 @@ def fan_out(events: list[DomainEvent]) -> int:
     if not candidates:
         return 0
     projects = {e.project_id for e in candidates}
-    subs: dict[str, list[tuple]] = {}
-    query = (WebhookSubscription.select(WebhookSubscription.id, WebhookSubscription.project_id,
-                                        WebhookSubscription.events, WebhookSubscription.start_seq)
-             .where(WebhookSubscription.project_id.in_(list(projects)) & WebhookSubscription.is_active
-                    & WebhookSubscription.deleted_at.is_null()))
-    for sub_id, project_id, patterns, start_seq in query.tuples():
-        subs.setdefault(project_id, []).append((sub_id, patterns, start_seq))  # tuples() decodes JSON
-    if not subs:
-        return 0
+    with transaction():
+        # Read inside the writing transaction, holding the subscriptions (FOR SHARE on PostgreSQL; SQLite's
+        # transaction is exclusive): a delete or pause cannot commit between this read and the insert and
+        # leave rows queued for a subscription that no longer takes them.
+        query = (WebhookSubscription.select(WebhookSubscription.id, WebhookSubscription.project_id,
+                                            WebhookSubscription.events, WebhookSubscription.start_seq)
+                 .where(WebhookSubscription.project_id.in_(list(projects)) & WebhookSubscription.is_active
+                        & WebhookSubscription.deleted_at.is_null()))
+        if isinstance(db.obj, pw.PostgresqlDatabase):
+            query = query.for_update("FOR SHARE")
+        subs: dict[str, list[tuple]] = {}
+        for sub_id, project_id, patterns, start_seq in query.tuples():
+            subs.setdefault(project_id, []).append((sub_id, patterns, start_seq))  # tuples() decodes JSON
+        return _queue(candidates, subs) if subs else 0
+
+
+def _queue(candidates: list[DomainEvent], subs: dict[str, list[tuple]]) -> int:
+    """Insert the WebhookEvent rows of ``candidates`` for the matching ``subs``; how many were new."""
     rows = []
     now = utcnow()
     for event in candidates:
@@ -386,12 +447,9 @@ def fan_out(events: list[DomainEvent]) -> int:
                              "event_id": event.id, "tenant_id": event.tenant_id, "project_id": event.project_id,
                              "event_type": event.type, "body": body, "status": "pending", "attempts_count": 0,
                              "next_attempt_at": now, "created_at": now, "updated_at": now})
-    if not rows:
-        return 0
     created = 0
-    with transaction():
-        for start in range(0, len(rows), 200):
-            created += WebhookEvent.insert_many(rows[start:start + 200]).on_conflict_ignore().as_rowcount().execute()
+    for start in range(0, len(rows), 200):
+        created += WebhookEvent.insert_many(rows[start:start + 200]).on_conflict_ignore().as_rowcount().execute()
     return created
 
 
@@ -412,6 +470,7 @@ class Claimed:
     url: str
     secret: str
     headers: dict  # the authentication headers of the subscription's authType
+    lease_until: datetime | None = None  # this claim's lease: its token — a record must still find it there
 
 
 def _auth_headers(auth_type, api_key_enc, api_key_header, user, password_enc, custom_enc) -> dict:
@@ -463,7 +522,8 @@ def claim(limit: int, *, lease: float, per_subscription: int, busy: dict[str, in
         return []
     now = now or utcnow()
     field = WebhookEvent.next_attempt_at
-    now_db, until_db = field.db_value(now), field.db_value(now + timedelta(seconds=lease))
+    until = now + timedelta(milliseconds=round(lease * 1000))  # millisecond-exact: compared as a token later
+    now_db, until_db = field.db_value(now), field.db_value(until)
     busy = busy or {}
     free = {sub: per_subscription - running for sub, running in busy.items() if running > 0}
     with transaction():
@@ -484,7 +544,7 @@ def claim(limit: int, *, lease: float, per_subscription: int, busy: dict[str, in
         claimed.append(Claimed(event_id, sub_id, tenant_id, project_id, event_type, body, attempts, url,
                                decrypt(secret_enc),
                                _auth_headers(auth_type, api_key_enc, api_key_header, user, password_enc,
-                                             custom_enc)))
+                                             custom_enc), until))
     return claimed
 
 
@@ -616,7 +676,8 @@ def record_many(attempts: list[Attempt], policy: RetryPolicy) -> list[str | None
             if (WebhookEvent.update(status=status, attempts_count=a.claimed.attempts_count + 1, last_error=error,
                                     next_attempt_at=next_at, lease_until=None, updated_at=a.at)
                     .where((WebhookEvent.id == a.claimed.id) & (WebhookEvent.status == "pending")
-                           & (WebhookEvent.attempts_count == a.claimed.attempts_count)).execute()):
+                           & (WebhookEvent.attempts_count == a.claimed.attempts_count)
+                           & _same_lease(a.claimed)).execute()):
                 changed.add(a.claimed.id)
     S = WebhookSubscription
     healthy = sorted({a.claimed.subscription_id for a, plan in zip(attempts, plans, strict=True) if plan[3]})
@@ -635,18 +696,30 @@ def record_many(attempts: list[Attempt], policy: RetryPolicy) -> list[str | None
     return [plan[0] if a.claimed.id in changed else None for a, plan in zip(attempts, plans, strict=True)]
 
 
+def _same_lease(claimed: Claimed):
+    """The row still carries this claim's lease: no manual retry (which clears it) and no later claim (which
+    replaces it) happened since — a late record of an expired lease changes nothing."""
+    if claimed.lease_until is None:
+        return WebhookEvent.lease_until.is_null(False) | WebhookEvent.lease_until.is_null()
+    return WebhookEvent.lease_until == claimed.lease_until
+
+
 def _update_events_bulk(attempts: list[Attempt], plans: list) -> set[str]:
     """PostgreSQL: move every attempted event on in ONE statement; the ids that were still as claimed."""
+    if any(a.claimed.lease_until is None for a in attempts):
+        raise ValueError("bulk records need claims made by claim() (with their lease)")
     field = WebhookEvent.next_attempt_at
-    row = "(%s, %s, %s::int, %s, %s::timestamp, %s::timestamp, %s::int)"
+    row = "(%s, %s, %s::int, %s, %s::timestamp, %s::timestamp, %s::int, %s::timestamp)"
     params = []
     for a, (status, next_at, error, _ok, _gone) in zip(attempts, plans, strict=True):
         params += [a.claimed.id, status, a.claimed.attempts_count + 1, error, field.db_value(next_at),
-                   field.db_value(a.at), a.claimed.attempts_count]
+                   field.db_value(a.at), a.claimed.attempts_count, field.db_value(a.claimed.lease_until)]
     sql = ('UPDATE "webhook_event" AS e SET "status" = v.status, "attempts_count" = v.attempts, '
            '"last_error" = v.error, "next_attempt_at" = v.next_at, "lease_until" = NULL, "updated_at" = v.at '
-           f'FROM (VALUES {", ".join([row] * len(attempts))}) AS v(id, status, attempts, error, next_at, at, expected) '
-           'WHERE e."id" = v.id AND e."status" = \'pending\' AND e."attempts_count" = v.expected RETURNING e."id"')
+           f'FROM (VALUES {", ".join([row] * len(attempts))}) '
+           'AS v(id, status, attempts, error, next_at, at, expected, lease) '
+           'WHERE e."id" = v.id AND e."status" = \'pending\' AND e."attempts_count" = v.expected '
+           'AND e."lease_until" = v.lease RETURNING e."id"')
     return {event_id for (event_id,) in db.execute_sql(sql, params).fetchall()}
 
 
@@ -686,7 +759,10 @@ def retry_event(project_id: str, event_id: str) -> WebhookEvent:
         row = get_event(project_id, event_id)
         if row.status == "pending":
             raise WebhookError("conflict", "the event is still pending; it is retried on its schedule")
-        sub = WebhookSubscription.get_or_none(WebhookSubscription.id == row.subscription_id)
+        query = WebhookSubscription.select().where(WebhookSubscription.id == row.subscription_id)
+        if isinstance(db.obj, pw.PostgresqlDatabase):
+            query = query.for_update("FOR SHARE")  # a delete waits, then fails this row again
+        sub = query.first()
         if sub is None or sub.deleted_at is not None:
             raise WebhookError("invalid", "its subscription was deleted; nothing to deliver to")
         now = utcnow()
@@ -752,7 +828,9 @@ def prune_log(older_than_days: float, *, batch: int = 2000) -> int:
                    .limit(batch).tuples()]
             if ids:
                 WebhookDelivery.delete().where(WebhookDelivery.webhook_event_id.in_(ids)).execute()
-                total += WebhookEvent.delete().where(WebhookEvent.id.in_(ids)).execute()
+                total += WebhookEvent.delete().where(  # again: a retry may have re-queued one meanwhile
+                    WebhookEvent.id.in_(ids) & WebhookEvent.status.in_(["delivered", "failed"])
+                    & (WebhookEvent.updated_at < cutoff)).execute()
         if len(ids) < batch:
             return total
 

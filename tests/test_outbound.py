@@ -261,6 +261,7 @@ def test_verify_accepts_any_of_several_signatures():
         ("100.64.0.1", "shared address space"),
         ("100.127.255.254", "shared address space"),
         ("224.0.0.1", "multicast"),
+        ("fec0::1", "site-local"),
         ("ff02::1", "multicast"),
         ("240.0.0.1", "reserved"),
         ("255.255.255.255", ""),

@@ -475,3 +475,44 @@ def test_retry_policy_schedule_jitter_and_retry_after():
     assert policy.delay(1, 120) == 120  # a Retry-After later than the scheduled 5 s wins
     assert 4.5 <= policy.delay(1, 1) <= 5.5  # an earlier Retry-After does not make it sooner than the schedule
     assert RetryPolicy(schedule=(0,)).delay(1, None) == 0
+
+
+def test_a_late_record_of_an_expired_lease_does_not_undo_a_manual_retry(client, owner, receiver):
+    """Worker A's lease ran out, the event went on without it and was re-queued by hand: A's late result is
+    logged as an attempt but changes nothing (the lease it held is gone)."""
+    from models.webhooks import Attempt, record_many
+
+    subscribe(client, owner, receiver.url("/a"))
+    subscribe(client, owner, receiver.url("/b"))
+    log_event(owner.project)
+    make_engine().dispatcher.run_once()
+    late = claim(10, lease=30, per_subscription=10)
+    assert len(late) == 2
+    WebhookEvent.update(status="failed", attempts_count=0, lease_until=None).execute()  # settled without A
+    for row in WebhookEvent.select():
+        response = client.post(f"/api/projects/{owner.project.id}/webhooks/events/{row.id}/retry",
+                               headers=owner.headers)
+        assert response.status_code == 200
+    attempts = [Attempt(claimed=c, status_code=200, response_body="", response_headers={}, error=None,
+                        duration_ms=1.0, retry_after=None, at=utcnow()) for c in late]
+    with transaction():
+        assert record_many(attempts, RetryPolicy()) == [None, None]  # one bulk statement on PostgreSQL
+        assert record_many(attempts[:1], RetryPolicy()) == [None]  # and the one-row path
+    assert {(r.status, r.attempts_count) for r in WebhookEvent.select()} == {("pending", 0)}
+    assert make_engine().drain() == 2 and {r.status for r in WebhookEvent.select()} == {"delivered"}
+
+
+def test_deleting_a_subscription_fails_its_backlog_in_chunks(client, owner, receiver):
+    from models.webhooks import _fail_pending
+
+    sub = subscribe(client, owner, receiver.url())
+    for n in range(7):
+        log_event(owner.project, n)
+    make_engine().dispatcher.run_once()
+    delivered = WebhookEvent.select().order_by(WebhookEvent.event_seq).first()
+    WebhookEvent.update(status="delivered").where(WebhookEvent.id == delivered.id).execute()
+    with transaction():
+        assert _fail_pending(sub["id"], "subscription deleted", utcnow(), chunk=2) == 6
+    assert WebhookEvent.get_by_id(delivered.id).status == "delivered"  # settled rows are left alone
+    assert WebhookEvent.select().where(WebhookEvent.status == "failed").count() == 6
+    assert [u["status"] for u in updates()] == ["failed"] * 6

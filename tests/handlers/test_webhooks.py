@@ -64,6 +64,11 @@ def test_create_returns_the_subscription_without_secrets(client, owner):
         ({"authType": "custom_headers", "customHeaders": {"webhook-signature": "x"}}, "customHeaders"),
         ({"authType": "custom_headers", "customHeaders": {"Bad Header": "x"}}, "customHeaders"),
         ({"authType": "api_key", "apiKey": "k", "apiKeyHeader": "Content-Type"}, "apiKeyHeader"),
+        ({"authType": "api_key", "apiKey": "中文"}, "Latin-1"),
+        ({"authType": "custom_headers", "customHeaders": {"X-A": "line\nbreak"}}, "Latin-1"),
+        ({"url": "https://user:pw@hooks.example.com/x"}, "credentials"),
+        ({"events": [f"session.{n}" for n in range(101)]}, "at most 100"),
+        ({"events": ["*a*b*c*d*e*f"]}, "wildcards"),
     ],
 )
 def test_create_rejects_bad_input_with_a_problem(client, owner, fields, needle):
@@ -72,6 +77,19 @@ def test_create_rejects_bad_input_with_a_problem(client, owner, fields, needle):
     assert response.content_type == "application/problem+json"
     assert needle in response.get_json()["detail"]
     assert WebhookSubscription.select().count() == 0
+
+
+def test_runs_of_wildcards_collapse_and_matching_stays_linear(client, owner):
+    import time
+
+    from models.webhooks import glob_match
+
+    body = create(client, owner, events=["**********created"]).get_json()
+    assert body["events"] == ["*created"]
+    started = time.perf_counter()
+    assert not glob_match("*a*b*c*d*e", "x" * 100)
+    assert time.perf_counter() - started < 0.05
+    assert glob_match("a*b*c", "axxbyyc") and not glob_match("a*b*c", "axxbyy") and glob_match("*", "")
 
 
 def test_wildcards_and_exact_types_select_events(client, owner):
