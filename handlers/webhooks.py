@@ -20,14 +20,14 @@ def _known_types(spec_id: int) -> list[str]:
     })
 
 
-def known_event_types() -> list[str]:
+def _known_event_types_of_document() -> list[str]:
     """Every event type the document defines (the ``type`` enums of its ``*Event`` schemas)."""
     return _known_types(id(current_spec()))
 
 
 def create_subscription(project, body):
     """POST …/webhooks/subscriptions: a new active subscription; it receives events logged from now on."""
-    return webhooks.subscription_json(webhooks.create_subscription(project, body, known_event_types())), 201
+    return webhooks.subscription_json(webhooks.create_subscription(project, body, _known_event_types_of_document())), 201
 
 
 def list_subscriptions(project):
@@ -42,7 +42,7 @@ def get_subscription(project, id_):
 
 def update_subscription(project, id_, body):
     """PUT …/webhooks/subscriptions/{id}: change the given fields (the rest stay)."""
-    return webhooks.subscription_json(webhooks.update_subscription(project.id, id_, body, known_event_types()))
+    return webhooks.subscription_json(webhooks.update_subscription(project.id, id_, body, _known_event_types_of_document()))
 
 
 def delete_subscription(project, id_):
