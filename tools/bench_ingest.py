@@ -125,10 +125,14 @@ def serve(args) -> int:
     engines = []
     if os.environ.get(f"{ENV_PREFIX}ENGINES", "1") == "1":
         from cortex.dispatcher import start_event_pipeline
+        from cortex.webhooks import WebhookEngine
 
         dispatcher, fanout = start_event_pipeline(settings)
         app.extensions["cortex"].fanout = fanout
-        engines = [dispatcher, fanout]
+        webhooks = WebhookEngine.from_settings(settings)  # as `cortex serve` runs it (no subscription here)
+        fanout.add_waker(webhooks.dispatcher.wake)
+        webhooks.start()
+        engines = [webhooks, dispatcher, fanout]
     server = make_server(app, HOST, 0)
     server.start()
     stop = Event()
@@ -317,7 +321,7 @@ def run_bench(args, workdir: str, cpus: tuple, pinning: str) -> tuple[int, dict]
                 engines=not args.no_engines)
     print("\n".join(lines), flush=True)
     print(f"ingest    {args.projects} projects, {args.event}, redis {'on' if args.redis_url else 'off'}, "
-          f"engines {'off' if args.no_engines else 'on (live dispatcher + fan-out)'}", flush=True)
+          f"engines {'off' if args.no_engines else 'on (live dispatcher + fan-out, webhook engine as in cortex serve)'}", flush=True)
     os.environ[f"{ENV_PREFIX}PROJECTS"] = str(args.projects)
     os.environ[f"{ENV_PREFIX}REDIS_URL"] = args.redis_url or ""
     os.environ[f"{ENV_PREFIX}ENGINES"] = "0" if args.no_engines else "1"
