@@ -516,3 +516,12 @@ __all__ = [
     "snake_case",
     "unimplemented",
 ]
+
+
+def event_types(spec: dict) -> list[str]:
+    """Every event type the document defines: the ``type`` enums of its ``*Event`` schemas, sorted."""
+    return sorted({
+        value
+        for name, schema in spec["components"]["schemas"].items() if name.endswith("Event")
+        for value in schema.get("properties", {}).get("type", {}).get("enum", [])
+    })

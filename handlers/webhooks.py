@@ -6,28 +6,24 @@ Delivery itself is the engine's (``cortex/webhooks.py``): these handlers only re
 from functools import lru_cache
 
 from cortex.app import current_spec
+from cortex.routing import event_types
 from models import webhooks
 from models.participants import page_bounds
 
 
 @lru_cache(maxsize=4)
-def _known_types(spec_id: int) -> list[str]:
-    spec = current_spec()
-    return sorted({
-        value
-        for name, schema in spec["components"]["schemas"].items() if name.endswith("Event")
-        for value in schema.get("properties", {}).get("type", {}).get("enum", [])
-    })
+def _known_types(spec_id: int) -> tuple[str, ...]:
+    return tuple(event_types(current_spec()))
 
 
-def _known_event_types_of_document() -> list[str]:
-    """Every event type the document defines (the ``type`` enums of its ``*Event`` schemas)."""
-    return _known_types(id(current_spec()))
+def _document_event_types() -> list[str]:
+    """Every event type the served document defines (``cortex.routing.event_types``), cached per document."""
+    return list(_known_types(id(current_spec())))
 
 
 def create_subscription(project, body):
     """POST …/webhooks/subscriptions: a new active subscription; it receives events logged from now on."""
-    return webhooks.subscription_json(webhooks.create_subscription(project, body, _known_event_types_of_document())), 201
+    return webhooks.subscription_json(webhooks.create_subscription(project, body, _document_event_types())), 201
 
 
 def list_subscriptions(project):
@@ -42,7 +38,7 @@ def get_subscription(project, id_):
 
 def update_subscription(project, id_, body):
     """PUT …/webhooks/subscriptions/{id}: change the given fields (the rest stay)."""
-    return webhooks.subscription_json(webhooks.update_subscription(project.id, id_, body, _known_event_types_of_document()))
+    return webhooks.subscription_json(webhooks.update_subscription(project.id, id_, body, _document_event_types()))
 
 
 def delete_subscription(project, id_):

@@ -368,10 +368,9 @@ class Run:
                                      secret_key=SECRET_KEY, redis_url=self.args.redis_url or None)
         self.app = create_app(settings)
         upgrade()
-        with self.app.app_context():
-            from handlers.webhooks import known_event_types
+        from cortex.routing import event_types
 
-            known = known_event_types()
+        known = event_types(self.app.extensions["cortex"].spec)
         self.sub_index: dict[str, int] = {}
         self.projects = []
         with db.connection_context():
