@@ -48,7 +48,6 @@ from models.webhooks import (
     prune_log,
     record,
     record_many,
-    release,
 )
 
 log = logging.getLogger("cortex.webhooks")
@@ -177,31 +176,23 @@ class WebhookEngine:
             self._wake.set()
 
     def claim_and_start(self) -> int:
-        """Claim what free slots allow and start those attempts; how many started."""
+        """Claim what free slots allow and start those attempts; how many started. ``claim`` keeps to each
+        subscription's free slots in the snapshot; counts only fall meanwhile (attempts finishing), so the
+        batch always fits."""
         with self._lock:
-            running = sum(self.in_flight.values())
-        free = self.concurrency - running
+            busy = dict(self.in_flight)
+        free = self.concurrency - sum(busy.values())
         if free <= 0:
             return 0
         with _own_connection():
-            with self._lock:
-                busy = dict(self.in_flight)
             batch = claim(min(free, CLAIM_BATCH), lease=self.lease, per_subscription=self.per_subscription,
                           busy=busy)
-        extra = []
-        started = 0
-        for claimed in batch:
-            with self._lock:
-                if self.in_flight[claimed.subscription_id] >= self.per_subscription:
-                    extra.append(claimed.id)
-                    continue
+        with self._lock:
+            for claimed in batch:
                 self.in_flight[claimed.subscription_id] += 1
+        for claimed in batch:
             self._pool.submit(self._run_claimed, claimed)
-            started += 1
-        if extra:
-            with _own_connection():
-                release(extra)
-        return started
+        return len(batch)
 
     def run_forever(self, stop_event: threading.Event) -> None:
         """Claim and start attempts until stopped; waits for a wake-up (new rows, a finished attempt) or

@@ -470,7 +470,7 @@ class Claimed:
     url: str
     secret: str
     headers: dict  # the authentication headers of the subscription's authType
-    lease_until: datetime | None = None  # this claim's lease: its token — a record must still find it there
+    lease_until: datetime  # this claim's lease: its token — a record must still find it there
 
 
 def _auth_headers(auth_type, api_key_enc, api_key_header, user, password_enc, custom_enc) -> dict:
@@ -677,7 +677,7 @@ def record_many(attempts: list[Attempt], policy: RetryPolicy) -> list[str | None
                                     next_attempt_at=next_at, lease_until=None, updated_at=a.at)
                     .where((WebhookEvent.id == a.claimed.id) & (WebhookEvent.status == "pending")
                            & (WebhookEvent.attempts_count == a.claimed.attempts_count)
-                           & _same_lease(a.claimed)).execute()):
+                           & (WebhookEvent.lease_until == a.claimed.lease_until)).execute()):
                 changed.add(a.claimed.id)
     S = WebhookSubscription
     healthy = sorted({a.claimed.subscription_id for a, plan in zip(attempts, plans, strict=True) if plan[3]})
@@ -696,18 +696,10 @@ def record_many(attempts: list[Attempt], policy: RetryPolicy) -> list[str | None
     return [plan[0] if a.claimed.id in changed else None for a, plan in zip(attempts, plans, strict=True)]
 
 
-def _same_lease(claimed: Claimed):
-    """The row still carries this claim's lease: no manual retry (which clears it) and no later claim (which
-    replaces it) happened since — a late record of an expired lease changes nothing."""
-    if claimed.lease_until is None:
-        return WebhookEvent.lease_until.is_null(False) | WebhookEvent.lease_until.is_null()
-    return WebhookEvent.lease_until == claimed.lease_until
-
-
 def _update_events_bulk(attempts: list[Attempt], plans: list) -> set[str]:
-    """PostgreSQL: move every attempted event on in ONE statement; the ids that were still as claimed."""
-    if any(a.claimed.lease_until is None for a in attempts):
-        raise ValueError("bulk records need claims made by claim() (with their lease)")
+    """PostgreSQL: move every attempted event on in ONE statement; the ids that were still as claimed (still
+    pending with the claimed attempt count and this claim's lease: a manual retry clears the lease, a later
+    claim replaces it, so a late record of an expired lease changes nothing)."""
     field = WebhookEvent.next_attempt_at
     row = "(%s, %s, %s::int, %s, %s::timestamp, %s::timestamp, %s::int, %s::timestamp)"
     params = []
