@@ -348,14 +348,11 @@ def delete_subscription(project_id: str, subscription_id: str) -> WebhookSubscri
     with a ``webhook.delivery.updated`` event. The delivery log stays readable."""
     with transaction():
         sub = get_subscription(project_id, subscription_id)
-        if isinstance(db.obj, pw.PostgresqlDatabase):  # waits for a fan-out or retry holding it (FOR SHARE)
-            WebhookSubscription.select(WebhookSubscription.id).where(
-                WebhookSubscription.id == sub.id).for_update().execute()
         now = utcnow()
         sub.deleted_at = now
         sub.is_active = False
         sub.updated_at = now
-        sub.save()
+        sub.save()  # the row lock waits for a fan-out or retry holding it (FOR SHARE), then the backlog below
         _fail_pending(sub.id, "subscription deleted", now)
     return sub
 
