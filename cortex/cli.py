@@ -1,4 +1,4 @@
-"""The ``cortex`` command: serve, db upgrade, admin create-user/create-project, demo."""
+"""The ``cortex`` command: serve, worker, db upgrade, admin create-user/create-project, demo."""
 
 from __future__ import annotations
 
@@ -14,8 +14,8 @@ DEMO_PROJECT = "Demo Project"
 
 def _app():
     """Build the app (database bound, migrations applied) for a command."""
-    from cortex.app import create_app
-    from cortex.db import upgrade
+    from cortex.http.app import create_app
+    from models.database import upgrade
 
     app = create_app()
     upgrade()
@@ -28,45 +28,21 @@ def _print(obj) -> None:
 
 
 def serve_with_engines(app, host: str, port: int) -> None:
-    """Serve with the background engines: the live event dispatcher + fan-out, event-log retention, the
-    idle-session sweeper, the debug-audio cleanup and (unless ``CORTEX_WEBHOOK_WORKER=false``) the webhook
-    fan-out and delivery worker."""
-    from cortex.debug_audio import DebugAudioCleanupJob
-    from cortex.dispatcher import RetentionJob, start_event_pipeline
-    from cortex.idle import IdleSessionSweeper
-    from cortex.serve import serve
+    """Serve with every engine of the registry that runs in ``cortex serve`` (``cortex.engines``)."""
+    from cortex.engines import SERVE, start_engines
+    from cortex.http.serve import serve
 
-    settings = app.extensions["cortex"].settings
-    dispatcher, fanout = start_event_pipeline(settings)
-    app.extensions["cortex"].fanout = fanout
-    retention = RetentionJob.from_settings(settings)
-    retention.start()
-    sweeper = IdleSessionSweeper.from_settings(settings)
-    sweeper.start()
-    audio_cleanup = DebugAudioCleanupJob.from_settings(settings)
-    audio_cleanup.start()
-    webhooks = None
-    if settings.webhook_worker:
-        from cortex.webhooks import WebhookEngine
-
-        webhooks = WebhookEngine.from_settings(settings)
-        fanout.add_waker(webhooks.dispatcher.wake)  # this process's writes reach the webhook fan-out at once
-        webhooks.start()
+    engines = start_engines(SERVE, app.extensions["cortex"].settings)
+    app.extensions["cortex"].fanout = engines.fanout
     try:
         serve(app, host, port)
     finally:
-        if webhooks is not None:
-            webhooks.stop()
-        audio_cleanup.stop()
-        sweeper.stop()
-        retention.stop()
-        dispatcher.stop()
-        fanout.stop()
+        engines.stop()
 
 
 def cmd_serve(args) -> int:
     """cortex serve: migrate, then serve on gevent with the background engines."""
-    from cortex.serve import patch
+    from cortex.http.serve import patch
 
     patch()
     serve_with_engines(_app(), args.host, args.port)
@@ -74,36 +50,36 @@ def cmd_serve(args) -> int:
 
 
 def cmd_worker(_args) -> int:
-    """cortex worker: migrate, then run the webhook fan-out and delivery worker until SIGTERM/SIGINT."""
+    """cortex worker: migrate, then run the engines of the registry that run in ``cortex worker`` (today the
+    webhook fan-out and delivery) until SIGTERM/SIGINT."""
     import signal
 
-    from cortex.serve import patch
+    from cortex.http.serve import patch
 
     patch()
     import gevent
     from gevent.event import Event
 
-    from cortex.webhooks import WebhookEngine
+    from cortex.engines import WORKER, start_engines
 
     app = _app()
-    settings = app.extensions["cortex"].settings
-    engine = WebhookEngine.from_settings(settings)
     stopping = Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         gevent.signal_handler(signum, stopping.set)
-    engine.start()
-    print(f"cortex worker: delivering webhooks (pid {os.getpid()})", flush=True)
+    engines = start_engines(WORKER, app.extensions["cortex"].settings)
+    names = ", ".join(name for name, _engine in engines.started)
+    print(f"cortex worker: running {names} (pid {os.getpid()})", flush=True)  # the first line: ready
     try:
         stopping.wait()
     finally:
-        engine.stop()
+        engines.stop()
     return 0
 
 
 def cmd_db_upgrade(_args) -> int:
     """cortex db upgrade: apply pending migrations."""
-    from cortex.app import create_app
-    from cortex.db import current_version, upgrade
+    from cortex.http.app import create_app
+    from models.database import current_version, upgrade
 
     create_app()
     applied = upgrade()
@@ -113,12 +89,13 @@ def cmd_db_upgrade(_args) -> int:
 
 def cmd_create_user(args) -> int:
     """cortex admin create-user."""
-    from models.identity import IdentityError, create_user
+    from models.base import DomainError
+    from models.identity import create_user
 
     _app()
     try:
         user = create_user(args.email, args.password, args.name, args.tenant_id)
-    except IdentityError as exc:
+    except DomainError as exc:
         print(f"error: {exc.detail}", file=sys.stderr)
         return 1
     _print({"userId": user.id, "tenantId": user.tenant_id, "email": user.email})
@@ -127,7 +104,8 @@ def cmd_create_user(args) -> int:
 
 def cmd_create_project(args) -> int:
     """cortex admin create-project."""
-    from models.identity import IdentityError, User, create_project, normalise_email
+    from models.base import DomainError
+    from models.identity import User, create_project, normalise_email
 
     _app()
     owner = User.get_or_none(User.email == normalise_email(args.owner))
@@ -136,7 +114,7 @@ def cmd_create_project(args) -> int:
         return 1
     try:
         project, secret = create_project(owner, args.name, args.type, args.description, args.domain)
-    except IdentityError as exc:
+    except DomainError as exc:
         print(f"error: {exc.detail}", file=sys.stderr)
         return 1
     _print({"id": project.id, "appId": project.app_id, "name": project.name, "secret": secret})
@@ -156,7 +134,7 @@ def seed_demo() -> dict:
 
 def cmd_demo(args) -> int:
     """cortex demo: seed, print how to log in, serve."""
-    from cortex.serve import patch
+    from cortex.http.serve import patch
 
     patch()
     app = _app()
@@ -186,7 +164,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_listen(serve)
     serve.set_defaults(func=cmd_serve)
 
-    worker = commands.add_parser("worker", help="run the webhook fan-out and delivery worker (no HTTP)")
+    worker = commands.add_parser("worker", help="run the background engines that run outside serve (no HTTP)")
     worker.set_defaults(func=cmd_worker)
 
     demo = commands.add_parser("demo", help="seed a demo user and project, then serve")

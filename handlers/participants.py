@@ -33,13 +33,12 @@ def create_participant(project, body):
     row, _created = participants.create_or_find_participant(
         project, body["externalUserId"], body.get("displayName"), body.get("userData")
     )
-    return participants.response(row), 201
+    return participants.participant_body(row), 201
 
 
 def get_participant(project, id_):
     """GET …/participants/{id}: one participant of the project (404 for unknown or another project's)."""
-    row = participants.get_participant(project, id_)
-    return participants.response(row)
+    return participants.participant_body(participants.get_participant(project, id_))
 
 
 def update_participant(project, id_, body):
@@ -50,7 +49,7 @@ def update_participant(project, id_, body):
     row = participants.update_participant(
         project, id_, body.get("displayName", participants.KEEP), body.get("userData", participants.KEEP)
     )
-    return participants.response(row)
+    return participants.participant_body(row)
 
 
 def delete_participant(project, id_):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import threading
 import uuid
 import weakref
@@ -11,7 +12,9 @@ from datetime import UTC, datetime
 
 import peewee as pw
 
-#: Deferred database: ``cortex.db.init_database`` binds it to SQLite or PostgreSQL at start-up.
+from cortex.lib.coalesce import Coalescer
+
+#: Deferred database: ``models.database.init_database`` binds it to SQLite or PostgreSQL at start-up.
 db = pw.DatabaseProxy()
 
 # SQLite allows one writer; greenlets queue on this (gevent-aware once monkey-patched) lock instead
@@ -20,13 +23,42 @@ _sqlite_writer = threading.RLock()
 
 
 class DomainError(Exception):
-    """A domain rule was broken. ``kind`` decides the HTTP answer (see cortex.app): ``invalid`` 400,
-    ``not_found`` 404, ``conflict`` 409; ``detail`` says which rule."""
+    """A domain rule was broken: the only kind of error models raise. ``kind`` says which way, ``detail`` which
+    rule. One place maps kinds to HTTP answers (``cortex.http.problems.DOMAIN_STATUS``): ``invalid`` 400,
+    ``unauthenticated`` 401, ``forbidden`` 403, ``not_found`` 404, ``conflict`` 409, ``rate_limited`` 429 (with
+    ``retry_after`` seconds), ``upstream_failed`` 502 (a configured outside service failed), ``unavailable``
+    503 (a command could not be delivered)."""
 
-    def __init__(self, kind: str, detail: str):
+    KINDS = ("invalid", "unauthenticated", "forbidden", "not_found", "conflict", "rate_limited",
+             "upstream_failed", "unavailable")
+
+    def __init__(self, kind: str, detail: str, *, retry_after: int | None = None):
+        if kind not in self.KINDS:
+            raise ValueError(f"unknown DomainError kind {kind!r}")
         super().__init__(detail)
         self.kind = kind
         self.detail = detail
+        self.retry_after = retry_after
+
+
+def invalid(detail: str) -> DomainError:
+    """400: the input breaks a rule (the detail names the field and the rule)."""
+    return DomainError("invalid", detail)
+
+
+def not_found(what: str) -> DomainError:
+    """404: a resource the caller cannot see (``what`` names it: "Session 123")."""
+    return DomainError("not_found", f"{what} not found")
+
+
+def conflict(detail: str) -> DomainError:
+    """409: the request clashes with stored state."""
+    return DomainError("conflict", detail)
+
+
+def forbidden(detail: str) -> DomainError:
+    """403: the caller is known but may not do this (role, scope)."""
+    return DomainError("forbidden", detail)
 
 
 def new_id() -> str:
@@ -176,7 +208,7 @@ class BaseModel(pw.Model):
 
 
 def is_sqlite() -> bool:
-    """True when the bound database is SQLite."""
+    """True when the bound database is SQLite (the one check: every other database is PostgreSQL)."""
     return isinstance(db.obj, pw.SqliteDatabase)
 
 
@@ -187,6 +219,54 @@ def release_connection() -> None:
     """
     if not db.is_closed() and not db.in_transaction():
         db.close()
+
+
+@contextmanager
+def own_connection():
+    """Return the database connection to the pool afterwards if this block opened it (background jobs)."""
+    opened = db.is_closed()
+    try:
+        yield
+    finally:
+        if opened and not db.is_closed() and not db.in_transaction():
+            db.close()
+
+
+class ConnectionCoalescer(Coalescer):
+    """A :class:`cortex.lib.coalesce.Coalescer` whose callers and worker hold pooled database connections: a
+    caller gives its connection back before it waits, the worker when its queue is empty (waiting callers must
+    never hold every connection of the pool)."""
+
+    def before_wait(self) -> None:
+        release_connection()
+
+    def idle(self) -> None:
+        release_connection()
+
+
+# ---------------------------------------------------------------- paging
+
+DEFAULT_LIMIT = 50
+MAX_LIMIT = 500
+#: Offsets beyond this are clamped to it (no list is that long; keeps the SQL in range).
+MAX_OFFSET = 2**53
+
+
+def _whole(value, default: int, low: int, high: int) -> int:
+    """A query number as a whole number: truncated toward zero, clamped into [low, high]; NaN → default."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return default
+    if value <= low:
+        return low
+    if value >= high:
+        return high
+    return int(value)
+
+
+def page_bounds(limit=None, offset=None, *, default: int = DEFAULT_LIMIT, maximum: int = MAX_LIMIT) -> tuple[int, int]:
+    """(limit, offset) from the document's plain numbers, read leniently like every list of the API: limit
+    truncated and clamped into [1, maximum] (default ``default``), offset truncated and clamped to ≥ 0."""
+    return _whole(limit, default, 1, maximum), _whole(offset, 0, 0, MAX_OFFSET)
 
 
 @contextmanager

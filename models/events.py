@@ -15,16 +15,17 @@ from __future__ import annotations
 
 import weakref
 from collections.abc import Callable
-from datetime import datetime
+from datetime import datetime, timedelta
 
 import peewee as pw
 
-from cortex.coalesce import Coalescer
 from models.base import (
+    ConnectionCoalescer,
     JSONField,
     UTCDateTimeField,
     db,
     insert_rows,
+    is_sqlite,
     new_id,
     rfc3339,
     transaction,
@@ -115,7 +116,7 @@ def append(events: list[DomainEvent]) -> None:
     """
     if not db.in_transaction():
         raise RuntimeError("events must be written inside models.base.transaction() (transactional outbox)")
-    if not isinstance(db.obj, pw.PostgresqlDatabase):
+    if is_sqlite():
         for event in events:
             event.seq = _insert(event)
         return
@@ -159,13 +160,13 @@ def _insert(event: DomainEvent) -> int:
         sql, _ = DomainEvent.insert({field: pw.Value(None, converter=False) for field in fields}).sql()
         _insert_sql[db.obj] = sql
     cursor = db.execute_sql(sql, [field.db_value(getattr(event, field.name)) for field in fields])
-    if isinstance(db.obj, pw.PostgresqlDatabase):
+    if not is_sqlite():
         return cursor.fetchone()[0]  # INSERT … RETURNING "seq"
     return cursor.lastrowid
 
 
-def envelope(event: DomainEvent) -> dict:
-    """The wire form of an event (one place)."""
+def event_body(event: DomainEvent) -> dict:
+    """The event envelope: the wire form of an event (the `*Event` schemas; one place)."""
     body = {
         "id": event.id,
         "tenantId": event.tenant_id,
@@ -180,6 +181,67 @@ def envelope(event: DomainEvent) -> dict:
     return body
 
 
+def example_event_body() -> dict:
+    """One example envelope (a ``session.created`` event) built through :func:`event_body` from an unsaved event,
+    so it has exactly the wire form the streams deliver (``GET /api/events/schema``)."""
+    tenant_id, project_id, session_id = new_id(), new_id(), new_id()
+    now = utcnow()
+    session = {
+        "id": session_id,
+        "tenantId": tenant_id,
+        "externalRoomId": "lobby-eu-west-1",
+        "projectId": project_id,
+        "gateway": "gateway.odin.4players.io",
+        "title": "Squad voice - match 4821",
+        "createdByUserId": new_id(),
+        "createdAt": rfc3339(now),
+        "status": "created",
+        "idleTimeout": 300,
+    }
+    example = DomainEvent(
+        id=new_id(),
+        tenant_id=tenant_id,
+        project_id=project_id,
+        resource_id=f"session:{session_id}",
+        type="session.created",
+        source="cortex:api",
+        payload={"action": "created", "data": session},
+        timestamp=now,
+    )
+    return event_body(example)
+
+
+def newest_seq() -> int:
+    """The highest ``seq`` in the log (0 when it is empty)."""
+    return DomainEvent.select(pw.fn.MAX(DomainEvent.seq)).scalar() or 0
+
+
+#: Days an event stays in the log by default (CORTEX_EVENT_RETENTION_DAYS).
+DEFAULT_RETENTION_DAYS = 7.0
+
+
+def prune_events(older_than_days: float = DEFAULT_RETENTION_DAYS, *, batch: int = 5000) -> int:
+    """Delete events older than the retention, never one after the smallest persisted cursor; how many.
+
+    Deletes in batches (one short transaction each) so writers are never held up for long.
+    """
+    if older_than_days < 0:
+        raise ValueError("older_than_days must not be negative")
+    cutoff = utcnow() - timedelta(days=older_than_days)
+    floor = EventCursor.select(pw.fn.MIN(EventCursor.seq)).scalar()  # None: no persistent consumer yet
+    total = 0
+    while True:
+        with transaction():
+            query = DomainEvent.select(DomainEvent.seq).where(DomainEvent.timestamp < cutoff)
+            if floor is not None:
+                query = query.where(DomainEvent.seq <= floor)
+            doomed = [seq for (seq,) in query.order_by(DomainEvent.seq).limit(batch).tuples()]
+            if doomed:
+                total += DomainEvent.delete().where(DomainEvent.seq.in_(doomed)).execute()
+        if len(doomed) < batch:
+            return total
+
+
 def changed_fields(before: dict, after: dict) -> dict:
     """Previous values of the fields whose value changed (the ``changes`` of an updated event)."""
     return {key: before.get(key) for key in after if before.get(key) != after.get(key)}
@@ -188,15 +250,15 @@ def changed_fields(before: dict, after: dict) -> dict:
 # ---------------------------------------------------------------- group commit
 
 
-class GroupCommit(Coalescer):
+class GroupCommit(ConnectionCoalescer):
     """Group commit: writes from concurrent greenlets share transactions, one BEGIN/COMMIT for many.
 
-    A :class:`cortex.coalesce.Coalescer`: ``run(item)`` queues ``item`` and blocks the calling greenlet until a
+    A :class:`cortex.lib.coalesce.Coalescer`: ``run(item)`` queues ``item`` and blocks the calling greenlet until a
     transaction that wrote it committed, then returns what the writer returned for it (or raises what it
     raised). One committer greenlet per process takes everything queued meanwhile (up to ``max_batch``) and writes it in ONE transaction with
     ``write_many(items)`` (a list of results in the same order). By default an item is a function and
     ``write_many`` calls each in turn, i.e. ``run(work)`` behaves like ``with transaction(): return work()``;
-    a bulk writer (e.g. multi-row INSERTs, ``cortex/ingest.py``) passes its own ``write_many`` and ``write_one``.
+    a bulk writer (e.g. multi-row INSERTs, ``cortex/events/ingest.py``) passes its own ``write_many`` and ``write_one``.
     Items must only read and write the database (no request context, no outside effects): they may be run
     again after a rollback.
 
@@ -252,7 +314,7 @@ class GroupCommit(Coalescer):
             self._failed = None
             try:
                 with transaction():
-                    if isinstance(db.obj, pw.PostgresqlDatabase):
+                    if not is_sqlite():
                         _lock_log(f"SELECT pg_advisory_xact_lock(%s); NOTIFY {EVENTS_CHANNEL}; "
                                   f"SET LOCAL lock_timeout = {int(self.lock_timeout_ms)}")
                     values = self.write_many([item for item, _result in batch])

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import peewee as pw
 
-from models.base import BaseModel, DomainError, NameListField, UTCDateTimeField
+from models.base import BaseModel, NameListField, UTCDateTimeField
 
 ROLES = ("developer", "maintainer", "admin")  # ascending privilege
 
@@ -84,15 +84,19 @@ MODELS = [Tenant, User, FusionSession, Project, ProjectMember, ApiKey]
 import secrets  # noqa: E402
 from datetime import timedelta  # noqa: E402
 
-from cortex import crypto  # noqa: E402
-from models.base import Prepared, new_id, transaction, utcnow  # noqa: E402
+from cortex.lib import crypto  # noqa: E402
+from models.base import (  # noqa: E402
+    DomainError,
+    Prepared,
+    conflict,
+    invalid,
+    new_id,
+    transaction,
+    utcnow,
+)
 
 API_KEY_PREFIX = "ots_live_"
 KEY_PREFIX_LENGTH = len(API_KEY_PREFIX) + 8
-
-
-class IdentityError(DomainError):
-    """A domain rule was broken (the caller maps it to a 4xx)."""
 
 
 def normalise_email(email: str) -> str:
@@ -104,22 +108,30 @@ def create_user(email: str, password: str, name: str | None = None, tenant_id: s
     """Create a user, in the given tenant or in a new one."""
     email = normalise_email(email)
     if "@" not in email or len(email) < 3:
-        raise IdentityError("invalid", f"email {email!r} is not an email address")
+        raise invalid(f"email {email!r} is not an email address")
     if len(password) < 6:
-        raise IdentityError("invalid", "password must be at least 6 characters")
+        raise invalid("password must be at least 6 characters")
     password_hash = crypto.hash_password(password)  # slow on purpose: not inside the write transaction
     with transaction():
         if User.select().where(User.email == email).exists():
-            raise IdentityError("conflict", f"a user with email {email} already exists")
+            raise conflict(f"a user with email {email} already exists")
         if tenant_id:
             tenant = Tenant.get_or_none(Tenant.id == tenant_id)
             if tenant is None:
-                raise IdentityError("not_found", f"tenant {tenant_id} does not exist")
+                raise DomainError("not_found", f"tenant {tenant_id} does not exist")
         else:
             tenant = Tenant.create(name=name or email)
         return User.create(
             tenant=tenant, email=email, name=name or email.split("@")[0], password_hash=password_hash
         )
+
+
+def profile_body(user_id: str | None) -> dict | None:
+    """UserProfile of a user (None when there is no such user any more)."""
+    user = User.get_or_none(User.id == user_id) if user_id else None
+    if user is None:
+        return None
+    return {"userId": user.id, "tenantId": user.tenant_id, "username": user.name, "email": user.email}
 
 
 def authenticate(email: str, password: str) -> User | None:
@@ -172,9 +184,9 @@ def create_project(
 ) -> tuple[Project, str]:
     """Create a project owned by ``owner`` (its admin); returns the project and its plaintext secret."""
     if type not in ("sdk", "conferencing"):
-        raise IdentityError("invalid", f"type must be 'sdk' or 'conferencing', not {type!r}")
+        raise invalid(f"type must be 'sdk' or 'conferencing', not {type!r}")
     if not name.strip():
-        raise IdentityError("invalid", "name must not be empty")
+        raise invalid("name must not be empty")
     secret = secrets.token_urlsafe(32)
     with transaction():
         project = Project.create(
@@ -191,9 +203,9 @@ def create_project(
     return project, secret
 
 
-def project_secret(project: Project) -> str:
-    """The decrypted project secret."""
-    return crypto.decrypt(project.secret_encrypted)
+def project_secret(project: Project) -> str | None:
+    """The decrypted project secret, or None when the project has none (the one place it is revealed)."""
+    return None if project.secret_encrypted is None else crypto.decrypt(project.secret_encrypted)
 
 
 def create_api_key(
@@ -242,6 +254,11 @@ def revoke_api_key(tenant_id: str, owner_id: str, key_id: str) -> ApiKey | None:
         row.revoked_at = utcnow()
         row.save(only=[ApiKey.revoked_at])
         return row
+
+
+def note_api_key_use(key_id: str) -> None:
+    """Set the key's ``lastUsedAt`` to now."""
+    ApiKey.update(last_used_at=utcnow()).where(ApiKey.id == key_id).execute()
 
 
 def api_key_by_secret(key: str) -> ApiKey | None:

@@ -69,23 +69,31 @@ from collections.abc import Callable  # noqa: E402
 from datetime import datetime, timedelta  # noqa: E402
 
 from models.base import (  # noqa: E402
+    DomainError,
     Prepared,
     as_utc,
     insert_rows,
     is_sqlite,
     new_id,
+    not_found,
     rfc3339,
     rfc3339_raw,
     transaction,
 )
 from models.events import DomainEvent, append, new_event  # noqa: E402
+from models.sessions import get_session  # noqa: E402
 
 #: How long debug audio is kept after the message was ingested.
 DEBUG_AUDIO_RETENTION = timedelta(hours=24)
 
 
-class DuplicateMessage(Exception):
-    """The session already has a message with this sender message id (``external_id``)."""
+class DuplicateMessage(DomainError):
+    """The session already has a message with this sender message id (``external_id``): 409 if it ever reached
+    a caller (signed ingest answers a re-send with the original's event id instead)."""
+
+    def __init__(self, external_id: str | None):
+        super().__init__("conflict", f"the session already has a message with id {external_id!r}")
+        self.external_id = external_id
 
 
 def event_data(message: Message) -> dict:
@@ -237,7 +245,7 @@ def find_by_external_id(session_id: str, external_id: str) -> Message | None:
 # ---------------------------------------------------------------- reads (transcripts, debug audio)
 
 
-def _body(id_, session_id, type_, sender_name, content, timestamp, has_audio: bool) -> dict:
+def message_body(id_, session_id, type_, sender_name, content, timestamp, has_audio: bool) -> dict:
     """The Message schema (one place)."""
     return {
         "id": id_,
@@ -260,8 +268,8 @@ def _audio_kept(file: str | None, expires_at, now: datetime, available: Callable
 def list_messages(session: Session, audio_available: Callable[[str], bool] = lambda _file: True) -> list[dict]:
     """The session's transcript (Message dicts): timestamp order, then the order Cortex recorded the lines.
 
-    ``audio_available(file)`` tells whether a kept debug-audio file exists (``cortex.debug_audio``); only then,
-    and before its expiry, is ``hasDebugAudio`` true.
+    ``audio_available(file)`` tells whether a kept debug-audio file exists (``cortex.integrations.debug_audio``);
+    only then, and before its expiry, is ``hasDebugAudio`` true.
     """
     now = utcnow()
     rows = (
@@ -274,9 +282,22 @@ def list_messages(session: Session, audio_available: Callable[[str], bool] = lam
         .tuples()
     )
     return [
-        _body(id_, session.id, type_, sender, content, timestamp, _audio_kept(file, expires, now, audio_available))
+        message_body(id_, session.id, type_, sender, content, timestamp, _audio_kept(file, expires, now, audio_available))
         for id_, type_, sender, content, timestamp, file, expires in rows
     ]
+
+
+def session_message_bodies(project, session_id: str, audio_available: Callable[[str], bool]) -> list[dict]:
+    """The transcript of the project's session (:func:`list_messages`); 404 for another project's session."""
+    return list_messages(get_session(project, session_id), audio_available)
+
+
+def kept_debug_audio(project, session_id: str, message_id: str) -> str:
+    """The kept debug-audio file of a message of the project's session; 404 when there is none (any more)."""
+    file = debug_audio_file(get_session(project, session_id), message_id)
+    if file is None:
+        raise not_found(f"Debug audio of message {message_id}")
+    return file
 
 
 def debug_audio_file(session: Session, message_id: str) -> str | None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import peewee as pw
 
-from models.base import BaseModel, DomainError, JSONField, UTCDateTimeField, utcnow
+from models.base import BaseModel, JSONField, UTCDateTimeField, utcnow
 from models.identity import Project
 
 
@@ -27,24 +27,15 @@ MODELS = [Participant]
 
 
 # ---------------------------------------------------------------- domain operations
-import math  # noqa: E402
 from dataclasses import dataclass  # noqa: E402
 
 import orjson  # noqa: E402
 
-from models.base import Prepared, db, rfc3339_raw, transaction  # noqa: E402
+from models.base import Prepared, db, not_found, page_bounds, rfc3339_raw, transaction  # noqa: E402
 from models.events import changed_fields, emit  # noqa: E402
 
-DEFAULT_LIMIT = 50
-MAX_LIMIT = 500
-#: Offsets beyond this are clamped to it (no project has that many participants; keeps the SQL in range).
-MAX_OFFSET = 2**53
 KEEP = ...  # update_participant: leave the field as it is
 _ESCAPE = "\\"  # LIKE escape character of the search pattern
-
-
-class ParticipantError(DomainError):
-    """A participant rule was broken; ``kind`` is ``not_found`` (the caller maps it)."""
 
 
 @dataclass(frozen=True)
@@ -55,7 +46,7 @@ class ParticipantPage:
     total: int
 
 
-def _response(id_, project_id, tenant_id, external_user_id, display_name, user_data, joined_at) -> dict:
+def _participant_body(id_, project_id, tenant_id, external_user_id, display_name, user_data, joined_at) -> dict:
     """ParticipantResponse, from a model's values or a raw row (JSON text, stored timestamp): the one place."""
     return {
         "id": id_,
@@ -68,9 +59,9 @@ def _response(id_, project_id, tenant_id, external_user_id, display_name, user_d
     }
 
 
-def response(row: Participant) -> dict:
+def participant_body(row: Participant) -> dict:
     """The ParticipantResponse of a participant (HTTP answers and event payloads alike)."""
-    return _response(
+    return _participant_body(
         row.id, row.project_id, row.tenant_id, row.external_user_id, row.display_name, row.user_data, row.joined_at
     )
 
@@ -93,21 +84,21 @@ def _in_project(project: Project):
 
 
 def _of_project(project: Project, participant_id: str) -> Participant:
-    """The project's participant with this id, or ParticipantError not_found (also for another project's)."""
+    """The project's participant with this id, or not_found (also for another project's)."""
     row = _in_project(project).where(Participant.id == participant_id).first()
     if row is None:
-        raise ParticipantError("not_found", f"Participant {participant_id} not found")
+        raise not_found(f"Participant {participant_id}")
     return row
 
 
 def _apply(project: Project, row: Participant, display_name=KEEP, user_data=KEEP) -> Participant:
     """Set the given fields; when any value changed, save and emit ``participant.updated`` with ``changes``."""
-    before = response(row)
+    before = participant_body(row)
     if display_name is not KEEP:
         row.display_name = display_name
     if user_data is not KEEP:
         row.user_data = dict(user_data)
-    after = response(row)
+    after = participant_body(row)
     changes = changed_fields(before, after)
     if changes:
         row.updated_at = utcnow()
@@ -152,13 +143,13 @@ def create_or_find_participant(
                 if row is None:  # not the unique index after all
                     raise
             else:
-                _emit("created", project, response(row))
+                _emit("created", project, participant_body(row))
                 return row, True
         return _apply(project, row, **given), False
 
 
 def get_participant(project: Project, participant_id: str) -> Participant:
-    """The project's participant with this id (ParticipantError not_found otherwise)."""
+    """The project's participant with this id (not_found otherwise)."""
     return _of_project(project, participant_id)
 
 
@@ -172,27 +163,10 @@ def delete_participant(project: Project, participant_id: str) -> dict:
     """Delete the participant (rows referencing it cascade); emits ``participant.deleted``; its last state."""
     with transaction():
         row = _of_project(project, participant_id)
-        last = response(row)
+        last = participant_body(row)
         row.delete_instance()
         _emit("deleted", project, last)
     return last
-
-
-def _whole(value, default: int, low: int, high: int) -> int:
-    """A query number as a whole number: truncated toward zero, clamped into [low, high]; NaN → default."""
-    if value is None or (isinstance(value, float) and math.isnan(value)):
-        return default
-    if value <= low:
-        return low
-    if value >= high:
-        return high
-    return int(value)
-
-
-def page_bounds(limit=None, offset=None) -> tuple[int, int]:
-    """(limit, offset) from the document's plain numbers: limit truncated and clamped into [1, MAX_LIMIT]
-    (default DEFAULT_LIMIT), offset truncated and clamped to ≥ 0 (default 0)."""
-    return _whole(limit, DEFAULT_LIMIT, 1, MAX_LIMIT), _whole(offset, 0, 0, MAX_OFFSET)
 
 
 def search_pattern(search: str) -> str:
@@ -253,4 +227,4 @@ def list_participants(project: Project, limit=None, offset=None, search: str | N
     else:
         rows = _PAGE.rows(project=project.id, limit=limit, offset=offset)
         total = _COUNT.rows(project=project.id)[0][0]
-    return ParticipantPage(participants=[_response(*row) for row in rows], total=total)
+    return ParticipantPage(participants=[_participant_body(*row) for row in rows], total=total)

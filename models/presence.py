@@ -4,12 +4,15 @@ A span opens on ``participant.joined`` (signed ingest) and closes on ``participa
 ``left_at`` None. Spans are half-open intervals ``[joined_at, left_at)``: a peer leaving at the instant another
 joins never counts twice.
 
+The span table (``PresenceSpan``) lives beside ``Session`` in ``models.sessions``, which closes a session's spans
+when it ends and selects idle sessions; this module records joins and leaves and computes what presence says.
+
 - **Sessions that end close their spans.** When a session reaches ``stopped`` or ``error``
   (``models.sessions._change_status``) every open span of it closes at that moment: the bot no longer sees
   the room, so nobody can report the leaves. A join reported for a session already ``stopped``/``error`` is
   recorded closed (at the stop, or at the join when it is later): history, never presence. So an open span
   always belongs to a live session, and a lost ``participant.left`` cannot hold presence open forever.
-- **Idle auto-stop** (:func:`idle_sessions`, ``cortex.idle.IdleSessionSweeper``): a session with
+- **Idle auto-stop** (``models.sessions.idle_sessions``, ``cortex.engines.idle.IdleSessionSweeper``): a session with
   ``idle_timeout`` > 0 in ``starting``/``active`` whose room has had no open span for ``idle_timeout`` seconds
   stops. Idle since = the later of its last span's ``left_at`` and its last status change
   (``Session.status_changed_at``, i.e. when it became ``starting``/``active``).
@@ -20,55 +23,16 @@ joins never counts twice.
 
 from __future__ import annotations
 
-import peewee as pw
+import math
+from collections import defaultdict
+from collections.abc import Hashable, Iterable
+from datetime import UTC, datetime
 
-from models.base import BaseModel, UTCDateTimeField, utcnow
-from models.identity import Project
+from models.base import DomainError, as_utc, is_sqlite, utcnow
 from models.participants import Participant
-from models.sessions import Session
-
-
-class PresenceSpan(BaseModel):
-    """One participant's stay in a session's room (one peer connection)."""
-
-    project = pw.ForeignKeyField(Project, on_delete="CASCADE")
-    session = pw.ForeignKeyField(Session, backref="presence", on_delete="CASCADE")
-    # Presence history goes with the participant (DELETE …/participants/{id}).
-    participant = pw.ForeignKeyField(Participant, backref="presence", on_delete="CASCADE")
-    external_user_id = pw.TextField()
-    peer_id = pw.TextField(null=True)
-    joined_at = UTCDateTimeField(default=utcnow)
-    left_at = UTCDateTimeField(null=True)
-
-    class Meta:
-        indexes = (
-            (("project", "joined_at"), False),
-            (("session", "left_at"), False),
-            # Open spans of a project (peer limit) and spans overlapping an analytics range (migration 5).
-            (("project", "left_at"), False),
-        )
-
+from models.sessions import ENDED, PresenceSpan, Session, closing_time, unix_ms
 
 MODELS = [PresenceSpan]
-
-
-# ---------------------------------------------------------------- domain operations (inside the caller's transaction)
-import math  # noqa: E402
-from collections import defaultdict  # noqa: E402
-from collections.abc import Hashable, Iterable  # noqa: E402
-from datetime import UTC, datetime  # noqa: E402
-
-from models.base import DomainError, as_utc, is_sqlite  # noqa: E402
-
-#: Session statuses in which the bot is out of the room: spans are closed, joins are recorded closed.
-ENDED = ("stopped", "error")
-#: Session statuses the idle auto-stop watches.
-IDLE_WATCHED = ("starting", "active")
-
-
-def _ms(value: datetime) -> int:
-    """A datetime as whole Unix milliseconds."""
-    return round(as_utc(value).timestamp() * 1000)
 
 
 def _open(session: Session, participant: Participant, peer_id: str | None):
@@ -119,12 +83,6 @@ def record_join(session: Session, participant: Participant, peer_id: str | None,
     return span, left_at is None
 
 
-def _close_at(at: datetime):
-    """``left_at`` for closing a span at ``at``: never before its join (a leave reported early is zero-length)."""
-    stored = PresenceSpan.left_at.db_value(at)
-    return pw.Case(None, [(PresenceSpan.joined_at > at, PresenceSpan.joined_at)], stored)
-
-
 def record_leave(session: Session, participant: Participant, peer_id: str | None, at: datetime | None = None) -> int:
     """Close the participant's open spans in the session (only that peer's when ``peer_id`` is given).
 
@@ -136,17 +94,7 @@ def record_leave(session: Session, participant: Participant, peer_id: str | None
     ids = [span.id for span in _open(session, participant, peer_id).select(PresenceSpan.id)]
     if not ids:
         return 0
-    return PresenceSpan.update(left_at=_close_at(at)).where(PresenceSpan.id.in_(ids)).execute()
-
-
-def close_open_spans(session_id: str, at: datetime | None = None) -> int:
-    """Close every open span of the session at ``at`` (now); how many. Called when the session ends."""
-    at = as_utc(at) or utcnow()
-    return (
-        PresenceSpan.update(left_at=_close_at(at))
-        .where(PresenceSpan.session == session_id, PresenceSpan.left_at.is_null())
-        .execute()
-    )
+    return PresenceSpan.update(left_at=closing_time(at)).where(PresenceSpan.id.in_(ids)).execute()
 
 
 def present_count(session_id: str) -> int:
@@ -157,42 +105,6 @@ def present_count(session_id: str) -> int:
 def project_present_count(project_id: str) -> int:
     """How many peers are present across the project's sessions right now (open spans)."""
     return PresenceSpan.select().where(PresenceSpan.project == project_id, PresenceSpan.left_at.is_null()).count()
-
-
-# ---------------------------------------------------------------- idle sessions
-
-
-def _epoch_ms(expression):
-    """SQL: a stored (naive UTC) timestamp as whole Unix milliseconds, on SQLite and PostgreSQL (rounded: exact
-    at the millisecond precision both keep, so a deadline is met at its very millisecond)."""
-    if is_sqlite():
-        return pw.fn.ROUND((pw.fn.julianday(expression) - 2440587.5) * 86400000.0)
-    return pw.fn.ROUND(pw.fn.date_part("epoch", expression) * 1000)
-
-
-def idle_sessions(now: datetime | None = None):
-    """Query: sessions due for the idle auto-stop at ``now``, in one statement (no per-session queries).
-
-    Due = ``idle_timeout`` > 0, status ``starting``/``active``, no open span, and both the last status change
-    and the last span's ``left_at`` at least ``idle_timeout`` seconds before ``now``.
-    """
-    now_ms = _ms(as_utc(now) or utcnow())
-    span = PresenceSpan.alias("open_span")
-    last = PresenceSpan.alias("last_span")
-    present = span.select(pw.SQL("1")).where((span.session == Session.id) & span.left_at.is_null())
-    last_left = last.select(pw.fn.MAX(last.left_at)).where(last.session == Session.id)
-    changed = pw.fn.COALESCE(Session.status_changed_at, Session.updated_at)
-
-    def idle_for(since):  # seconds from ``since`` to now; compared with the timeout as stored (no overflow)
-        return (now_ms - _epoch_ms(since)) / 1000.0
-
-    return Session.select().where(
-        (Session.idle_timeout > 0)
-        & Session.status.in_(IDLE_WATCHED)
-        & ~pw.fn.EXISTS(present)
-        & (Session.idle_timeout <= idle_for(changed))
-        & (pw.fn.COALESCE(idle_for(last_left), now_ms / 1000.0) >= Session.idle_timeout)
-    )
 
 
 # ---------------------------------------------------------------- voice analytics
@@ -217,7 +129,7 @@ def analytics_window(start, now: datetime) -> tuple[int, int, int] | None:
     """
     if isinstance(start, bool) or not isinstance(start, int | float) or math.isnan(start):
         raise DomainError("invalid", f"start must be a Unix timestamp in seconds, not {start!r}")
-    end = _ms(now)
+    end = unix_ms(now)
     if start * 1000 > end:
         return None
     start_ms = max(start * 1000, end - MAX_RANGE * 1000)  # a float; -inf clamps too
@@ -295,7 +207,7 @@ def _spans_overlapping(project_id: str, since: int, end: int, with_room: bool):
     )
     for row in query.tuples().iterator():
         joined, left = row[0], row[1]
-        yield _ms(joined), end + 1 if left is None else _ms(left), row[2] if with_room else None
+        yield unix_ms(joined), end + 1 if left is None else unix_ms(left), row[2] if with_room else None
 
 
 def _over_time(project_id: str, start, now: datetime | None, rooms: bool) -> dict:

@@ -1,36 +1,104 @@
-"""Projects as members see them, and membership management (invite, remove, change role)."""
+"""Projects as members see them (the App body), and membership management (invite, remove, change role)."""
 
 from __future__ import annotations
 
 import peewee as pw
 
-from models.base import DomainError, transaction
-from models.identity import ROLES, Project, ProjectMember, User, normalise_email
+from models.access import Principal, forget_resolved_projects, visible_projects
+from models.base import conflict, invalid, is_sqlite, not_found, rfc3339, transaction
+from models.identity import ROLES, Project, ProjectMember, User, normalise_email, project_secret
+from models.permissions import permissions_for
+from models.settings import AppSettings, is_configured
+from models.voice import VoiceConfig
 
 ACTIVE = "active"
 PENDING = "pending"
 REVOKED = "revoked"
 
+_PRODUCTS = {
+    "cortex": ("Cortex", "Transcription bot sessions, transcripts, moderation, events and automation"),
+    "voice": ("ODIN Voice", "Real-time voice chat: access keys, room tokens, peer limits"),
+}
 
-class MembershipError(DomainError):
-    """A membership rule was broken: kind is "invalid" (400), "not_found" (404) or "conflict" (409)."""
+
+def _product_body(project_id: str, slug: str, activated_at) -> dict:
+    """ActivatedProduct for a product enabled on a self-hosted project."""
+    name, description = _PRODUCTS[slug]
+    return {
+        "id": f"{project_id}:{slug}",
+        "product": {"slug": slug, "name": name, "description": description, "features": [], "pricing": [],
+                    "dependencies": []},
+        "activatedAt": rfc3339(activated_at),
+        "config": None,
+    }
 
 
-def member_projects(user_id: str | None, tenant_id: str | None = None, project_id: str | None = None):
-    """(project, role) pairs of a user's active memberships, optionally within one tenant / one project."""
-    if user_id is None:
-        return []
-    query = (
-        Project.select(Project, ProjectMember.role)
-        .join(ProjectMember)
-        .where(ProjectMember.user == user_id, ProjectMember.status == ACTIVE)
-        .order_by(Project.created_at, Project.id)
+def app_body(project: Project, role: str, principal: Principal, user_count: int, configured: bool,
+             voice: VoiceConfig | None) -> dict:
+    """App: a project as the caller sees it (the secret only for admins)."""
+    products = [_product_body(project.id, "cortex", project.created_at)]
+    if voice is not None:
+        products.append(_product_body(project.id, "voice", voice.created_at))
+    return {
+        "id": project.id,
+        "name": project.name,
+        "description": project.description or "",
+        "type": project.type,
+        "secret": (project_secret(project) or "") if role == "admin" else "",
+        "appId": project.app_id,
+        "created": rfc3339(project.created_at),
+        "updated": rfc3339(project.updated_at or project.created_at),
+        "role": role,
+        "currentUserRole": role,
+        "domain": project.domain or "",
+        "isConfigured": configured,
+        "userCount": user_count,
+        "permissions": permissions_for(role, principal.scopes),
+        "billingState": "free",
+        "activatedProducts": products,
+    }
+
+
+def list_apps(principal: Principal) -> list[dict]:
+    """App bodies of every project the principal may use (an API key: its creator's, in its tenant / its one
+    project), oldest first: four queries however many projects."""
+    pairs = visible_projects(principal)
+    ids = [project.id for project, _role in pairs]
+    counts = active_member_counts(ids)
+    by_id = {project.id: project for project, _role in pairs}
+    configured = {
+        row.project_id
+        for row in AppSettings.select().where(AppSettings.project.in_(ids))
+        if is_configured(row, by_id[row.project_id])
+    }
+    voice = {row.project_id: row for row in VoiceConfig.select().where(VoiceConfig.project.in_(ids))}
+    return [
+        app_body(p, role, principal, counts.get(p.id, 0), p.id in configured, voice.get(p.id))
+        for p, role in pairs
+    ]
+
+
+def member_body(member: ProjectMember) -> dict:
+    """ProjectUser (``id`` is the permission id)."""
+    user = member.user if member.user_id else None
+    return {
+        "id": member.id,
+        "name": user.name if user else member.email.split("@")[0],
+        "email": member.email,
+        "role": member.role,
+        "status": member.status,
+        "created": rfc3339(member.created_at),
+    }
+
+
+def invitation_mail(project: Project, member: ProjectMember) -> tuple[str, str]:
+    """(subject, text) of the mail that invites ``member`` to ``project``."""
+    return (
+        f"You are invited to {project.name} on Cortex",
+        f"You have been invited to the project {project.name!r} as {member.role}.\n\n"
+        f"Log in to Cortex with this email address (or ask an administrator to create your account) and the "
+        f"invitation becomes active.\n",
     )
-    if tenant_id is not None:
-        query = query.where(Project.tenant == tenant_id)
-    if project_id is not None:
-        query = query.where(Project.id == project_id)
-    return [(project, project.projectmember.role) for project in query]
 
 
 def active_member_counts(project_ids: list[str]) -> dict[str, int]:
@@ -65,7 +133,7 @@ def _membership(project: Project, permission_id: str) -> ProjectMember:
         .first()
     )
     if member is None:
-        raise MembershipError("not_found", f"Project user {permission_id} not found")
+        raise not_found(f"Project user {permission_id}")
     return member
 
 
@@ -77,7 +145,7 @@ def _other_active_admins(project: Project, member: ProjectMember) -> int:
         ProjectMember.status == ACTIVE,
         ProjectMember.id != member.id,
     )
-    if isinstance(ProjectMember._meta.database.obj, pw.PostgresqlDatabase):
+    if not is_sqlite():
         query = query.for_update()
     return len(list(query))
 
@@ -91,18 +159,18 @@ def invite(project: Project, email: str, role: str) -> tuple[ProjectMember, bool
     email = normalise_email(email)
     local, _, domain = email.partition("@")
     if not local or "." not in domain or len(email) > 320 or any(c.isspace() for c in email):
-        raise MembershipError("invalid", f"email {email!r} is not an email address")
+        raise invalid(f"email {email!r} is not an email address")
     if role not in ROLES:
-        raise MembershipError("invalid", f"role must be one of {list(ROLES)}")
+        raise invalid(f"role must be one of {list(ROLES)}")
     with transaction():
         member = ProjectMember.get_or_none(ProjectMember.project == project.id, ProjectMember.email == email)
         if member is not None and member.status == ACTIVE:
-            raise MembershipError("conflict", f"{email} is already an active member of this project")
+            raise conflict(f"{email} is already an active member of this project")
         if member is None:
             return ProjectMember.create(project=project.id, email=email, role=role, status=PENDING), True
         member.role, member.status, member.user = role, PENDING, None
         member.save()
-        return member, False
+    return member, False
 
 
 def remove(project: Project, permission_id: str) -> ProjectMember:
@@ -110,23 +178,25 @@ def remove(project: Project, permission_id: str) -> ProjectMember:
     with transaction():
         member = _membership(project, permission_id)
         if _is_last_admin(project, member):
-            raise MembershipError("conflict", "The last admin of a project cannot be removed")
+            raise conflict("The last admin of a project cannot be removed")
         member.status = REVOKED
         member.save(only=[ProjectMember.status])
-        return member
+    forget_resolved_projects()  # after the commit: nothing this process resolved before it is kept
+    return member
 
 
 def change_role(project: Project, permission_id: str, role: str) -> ProjectMember:
     """Change a member's role; the last admin cannot be demoted."""
     if role not in ROLES:
-        raise MembershipError("invalid", f"role must be one of {list(ROLES)}")
+        raise invalid(f"role must be one of {list(ROLES)}")
     with transaction():
         member = _membership(project, permission_id)
         if role != "admin" and _is_last_admin(project, member):
-            raise MembershipError("conflict", "The last admin of a project cannot be demoted")
+            raise conflict("The last admin of a project cannot be demoted")
         member.role = role
         member.save(only=[ProjectMember.role])
-        return member
+    forget_resolved_projects()
+    return member
 
 
 def activate_invitations(user: User) -> int:

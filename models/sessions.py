@@ -1,12 +1,30 @@
-"""Transcription-bot sessions of a project: creation, listing, bot start/stop, status reports.
+"""Transcription-bot sessions of a project: creation, listing, bot start/stop, status reports, and who is
+present in a session's room (presence spans; recording joins and leaves and the analytics over them are
+``models.presence``).
 
-The statuses and the bot command flow are described in ``cortex/bot.py``. Every write is one transaction
+Session statuses::
+
+    created ──start──▶ starting ──▶ active ──stop──▶ stopping ──▶ stopped
+                                    any status ──▶ error
+
+- ``created``: stored, no command sent yet (``createSession`` with ``autoStart: false``).
+- ``starting``: Cortex sent a start command; the bot is joining the room.
+- ``active``: the bot is in the room and processing.
+- ``stopping``: Cortex sent a stop command; the bot is leaving.
+- ``stopped``: the bot left. A stopped (or failed) session may be started again.
+- ``error``: a command could not be delivered, or a worker reported a failure.
+
+Cortex records ``starting``/``stopping`` itself when it sends a command (:func:`start_session` /
+:func:`stop_session`: one transaction with its ``session.updated`` event, committed before the driver is
+called); starting an ``active``/``starting`` session (or stopping a ``stopping``/``stopped`` one) sends the
+command again without a status change or event. A :class:`BotDriver` (``cortex/integrations/bots.py``)
+delivers the command and reports what the bot did through :func:`set_session_status`. Every write is one transaction
 together with its domain event (``session.created``; ``session.updated`` carrying the previous values of the
 changed fields in ``changes``). A bot command is sent only after the transaction that recorded it
 (``starting``/``stopping``) committed, so a worker never acts on a state that could still roll back; a command
 that cannot be delivered moves the session to ``error``. A session reaching ``stopped``/``error`` closes its open
-presence spans (``models.presence``); a ``starting``/``active`` one with ``idle_timeout`` > 0 and nobody present
-for that long is stopped by ``cortex.idle.IdleSessionSweeper`` (``stop_idle_session``).
+presence spans; a ``starting``/``active`` one with ``idle_timeout`` > 0 and nobody present for that long is
+stopped by ``cortex.engines.idle.IdleSessionSweeper`` (:func:`idle_sessions`, :func:`stop_idle_session`).
 """
 
 from __future__ import annotations
@@ -14,12 +32,13 @@ from __future__ import annotations
 import logging
 import math
 from datetime import datetime, timedelta
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 import peewee as pw
 
 from models.base import BaseModel, Prepared, UTCDateTimeField, utcnow
 from models.identity import Project
+from models.participants import Participant
 
 
 class Session(BaseModel):
@@ -32,8 +51,8 @@ class Session(BaseModel):
     title = pw.TextField()
     created_by_user_id = pw.CharField(max_length=64)
     status = pw.CharField(max_length=32, default="created")
-    # Idle timeout in seconds, stored as given (None/0: no auto-stop). Enforced by cortex.idle.IdleSessionSweeper:
-    # a starting/active session whose room has had nobody present (models.presence) for this long is stopped.
+    # Idle timeout in seconds, stored as given (None/0: no auto-stop). Enforced by the idle sweeper: a
+    # starting/active session whose room has had nobody present (PresenceSpan) for this long is stopped.
     idle_timeout = pw.DoubleField(null=True)
     updated_at = UTCDateTimeField(default=utcnow)
     # When the status last changed (migration 5; None only on rows older than it, read as updated_at): the
@@ -44,28 +63,75 @@ class Session(BaseModel):
         indexes = ((("project", "created_at"), False),)
 
 
+class PresenceSpan(BaseModel):
+    """One participant's stay in a session's room (one peer connection): ``[joined_at, left_at)``, open while
+    ``left_at`` is None (see ``models.presence``)."""
+
+    project = pw.ForeignKeyField(Project, on_delete="CASCADE")
+    session = pw.ForeignKeyField(Session, backref="presence", on_delete="CASCADE")
+    # Presence history goes with the participant (DELETE …/participants/{id}).
+    participant = pw.ForeignKeyField(Participant, backref="presence", on_delete="CASCADE")
+    external_user_id = pw.TextField()
+    peer_id = pw.TextField(null=True)
+    joined_at = UTCDateTimeField(default=utcnow)
+    left_at = UTCDateTimeField(null=True)
+
+    class Meta:
+        table_name = "presence_span"
+        indexes = (
+            (("project", "joined_at"), False),
+            (("session", "left_at"), False),
+            # Open spans of a project (peer limit) and spans overlapping an analytics range (migration 5).
+            (("project", "left_at"), False),
+        )
+
+
 MODELS = [Session]
 
 
 # ---------------------------------------------------------------- domain operations
-from cortex.problems import bad_request, not_found  # noqa: E402
-from models.base import is_sqlite, rfc3339, rfc3339_raw, transaction  # noqa: E402
+from models.base import (  # noqa: E402
+    DomainError,
+    as_utc,
+    conflict,
+    invalid,
+    is_sqlite,
+    not_found,
+    rfc3339,
+    rfc3339_raw,
+    transaction,
+)
 from models.events import changed_fields, emit  # noqa: E402
 from models.settings import AppSettings, is_configured  # noqa: E402
 
-if TYPE_CHECKING:
-    from cortex.bot import BotDriver
-
 log = logging.getLogger("cortex.sessions")
 
-#: Every status a session can have (see cortex/bot.py for the transitions).
+#: Every status a session can have (see the module docstring for the transitions).
 STATUSES = ("created", "starting", "active", "stopping", "stopped", "error")
+#: Statuses in which the bot is out of the room: spans are closed, joins are recorded closed.
+ENDED = ("stopped", "error")
+#: Statuses the idle auto-stop watches.
+IDLE_WATCHED = ("starting", "active")
 DEFAULT_GATEWAY = "gateway.odin.4players.io"
 _TICK = timedelta(milliseconds=1)  # the precision both databases keep
 
 
-class BotCommandError(Exception):
-    """A bot driver could not deliver a command (raised by drivers; the session is then marked ``error``)."""
+class BotCommandError(DomainError):
+    """A bot driver could not deliver a command (raised by drivers; the session is then marked ``error``):
+    503 for the caller."""
+
+    def __init__(self, detail: str):
+        super().__init__("unavailable", detail)
+
+
+class BotDriver(Protocol):
+    """Delivers bot commands for a session; implementations live in ``cortex/integrations/bots.py``."""
+
+    def start(self, session: Session) -> None:
+        """Ask a bot to join the session's room; raise BotCommandError when the command cannot be delivered."""
+
+    def stop(self, session: Session) -> None:
+        """Ask the session's bot to leave; raise BotCommandError when the command cannot be delivered."""
 
 
 # ---------------------------------------------------------------- the SessionResponse shape (one place)
@@ -148,7 +214,7 @@ def require_configured_settings(project: Project) -> None:
     """400 unless the project's app settings exist and their token provider is complete (the bot needs it)."""
     row = AppSettings.get_or_none(AppSettings.project == project.id)
     if row is None or not is_configured(row, project):
-        raise bad_request(
+        raise invalid(
             f"The app settings of project {project.id} are not configured; the bot needs a token provider "
             "(PUT /api/projects/{projectId}/settings)"
         )
@@ -169,14 +235,12 @@ def _change_status(session: Session, status: str, source: str) -> bool:
     """Inside a transaction: set the status, emit ``session.updated`` with the previous values; False if unchanged."""
     if session.status == status:
         return False
-    from models import presence  # presence imports this module
-
     before = session_body(session)
     session.status = status
     session.updated_at = session.status_changed_at = _later_than(session.updated_at)
     session.save(only=[Session.status, Session.updated_at, Session.status_changed_at])
-    if status in presence.ENDED:  # the bot left the room: nobody can be seen present any more
-        presence.close_open_spans(session.id, session.updated_at)
+    if status in ENDED:  # the bot left the room: nobody can be seen present any more
+        close_open_spans(session.id, session.updated_at)
     after = session_body(session)
     _emit(session, "updated", after, changed_fields(before, after), source)
     return True
@@ -187,16 +251,16 @@ def _change_status(session: Session, status: str, source: str) -> bool:
 
 def _clean_create(title, external_room_id, gateway, idle_timeout) -> tuple[str, str, str, float | None]:
     if not isinstance(title, str):
-        raise bad_request("title must be a string")
+        raise invalid("title must be a string")
     if not isinstance(external_room_id, str) or not external_room_id.strip():
-        raise bad_request("externalRoomId must not be empty")
+        raise invalid("externalRoomId must not be empty")
     if gateway is not None and not isinstance(gateway, str):
-        raise bad_request("gateway must be a string")
+        raise invalid("gateway must be a string")
     if idle_timeout is not None:
         if isinstance(idle_timeout, bool) or not isinstance(idle_timeout, int | float):
-            raise bad_request("idleTimeout must be a number of seconds")
+            raise invalid("idleTimeout must be a number of seconds")
         if not math.isfinite(idle_timeout) or idle_timeout < 0:
-            raise bad_request("idleTimeout must be a number of seconds ≥ 0 (0 means no auto-stop)")
+            raise invalid("idleTimeout must be a number of seconds ≥ 0 (0 means no auto-stop)")
         idle_timeout = float(idle_timeout)
     return title, external_room_id.strip(), (gateway or "").strip() or DEFAULT_GATEWAY, idle_timeout
 
@@ -252,13 +316,16 @@ def create_session(
 
 
 def _send(command, session: Session) -> None:
-    """Send a bot command; an undeliverable one moves the session to ``error`` (own transaction), then re-raises."""
+    """Send a bot command; an undeliverable one moves the session to ``error`` (own transaction) and raises
+    BotCommandError (503) saying so."""
     try:
         command(session)
-    except BotCommandError:
+    except BotCommandError as exc:
         log.exception("bot command for session %s could not be delivered", session.id)
         set_session_status(session.id, "error", source="cortex:api", project_id=session.project_id)
-        raise
+        raise BotCommandError(
+            f"The bot command could not be delivered ({exc.detail}); the session is now in status error"
+        ) from exc
 
 
 def start_session(project: Project, session_id: str, driver: BotDriver) -> Session:
@@ -290,18 +357,29 @@ def stop_session(project: Project, session_id: str, driver: BotDriver) -> Sessio
     return get_session(project, session_id)
 
 
+def session_actions_body(project: Project, session_id: str) -> dict:
+    """SessionActionsResponse: the plugin actions of a session; none until plugins exist (404 for another
+    project's session)."""
+    session = get_session(project, session_id)
+    return {"sessionId": session.id, "plugins": []}
+
+
+def regenerate_summary(project: Project, session_id: str) -> None:
+    """Regenerate a session's summary: 409 while no summary plugin can be enabled (404 for another project's)."""
+    get_session(project, session_id)
+    raise conflict("no summary plugin enabled for this project; install and enable the session-summary plugin")
+
+
 def stop_idle_session(session_id: str, driver: BotDriver, now: datetime | None = None) -> Session | None:
     """The idle auto-stop of one session: ``stop_session``'s path (``stopping`` + ``session.updated`` with source
     ``cortex:api``, committed, then the driver's stop command) when the session is still due at ``now``.
 
-    Due is re-checked under the row lock (``models.presence.idle_sessions``), so a participant who joined since
-    the sweep selected it keeps the session running. Returns the session's latest state, or None when it was
-    not due (any more). An undeliverable command leaves the session in ``error`` (logged) and is not raised.
+    Due is re-checked under the row lock (:func:`idle_sessions`), so a participant who joined since the sweep
+    selected it keeps the session running. Returns the session's latest state, or None when it was not due
+    (any more). An undeliverable command leaves the session in ``error`` (logged) and is not raised.
     """
-    from models import presence  # presence imports this module
-
     with transaction():
-        session = _locked(presence.idle_sessions(now).where(Session.id == session_id)).first()
+        session = _locked(idle_sessions(now).where(Session.id == session_id)).first()
         if session is None:
             return None
         _change_status(session, "stopping", "cortex:api")
@@ -331,3 +409,60 @@ def set_session_status(
         if session is not None:
             _change_status(session, status, source)
         return session
+
+
+# ---------------------------------------------------------------- the room: open spans and the idle rule
+
+
+def closing_time(at: datetime):
+    """``left_at`` for closing a span at ``at``: never before its join (a leave reported early is zero-length)."""
+    stored = PresenceSpan.left_at.db_value(at)
+    return pw.Case(None, [(PresenceSpan.joined_at > at, PresenceSpan.joined_at)], stored)
+
+
+def close_open_spans(session_id: str, at: datetime | None = None) -> int:
+    """Close every open span of the session at ``at`` (now); how many. Called when the session ends."""
+    at = as_utc(at) or utcnow()
+    return (
+        PresenceSpan.update(left_at=closing_time(at))
+        .where(PresenceSpan.session == session_id, PresenceSpan.left_at.is_null())
+        .execute()
+    )
+
+
+def unix_ms(value: datetime) -> int:
+    """A datetime as whole Unix milliseconds."""
+    return round(as_utc(value).timestamp() * 1000)
+
+
+def _epoch_ms(expression):
+    """SQL: a stored (naive UTC) timestamp as whole Unix milliseconds, on SQLite and PostgreSQL (rounded: exact
+    at the millisecond precision both keep, so a deadline is met at its very millisecond)."""
+    if is_sqlite():
+        return pw.fn.ROUND((pw.fn.julianday(expression) - 2440587.5) * 86400000.0)
+    return pw.fn.ROUND(pw.fn.date_part("epoch", expression) * 1000)
+
+
+def idle_sessions(now: datetime | None = None):
+    """Query: sessions due for the idle auto-stop at ``now``, in one statement (no per-session queries).
+
+    Due = ``idle_timeout`` > 0, status ``starting``/``active``, no open span, and both the last status change
+    and the last span's ``left_at`` at least ``idle_timeout`` seconds before ``now``.
+    """
+    now_ms = unix_ms(as_utc(now) or utcnow())
+    span = PresenceSpan.alias("open_span")
+    last = PresenceSpan.alias("last_span")
+    present = span.select(pw.SQL("1")).where((span.session == Session.id) & span.left_at.is_null())
+    last_left = last.select(pw.fn.MAX(last.left_at)).where(last.session == Session.id)
+    changed = pw.fn.COALESCE(Session.status_changed_at, Session.updated_at)
+
+    def idle_for(since):  # seconds from ``since`` to now; compared with the timeout as stored (no overflow)
+        return (now_ms - _epoch_ms(since)) / 1000.0
+
+    return Session.select().where(
+        (Session.idle_timeout > 0)
+        & Session.status.in_(IDLE_WATCHED)
+        & ~pw.fn.EXISTS(present)
+        & (Session.idle_timeout <= idle_for(changed))
+        & (pw.fn.COALESCE(idle_for(last_left), now_ms / 1000.0) >= Session.idle_timeout)
+    )

@@ -12,7 +12,7 @@ E2E_MODES = ("disabled", "automatic", "manual")
 
 
 class AppSettings(BaseModel):
-    """One row per configured project; secrets are encrypted (cortex.crypto), never stored in plaintext."""
+    """One row per configured project; secrets are encrypted (cortex.lib.crypto), never stored in plaintext."""
 
     project = pw.ForeignKeyField(Project, unique=True, backref="app_settings", on_delete="CASCADE")
     token_provider_type = pw.CharField(max_length=16)
@@ -48,9 +48,9 @@ import re  # noqa: E402
 from dataclasses import dataclass  # noqa: E402
 from urllib.parse import urlsplit  # noqa: E402
 
-from cortex import crypto, odin  # noqa: E402
-from cortex.problems import bad_request, not_found  # noqa: E402
-from models.base import is_sqlite, transaction  # noqa: E402
+from cortex.lib import crypto, odin  # noqa: E402
+from models.base import invalid, is_sqlite, not_found, rfc3339, transaction  # noqa: E402
+from models.identity import project_secret  # noqa: E402
 
 WEBSERVICE_METHODS = ("GET", "POST")
 MAX_BOT_USER_ID = 255
@@ -143,38 +143,38 @@ def _state(row: AppSettings, project: Project) -> SettingsState:
 def _access_key_config(config) -> tuple[str, str]:
     """(canonical access key, bot user id) from an accessKeyConfig, or 400 naming the field."""
     if not isinstance(config, dict):
-        raise bad_request("accessKeyConfig must be an object with accessKey and botUserId")
+        raise invalid("accessKeyConfig must be an object with accessKey and botUserId")
     key = config.get("accessKey")
     if not isinstance(key, str) or not key.strip():
-        raise bad_request("accessKeyConfig.accessKey is required")
+        raise invalid("accessKeyConfig.accessKey is required")
     try:
         raw = odin.parse_access_key(key)
     except odin.InvalidAccessKey as exc:
-        raise bad_request(f"accessKeyConfig.accessKey is not a valid ODIN access key: {exc}") from None
+        raise invalid(f"accessKeyConfig.accessKey is not a valid ODIN access key: {exc}") from None
     bot_user_id = config.get("botUserId")
     if not isinstance(bot_user_id, str) or not bot_user_id.strip():
-        raise bad_request("accessKeyConfig.botUserId must not be empty")
+        raise invalid("accessKeyConfig.botUserId must not be empty")
     if len(bot_user_id.strip()) > MAX_BOT_USER_ID:
-        raise bad_request(f"accessKeyConfig.botUserId must be at most {MAX_BOT_USER_ID} characters")
+        raise invalid(f"accessKeyConfig.botUserId must be at most {MAX_BOT_USER_ID} characters")
     return base64.b64encode(raw).decode("ascii").rstrip("="), bot_user_id.strip()
 
 
 def _webservice_url(url) -> str:
     if not isinstance(url, str) or not url.strip():
-        raise bad_request("webserviceConfig.url is required")
+        raise invalid("webserviceConfig.url is required")
     url = url.strip()
     try:
         parts = urlsplit(url)
         host = parts.hostname
         parts.port  # noqa: B018 - raises ValueError on a bad port
     except ValueError:
-        raise bad_request("webserviceConfig.url is not a valid URL") from None
+        raise invalid("webserviceConfig.url is not a valid URL") from None
     if parts.scheme.lower() not in ("http", "https") or not host:
-        raise bad_request("webserviceConfig.url must be an http(s) URL with a host, e.g. https://example.com/token")
+        raise invalid("webserviceConfig.url must be an http(s) URL with a host, e.g. https://example.com/token")
     if parts.username is not None or parts.password is not None:
-        raise bad_request("webserviceConfig.url must not contain credentials; send them in webserviceConfig.headers")
+        raise invalid("webserviceConfig.url must not contain credentials; send them in webserviceConfig.headers")
     if len(url) > MAX_URL or not url.isascii() or any(ch.isspace() or ord(ch) < 32 for ch in url):
-        raise bad_request(
+        raise invalid(
             f"webserviceConfig.url must be at most {MAX_URL} ASCII characters without spaces (percent-encode others)"
         )
     return url
@@ -182,39 +182,39 @@ def _webservice_url(url) -> str:
 
 def _webservice_headers(headers) -> dict[str, str]:
     if not isinstance(headers, dict):
-        raise bad_request("webserviceConfig.headers must be an object of header names to string values")
+        raise invalid("webserviceConfig.headers must be an object of header names to string values")
     for name, value in headers.items():
         if not _HEADER_NAME.fullmatch(name):
-            raise bad_request(f"webserviceConfig.headers: {name!r} is not a valid HTTP header name")
+            raise invalid(f"webserviceConfig.headers: {name!r} is not a valid HTTP header name")
         if not isinstance(value, str) or any(ch in value for ch in "\r\n\x00"):
-            raise bad_request(f"webserviceConfig.headers.{name} must be a string without line breaks")
+            raise invalid(f"webserviceConfig.headers.{name} must be a string without line breaks")
         try:
             value.encode("latin-1")  # what HTTP/1.1 header values can carry
         except UnicodeEncodeError:
-            raise bad_request(f"webserviceConfig.headers.{name} must contain only ISO-8859-1 characters") from None
+            raise invalid(f"webserviceConfig.headers.{name} must contain only ISO-8859-1 characters") from None
     return dict(headers)
 
 
 def _apply_webservice_config(row: AppSettings, config, *, merge: bool) -> None:
     """Set the webservice fields from a webserviceConfig (PATCH keeps stored headers/bodyTemplate if omitted)."""
     if not isinstance(config, dict):
-        raise bad_request("webserviceConfig must be an object with url, method and responseTokenPath")
+        raise invalid("webserviceConfig must be an object with url, method and responseTokenPath")
     url = _webservice_url(config.get("url"))
     method = config.get("method")
     if method not in WEBSERVICE_METHODS:
-        raise bad_request("webserviceConfig.method must be GET or POST")
+        raise invalid("webserviceConfig.method must be GET or POST")
     path = config.get("responseTokenPath")
     if not isinstance(path, str) or not path.strip():
-        raise bad_request("webserviceConfig.responseTokenPath must not be empty")
+        raise invalid("webserviceConfig.responseTokenPath must not be empty")
     try:
         token_path_segments(path)
     except ValueError as exc:
-        raise bad_request(f"webserviceConfig.responseTokenPath {exc}") from None
+        raise invalid(f"webserviceConfig.responseTokenPath {exc}") from None
     if len(path.strip()) > MAX_TOKEN_PATH:
-        raise bad_request(f"webserviceConfig.responseTokenPath must be at most {MAX_TOKEN_PATH} characters")
+        raise invalid(f"webserviceConfig.responseTokenPath must be at most {MAX_TOKEN_PATH} characters")
     template = config.get("bodyTemplate")
     if template is not None and not isinstance(template, str):
-        raise bad_request("webserviceConfig.bodyTemplate must be a string")
+        raise invalid("webserviceConfig.bodyTemplate must be a string")
     row.webservice_url, row.webservice_method, row.webservice_response_token_path = url, method, path.strip()
     if "headers" in config or not merge:
         headers = _webservice_headers(config.get("headers") or {})
@@ -240,7 +240,7 @@ def _apply_provider(row: AppSettings, project: Project, request: dict, *, merge:
     """
     provider = request.get("tokenProviderType", row.token_provider_type)
     if provider not in TOKEN_PROVIDERS:
-        raise bad_request(f"tokenProviderType must be one of {', '.join(TOKEN_PROVIDERS)}")
+        raise invalid(f"tokenProviderType must be one of {', '.join(TOKEN_PROVIDERS)}")
     if not merge or provider != row.token_provider_type:
         if provider != "access_key":
             _clear_access_key(row)
@@ -254,26 +254,26 @@ def _apply_provider(row: AppSettings, project: Project, request: dict, *, merge:
     if provider == "webservice" and request.get("webserviceConfig") is not None:
         _apply_webservice_config(row, request["webserviceConfig"], merge=merge)
     if provider == "access_key" and not is_configured(row, project):
-        raise bad_request("accessKeyConfig (accessKey and botUserId) is required for tokenProviderType access_key")
+        raise invalid("accessKeyConfig (accessKey and botUserId) is required for tokenProviderType access_key")
     if provider == "webservice" and not is_configured(row, project):
-        raise bad_request(
+        raise invalid(
             "webserviceConfig (url, method and responseTokenPath) is required for tokenProviderType webservice"
         )
     if provider == "rooms" and not is_configured(row, project):
-        raise bad_request("tokenProviderType rooms needs the project secret, and this project has none")
+        raise invalid("tokenProviderType rooms needs the project secret, and this project has none")
 
 
 def _apply_e2e(row: AppSettings, mode, password, *, password_field: str, mode_field: str) -> None:
     """``manual`` needs a password (given, or already stored; empty keeps it); other modes clear it."""
     if mode not in E2E_MODES:
-        raise bad_request(f"{mode_field} must be one of {', '.join(E2E_MODES)}")
+        raise invalid(f"{mode_field} must be one of {', '.join(E2E_MODES)}")
     if password is not None and not isinstance(password, str):
-        raise bad_request(f"{password_field} must be a string")
+        raise invalid(f"{password_field} must be a string")
     if mode == "manual":
         if password:
             row.e2e_password_encrypted = crypto.encrypt(password)
         elif not row.e2e_password_encrypted:
-            raise bad_request(f"{password_field} is required when the e2e encryption mode is manual")
+            raise invalid(f"{password_field} is required when the e2e encryption mode is manual")
     else:
         row.e2e_password_encrypted = None
     row.e2e_encryption_mode = mode
@@ -283,12 +283,12 @@ def _apply_plain_fields(row: AppSettings, request: dict, *, merge: bool) -> None
     if "botUserData" in request or not merge:
         data = request.get("botUserData")
         if data is not None and not isinstance(data, dict):
-            raise bad_request("botUserData must be an object")
+            raise invalid("botUserData must be an object")
         row.bot_user_data = data
     if "debugAudioEnabled" in request or not merge:
         enabled = request.get("debugAudioEnabled", False)
         if not isinstance(enabled, bool):
-            raise bad_request("debugAudioEnabled must be a boolean")
+            raise invalid("debugAudioEnabled must be a boolean")
         row.debug_audio_enabled = enabled
 
 
@@ -348,7 +348,7 @@ def remove_app_settings(project: Project) -> str:
 def set_debug_audio(project: Project, enabled: bool) -> SettingsState:
     """Turn debug audio storage on or off (404 without settings)."""
     if not isinstance(enabled, bool):
-        raise bad_request("enabled must be a boolean")
+        raise invalid("enabled must be a boolean")
     with transaction():
         _lock(project)
         row = _existing(project)
@@ -370,9 +370,10 @@ def set_e2e_encryption(project: Project, mode: str, password: str | None = None)
 
 def reveal_project_secret(project: Project) -> str:
     """The decrypted project secret (404 when the project has none)."""
-    if project.secret_encrypted is None:
+    secret = project_secret(project)
+    if secret is None:
         raise not_found(f"Secret of project {project.id}")
-    return crypto.decrypt(project.secret_encrypted)
+    return secret
 
 
 def _touch_settings(project: Project) -> None:
@@ -381,9 +382,9 @@ def _touch_settings(project: Project) -> None:
 
 def sync_project_secret(project: Project) -> SecretCache:
     """Copy the project secret into the cache (create or refresh); 400 when the project has none."""
-    if project.secret_encrypted is None:
-        raise bad_request("This project has no secret to sync")
-    secret = crypto.decrypt(project.secret_encrypted)
+    secret = project_secret(project)
+    if secret is None:
+        raise invalid("This project has no secret to sync")
     with transaction():
         _lock(project)
         row = SecretCache.get_or_none(SecretCache.project == project.id)
@@ -411,3 +412,32 @@ def cached_project_secret(project: Project) -> str | None:
     row = SecretCache.get_or_none(SecretCache.project == project.id)
     return None if row is None else crypto.decrypt(row.secret_encrypted)
 
+
+
+# ---------------------------------------------------------------- bodies
+
+
+def app_settings_body(state: SettingsState) -> dict:
+    """AppSettingsResponse; None-valued optionals omitted, secrets never (but the manual e2e password)."""
+    row, project = state.settings, state.project
+    body = {
+        "id": row.id,
+        "appId": project.app_id,
+        "tokenProviderType": row.token_provider_type,
+        "botUserId": row.bot_user_id,
+        "webserviceUrl": row.webservice_url,
+        "webserviceMethod": row.webservice_method,
+        "botUserData": row.bot_user_data,
+        "isConfigured": state.is_configured,
+        "hasSecret": state.has_secret,
+        "debugAudioEnabled": bool(row.debug_audio_enabled),
+        "projectName": project.name,
+        "e2eEncryptionMode": row.e2e_encryption_mode,
+        "e2eEncryptionPassword": state.e2e_password,
+    }
+    return {name: value for name, value in body.items() if value is not None}
+
+
+def secret_cache_body(row: SecretCache) -> dict:
+    """SecretCacheStatus after a sync."""
+    return {"hasSecret": True, "syncedAt": rfc3339(row.synced_at)}

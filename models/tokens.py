@@ -1,82 +1,47 @@
 """ODIN room tokens for a project, from its configured token provider (see models.settings.AppSettings).
 
-- ``access_key``: signed locally with the stored access key (cortex.odin.room_token);
-- ``webservice``: fetched from the project's own HTTP endpoint;
-- ``rooms``: fetched from the Rooms token API (``CORTEX_ROOMS_API_URL``) with the project secret.
+- ``access_key``: signed locally with the stored access key (``cortex.lib.odin.room_token``);
+- ``webservice``: fetched from the project's own HTTP endpoint (a tenant-chosen URL: the outbound address
+  policy applies);
+- ``rooms``: fetched from the Rooms token API (``CORTEX_ROOMS_API_URL``, operator-configured and trusted) with
+  the project secret.
 
-Failures of a remote provider answer 502 with a detail saying what failed; details never contain secrets
-(headers, secrets, request bodies) — only the provider, the HTTP status or the kind of failure.
+The HTTP exchange itself is the caller's :class:`TokenFetcher` (``cortex.integrations.tokens``, over the one
+outbound client): this module builds the requests and reads the replies. A remote provider that fails answers
+502 naming the provider and what failed; details never contain secrets (headers, secrets, request bodies).
 """
 
 from __future__ import annotations
 
-import http.client
+import hmac
 import json
-import urllib.error
-import urllib.request
+from typing import Protocol
 from urllib.parse import parse_qsl, quote, urlencode, urlsplit, urlunsplit
 
-from cortex import crypto, odin
-from cortex.problems import ApiProblem
-from models.base import release_connection
-from models.identity import Project
+from cortex.lib import crypto, odin
+from models.access import Principal, project_for
+from models.base import DomainError, forbidden, invalid
+from models.identity import Project, project_secret
 from models.settings import AppSettings, token_path_segments
+from models.voice import peer_limit_reached
 
-MAX_REPLY_BYTES = 1024 * 1024
 ROOMS_NOT_CONFIGURED = "The Rooms token API is not configured on this server (CORTEX_ROOMS_API_URL)"
-_MISSING = object()
+WEBSERVICE = "Token webservice request"
+ROOMS = "Rooms token API request"
 
 
-class _NoRedirect(urllib.request.HTTPRedirectHandler):
-    """Do not follow redirects: they would carry the configured headers (credentials) to another URL."""
+class TokenFetcher(Protocol):
+    """One HTTP exchange with a token provider (``cortex.integrations.tokens.HttpTokenFetcher``)."""
 
-    def redirect_request(self, req, fp, code, msg, headers, newurl):
-        return None
-
-
-_opener = urllib.request.build_opener(_NoRedirect)
-
-
-def _bad_gateway(what: str, failure: str) -> ApiProblem:
-    return ApiProblem(502, f"{what} failed: {failure}")
+    def fetch_json(self, what: str, url: str, method: str, headers: dict[str, str], body: bytes | None, *,
+                   trusted: bool = False):
+        """The parsed JSON reply; ``upstream_failed(what, …)`` on any failure. ``trusted``: an
+        operator-configured URL, exempt from the outbound address policy."""
 
 
-def _request_json(what: str, url: str, method: str, headers: dict[str, str], body: bytes | None, timeout: float):
-    """Send one HTTP request and return its parsed JSON reply; any failure → 502 naming ``what``."""
-    release_connection()  # a slow provider must not hold a pooled database connection for its timeout
-    request = urllib.request.Request(url, data=body, method=method)
-    request.add_header("Accept", "application/json")
-    for name, value in headers.items():
-        request.add_header(name, value)
-    if body is not None and not request.has_header("Content-type"):
-        request.add_header("Content-Type", "application/json")
-    try:
-        with _opener.open(request, timeout=timeout) as reply:
-            raw = reply.read(MAX_REPLY_BYTES + 1)
-    except urllib.error.HTTPError as exc:
-        exc.close()
-        raise _bad_gateway(what, f"it answered HTTP {exc.code}") from None
-    except urllib.error.URLError as exc:
-        if isinstance(exc.reason, TimeoutError):
-            raise _bad_gateway(what, f"no answer within {timeout:g} s") from None
-        raise _bad_gateway(what, f"could not connect ({_reason(exc.reason)})") from None
-    except TimeoutError:
-        raise _bad_gateway(what, f"no answer within {timeout:g} s") from None
-    except (http.client.HTTPException, OSError, ValueError) as exc:
-        raise _bad_gateway(what, f"the connection failed ({type(exc).__name__})") from None
-    if len(raw) > MAX_REPLY_BYTES:
-        raise _bad_gateway(what, f"its reply is larger than {MAX_REPLY_BYTES} bytes")
-    try:
-        return json.loads(raw)
-    except (UnicodeDecodeError, ValueError):
-        raise _bad_gateway(what, "its reply is not valid JSON") from None
-
-
-def _reason(reason) -> str:
-    """A connection failure's reason without any URL in it."""
-    if isinstance(reason, OSError) and reason.strerror:
-        return reason.strerror
-    return type(reason).__name__ if isinstance(reason, BaseException) else str(reason)
+def upstream_failed(what: str, failure: str) -> DomainError:
+    """502: a configured outside service failed (``what`` names it, ``failure`` says how)."""
+    return DomainError("upstream_failed", f"{what} failed: {failure}")
 
 
 def extract_token_path(document, path: str):
@@ -103,9 +68,8 @@ def _with_query(url: str, params: dict[str, str]) -> str:
     return urlunsplit(parts._replace(query=query))
 
 
-def webservice_token(settings: AppSettings, room_id: str, user_id: str, *, timeout: float) -> str:
+def webservice_token(settings: AppSettings, room_id: str, user_id: str, fetcher: TokenFetcher) -> str:
     """Fetch a room token from the project's webservice (GET: roomId/userId as query; POST: the body template)."""
-    what = "Token webservice request"
     headers = json.loads(crypto.decrypt(settings.webservice_headers_encrypted)) if (
         settings.webservice_headers_encrypted
     ) else {}
@@ -117,68 +81,82 @@ def webservice_token(settings: AppSettings, room_id: str, user_id: str, *, timeo
         template = settings.webservice_body_template or '{"roomId":"{{roomId}}","userId":"{{userId}}"}'
         text = template.replace("{{roomId}}", _json_string_escape(room_id))
         body = text.replace("{{userId}}", _json_string_escape(user_id)).encode("utf-8")
-    reply = _request_json(what, url, method, headers, body, timeout)
+    reply = fetcher.fetch_json(WEBSERVICE, url, method, headers, body)
     path = settings.webservice_response_token_path
     try:
         token = extract_token_path(reply, path)
     except (KeyError, ValueError):
-        raise _bad_gateway(what, f"its reply has no value at {path!r}") from None
+        raise upstream_failed(WEBSERVICE, f"its reply has no value at {path!r}") from None
     if not isinstance(token, str) or not token:
-        raise _bad_gateway(what, f"the value at {path!r} is not a non-empty string")
+        raise upstream_failed(WEBSERVICE, f"the value at {path!r} is not a non-empty string")
     return token
 
 
-def rooms_request(
-    rooms_api_url: str | None, api_key: str, secret: str, room_id: str, user_id: str | None = None, *, timeout: float
-) -> dict:
+def rooms_request(rooms_api_url: str | None, api_key: str, secret: str, room_id: str, user_id: str | None = None,
+                  *, fetcher: TokenFetcher) -> dict:
     """Ask the Rooms token API for a room token: ``{"token": …, "domain": …}`` (domain when it sends one)."""
     if not rooms_api_url:
-        raise ApiProblem(502, ROOMS_NOT_CONFIGURED)
-    what = "Rooms token API request"
+        raise invalid(ROOMS_NOT_CONFIGURED)
     url = f"{rooms_api_url.rstrip('/')}/projects/{quote(api_key, safe='')}/create-token"
     payload = {"roomId": room_id}
     if user_id is not None:
         payload["userId"] = user_id
     payload["secret"] = secret
-    reply = _request_json(what, url, "POST", {}, json.dumps(payload).encode("utf-8"), timeout)
+    reply = fetcher.fetch_json(ROOMS, url, "POST", {}, json.dumps(payload).encode("utf-8"), trusted=True)
     data = reply.get("data") if isinstance(reply, dict) else None
     token = data.get("token") if isinstance(data, dict) else None
     if not isinstance(token, str) or not token:
-        raise _bad_gateway(what, "its reply has no token at data.token")
+        raise upstream_failed(ROOMS, "its reply has no token at data.token")
     result = {"token": token}
     if isinstance(data.get("domain"), str) and data["domain"]:
         result["domain"] = data["domain"]
     return result
 
 
-def project_room_token(
-    project: Project, room_id: str, user_id: str, *, rooms_api_url: str | None, timeout: float
-) -> dict:
+def project_room_token(project: Project, room_id: str, user_id: str, *, fetcher: TokenFetcher,
+                       rooms_api_url: str | None) -> dict:
     """A room token for ``user_id`` in ``room_id`` from the project's configured provider: ``{"token": …}``.
 
-    400 when the project has no (complete) settings; 502 when a remote provider fails.
+    429 while the project's voice peer limit is reached; 400 when the project has no (complete) settings or its
+    provider needs what this server lacks; 502 when a remote provider fails.
     """
+    full = peer_limit_reached(project)
+    if full is not None:
+        limit, present = full
+        raise DomainError("rate_limited", f"The voice peer limit of this project is reached: {present} peers are "
+                                          f"present and the limit is {limit} (PUT …/voice/peer-limit)")
     settings = AppSettings.get_or_none(AppSettings.project == project.id)
     if settings is None:
-        raise ApiProblem(
-            400, "App settings are not configured for this project: choose a token provider with "
-                 f"PUT /api/projects/{project.id}/settings"
-        )
+        raise invalid("App settings are not configured for this project: choose a token provider with "
+                      f"PUT /api/projects/{project.id}/settings")
     provider = settings.token_provider_type
     if provider == "access_key" and settings.access_key_encrypted:
         return {"token": odin.room_token(crypto.decrypt(settings.access_key_encrypted), room_id, user_id)}
     if provider == "webservice" and settings.webservice_url and settings.webservice_response_token_path:
-        return {"token": webservice_token(settings, room_id, user_id, timeout=timeout)}
+        return {"token": webservice_token(settings, room_id, user_id, fetcher)}
     if provider == "rooms":
         if not rooms_api_url:
-            raise ApiProblem(502, ROOMS_NOT_CONFIGURED)
-        if project.secret_encrypted is None:
-            raise ApiProblem(400, "The token provider rooms needs the project secret, and this project has none")
-        secret = crypto.decrypt(project.secret_encrypted)
-        return rooms_request(rooms_api_url, project.app_id, secret, room_id, user_id, timeout=timeout)
-    raise ApiProblem(400, f"App settings are not configured completely for the token provider {provider}")
+            raise invalid(ROOMS_NOT_CONFIGURED)
+        secret = project_secret(project)
+        if secret is None:
+            raise invalid("The token provider rooms needs the project secret, and this project has none")
+        return rooms_request(rooms_api_url, project.app_id, secret, room_id, user_id, fetcher=fetcher)
+    raise invalid(f"App settings are not configured completely for the token provider {provider}")
 
 
-def legacy_room_token(project_id: str, secret: str, room_id: str, *, rooms_api_url: str | None, timeout: float) -> dict:
-    """The legacy token endpoint: the Rooms token API with a caller-supplied project id and secret."""
-    return rooms_request(rooms_api_url, project_id, secret, room_id, timeout=timeout)
+def legacy_room_token(principal: Principal, project_ref: str, secret: str, room_id: str, *, fetcher: TokenFetcher,
+                      rooms_api_url: str | None) -> dict:
+    """``POST /api/projects/token`` (legacy): a room token for a project named by id or appId and its secret.
+
+    With a Rooms API configured, the request goes there as given (the Rooms API checks the secret). Without
+    one, the token is issued here exactly as ``POST …/{projectId}/token`` issues it for that project (its
+    configured provider, its peer limit; the user id is the caller's): the project must be one the caller may
+    use as a developer (404 / 403), and ``secret`` must be its project secret (403).
+    """
+    if rooms_api_url:
+        return rooms_request(rooms_api_url, project_ref, secret, room_id, fetcher=fetcher)
+    project = project_for(principal, project_ref, "developer")
+    stored = project_secret(project)
+    if stored is None or not hmac.compare_digest(stored.encode(), secret.encode()):
+        raise forbidden("secret is not the project secret of this project")
+    return project_room_token(project, room_id, principal.user_id or "", fetcher=fetcher, rooms_api_url=None)

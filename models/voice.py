@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import peewee as pw
 
-from models.base import BaseModel, DomainError, UTCDateTimeField, utcnow
+from models.base import BaseModel, UTCDateTimeField, utcnow
 from models.identity import Project
 
 
@@ -38,8 +38,9 @@ MODELS = [VoiceConfig, OdinAccessKey]
 from dataclasses import dataclass  # noqa: E402
 from datetime import datetime, timedelta  # noqa: E402
 
-from cortex import odin  # noqa: E402
-from models.base import transaction  # noqa: E402
+from cortex.lib import odin  # noqa: E402
+from models.base import conflict, invalid, not_found, rfc3339, transaction  # noqa: E402
+from models.permissions import permissions_for  # noqa: E402
 from models.presence import project_present_count  # noqa: E402
 
 #: Largest peer limit (the column is a 32-bit integer on PostgreSQL).
@@ -47,10 +48,6 @@ MAX_PEER_LIMIT = 2**31 - 1
 MAX_NAME_LENGTH = 255
 _TICK = timedelta(milliseconds=1)  # the precision both databases keep
 KEEP = ...  # edit_access_key: leave the description as it is
-
-
-class VoiceError(DomainError):
-    """A voice rule was broken; ``kind`` is ``invalid``, ``conflict`` or ``not_found`` (the caller maps it)."""
 
 
 @dataclass(frozen=True)
@@ -62,8 +59,8 @@ class VoiceStatus:
     access_keys_count: int
 
 
-def _not_activated() -> VoiceError:
-    return VoiceError("conflict", "Voice is not activated for this project; POST …/voice/activate first")
+def _not_activated():
+    return conflict("Voice is not activated for this project; POST …/voice/activate first")
 
 
 def _later_than(previous: datetime | None) -> datetime:
@@ -102,10 +99,10 @@ def peer_limit_reached(project: Project) -> tuple[int, int] | None:
 
 
 def check_peer_limit(value) -> int:
-    """A peer limit as an int: a whole number from 0 (unlimited) to MAX_PEER_LIMIT, else VoiceError."""
+    """A peer limit as an int: a whole number from 0 (unlimited) to MAX_PEER_LIMIT, else invalid."""
     whole = isinstance(value, int | float) and not isinstance(value, bool) and float(value).is_integer()
     if not whole or not 0 <= value <= MAX_PEER_LIMIT:
-        raise VoiceError("invalid", f"peerLimit must be a whole number from 0 (unlimited) to {MAX_PEER_LIMIT}, not {value!r}")
+        raise invalid(f"peerLimit must be a whole number from 0 (unlimited) to {MAX_PEER_LIMIT}, not {value!r}")
     return int(value)
 
 
@@ -127,9 +124,9 @@ def _check_name(name: str) -> str:
     """An access-key name: not blank, at most MAX_NAME_LENGTH characters (stripped)."""
     name = name.strip()
     if not name:
-        raise VoiceError("invalid", "name must not be empty")
+        raise invalid("name must not be empty")
     if len(name) > MAX_NAME_LENGTH:
-        raise VoiceError("invalid", f"name must be at most {MAX_NAME_LENGTH} characters, not {len(name)}")
+        raise invalid(f"name must be at most {MAX_NAME_LENGTH} characters, not {len(name)}")
     return name
 
 
@@ -170,10 +167,10 @@ def create_access_key(project: Project, name: str, description: str | None = Non
 
 
 def _key_of(project: Project, access_key_id: str) -> OdinAccessKey:
-    """The project's access key with this id, or VoiceError not_found (also for another project's key)."""
+    """The project's access key with this id, or not_found (also for another project's key)."""
     row = access_keys(project).where(OdinAccessKey.id == access_key_id).first()
     if row is None:
-        raise VoiceError("not_found", f"Access key {access_key_id} not found")
+        raise not_found(f"Access key {access_key_id}")
     return row
 
 
@@ -198,9 +195,38 @@ def delete_access_key(project: Project, access_key_id: str) -> OdinAccessKey:
     return row
 
 
-def public_keys(project_ref: str) -> list[str] | None:
-    """The ``pubKey`` of each access key of the project with this id or appId (oldest first); None: no project."""
+def public_keys(project_ref: str) -> list[str]:
+    """The ``pubKey`` of each access key of the project with this id or appId (oldest first); 404: no project."""
     project = Project.select(Project.id).where((Project.id == project_ref) | (Project.app_id == project_ref)).first()
     if project is None:
-        return None
+        raise not_found(f"Project {project_ref}")
     return [row.pub_key for row in access_keys(project).select(OdinAccessKey.pub_key)]
+
+
+def jwks_body(project_ref: str) -> dict:
+    """JwkSet: the project's access-key public keys as JWKs (public; by id or appId)."""
+    return {"keys": [odin.jwk(pub_key) for pub_key in public_keys(project_ref)]}
+
+
+# ---------------------------------------------------------------- bodies
+
+
+def voice_settings_body(status: VoiceStatus, role: str, scopes: frozenset | None) -> dict:
+    """VoiceSettings; ``permissions`` follow the caller's role (and an API key's scopes)."""
+    return {
+        "peerLimit": status.peer_limit,
+        "accessKeysCount": status.access_keys_count,
+        "hostingType": "hosted",
+        "activated": status.activated,
+        "permissions": permissions_for(role, scopes),
+    }
+
+
+def access_key_body(row: OdinAccessKey) -> dict:
+    """OdinAccessKey: public key and key id, never the key."""
+    body = {"id": row.id, "name": row.name, "pubKey": row.pub_key, "keyId": row.key_id}
+    if row.description is not None:
+        body["description"] = row.description
+    body["created"] = rfc3339(row.created_at)
+    body["updated"] = rfc3339(row.updated_at)
+    return body

@@ -28,19 +28,22 @@ from datetime import datetime, timedelta
 import orjson
 import peewee as pw
 
-from cortex.crypto import decrypt, encrypt
+from cortex.lib.crypto import decrypt, encrypt
+from cortex.lib.webhook_signing import signing_key
 from models.base import (
     BaseModel,
     DomainError,
     JSONField,
     UTCDateTimeField,
     db,
+    is_sqlite,
     new_id,
+    page_bounds,
     rfc3339,
     transaction,
     utcnow,
 )
-from models.events import DomainEvent, append, envelope, new_event
+from models.events import DomainEvent, append, event_body, new_event, newest_seq
 
 NEVER_DELIVERED = "webhook.delivery.updated"  # about webhooks themselves: on SSE, never sent by webhook
 DEFAULT_API_KEY_HEADER = "X-API-Key"
@@ -124,10 +127,6 @@ class WebhookDelivery(BaseModel):
 MODELS = [WebhookSubscription, WebhookEvent, WebhookDelivery]
 
 
-class WebhookError(DomainError):
-    """A subscription rule was broken (400/404)."""
-
-
 # ------------------------------------------------------------------------------------------ patterns
 
 
@@ -167,23 +166,23 @@ def matches(patterns: list[str], event_type: str) -> bool:
 
 
 def check_patterns(patterns: list[str], known_types: list[str]) -> list[str]:
-    """The patterns, deduplicated in order (runs of ``*`` collapsed); WebhookError unless there are 1 to
+    """The patterns, deduplicated in order (runs of ``*`` collapsed); invalid unless there are 1 to
     ``MAX_PATTERNS`` and each one matches some deliverable type."""
     if not patterns:
-        raise WebhookError("invalid", "events must name at least one event type or pattern, e.g. \"*\"")
+        raise DomainError("invalid", "events must name at least one event type or pattern, e.g. \"*\"")
     if len(patterns) > MAX_PATTERNS:
-        raise WebhookError("invalid", f"events may list at most {MAX_PATTERNS} types or patterns")
+        raise DomainError("invalid", f"events may list at most {MAX_PATTERNS} types or patterns")
     deliverable = [t for t in known_types if t != NEVER_DELIVERED]
     seen: dict[str, None] = {}
     for pattern in patterns:
         if not pattern or pattern != pattern.strip() or len(pattern) > 100:
-            raise WebhookError("invalid", f"events: {pattern!r} is not an event type or pattern")
+            raise DomainError("invalid", f"events: {pattern!r} is not an event type or pattern")
         pattern = re.sub(r"\*+", "*", pattern)
         if pattern.count("*") > MAX_WILDCARDS:
-            raise WebhookError("invalid", f"events: {pattern!r} has more than {MAX_WILDCARDS} wildcards")
+            raise DomainError("invalid", f"events: {pattern!r} has more than {MAX_WILDCARDS} wildcards")
         if not any(glob_match(pattern, t) for t in deliverable):
             hint = " (it is never delivered by webhook; read it on SSE)" if pattern == NEVER_DELIVERED else ""
-            raise WebhookError("invalid", f"events: {pattern!r} matches no event type{hint}; "
+            raise DomainError("invalid", f"events: {pattern!r} matches no event type{hint}; "
                                           "see the *Event schemas of the document")
         seen[pattern] = None
     return list(seen)
@@ -193,7 +192,7 @@ def check_patterns(patterns: list[str], known_types: list[str]) -> list[str]:
 
 
 def check_url(url: str) -> str:
-    """The URL if it is an absolute http(s) URL with a host; WebhookError otherwise."""
+    """The URL if it is an absolute http(s) URL with a host; invalid otherwise."""
     from urllib.parse import urlsplit
 
     try:
@@ -203,24 +202,22 @@ def check_url(url: str) -> str:
         parts = None
     if (parts is None or parts.scheme.lower() not in ("http", "https") or not parts.hostname
             or len(url) > MAX_URL or any(c.isspace() for c in url)):
-        raise WebhookError("invalid", "url must be an absolute http:// or https:// URL with a host "
+        raise DomainError("invalid", "url must be an absolute http:// or https:// URL with a host "
                                       f"(at most {MAX_URL} characters), e.g. https://example.com/webhook")
     if parts.username is not None or parts.password is not None:
-        raise WebhookError("invalid", "url must not contain credentials (they would be stored and shown in the "
+        raise DomainError("invalid", "url must not contain credentials (they would be stored and shown in the "
                                       "clear): use authType basic_auth")
     return url
 
 
 def check_secret(secret: str) -> str:
     """The secret if usable for signing; a ``whsec_`` secret must be base64 (Standard Webhooks)."""
-    from cortex.outbound import signing_key
-
     if not secret.strip():
-        raise WebhookError("invalid", "secret must not be empty")
+        raise DomainError("invalid", "secret must not be empty")
     try:
         signing_key(secret)
     except ValueError:
-        raise WebhookError("invalid", "a secret starting with whsec_ must continue with base64 "
+        raise DomainError("invalid", "a secret starting with whsec_ must continue with base64 "
                                       "(Standard Webhooks); use another prefix for a plain secret") from None
     return secret
 
@@ -252,22 +249,22 @@ def _apply_auth(sub: WebhookSubscription, state: dict) -> None:
     user, password = state.get("basicAuthUsername"), state.get("basicAuthPassword")
     custom = state.get("customHeaders")
     if auth_type == "api_key" and not api_key:
-        raise WebhookError("invalid", "authType api_key needs apiKey")
+        raise DomainError("invalid", "authType api_key needs apiKey")
     if auth_type == "basic_auth" and (not user or password is None or ":" in user):
-        raise WebhookError("invalid", "authType basic_auth needs basicAuthUsername (without ':') and "
+        raise DomainError("invalid", "authType basic_auth needs basicAuthUsername (without ':') and "
                                       "basicAuthPassword")
     if auth_type == "custom_headers" and not custom:
-        raise WebhookError("invalid", "authType custom_headers needs customHeaders with at least one header")
+        raise DomainError("invalid", "authType custom_headers needs customHeaders with at least one header")
     if header is not None and (not _TOKEN.match(header) or header.lower() in RESERVED_HEADERS):
-        raise WebhookError("invalid", f"apiKeyHeader {header!r} is not a header name Cortex may set")
+        raise DomainError("invalid", f"apiKeyHeader {header!r} is not a header name Cortex may set")
     for name, value in (custom or {}).items():
         if not _TOKEN.match(name) or name.lower() in RESERVED_HEADERS:
-            raise WebhookError("invalid", f"customHeaders: {name!r} is not a header name Cortex may set")
+            raise DomainError("invalid", f"customHeaders: {name!r} is not a header name Cortex may set")
         if not _header_value_ok(value):
-            raise WebhookError("invalid", f"customHeaders: the value of {name!r} must be one line of printable "
+            raise DomainError("invalid", f"customHeaders: the value of {name!r} must be one line of printable "
                                           "Latin-1 characters (HTTP header values)")
     if api_key is not None and not _header_value_ok(api_key):
-        raise WebhookError("invalid", "apiKey must be one line of printable Latin-1 characters (it is sent as a "
+        raise DomainError("invalid", "apiKey must be one line of printable Latin-1 characters (it is sent as a "
                                       "header value)")
     sub.auth_type = auth_type
     sub.api_key_encrypted = encrypt(api_key) if api_key else None
@@ -275,10 +272,6 @@ def _apply_auth(sub: WebhookSubscription, state: dict) -> None:
     sub.basic_auth_username = user
     sub.basic_auth_password_encrypted = encrypt(password) if password is not None else None
     sub.custom_headers_encrypted = encrypt(orjson.dumps(custom).decode()) if custom else None
-
-
-def _newest_seq() -> int:
-    return DomainEvent.select(pw.fn.MAX(DomainEvent.seq)).scalar() or 0
 
 
 def create_subscription(project, body: dict, known_types: list[str]) -> WebhookSubscription:
@@ -291,7 +284,7 @@ def create_subscription(project, body: dict, known_types: list[str]) -> WebhookS
     )
     _apply_auth(sub, {name: body.get(name) for name in _AUTH_FIELDS})
     with transaction():
-        sub.start_seq = _newest_seq()
+        sub.start_seq = newest_seq()
         sub.save(force_insert=True)
     return sub
 
@@ -304,10 +297,10 @@ def live_subscriptions(project_id: str):
 
 
 def get_subscription(project_id: str, subscription_id: str) -> WebhookSubscription:
-    """One live subscription of the project; WebhookError not_found otherwise."""
+    """One live subscription of the project; not_found otherwise."""
     sub = live_subscriptions(project_id).where(WebhookSubscription.id == subscription_id).first()
     if sub is None:
-        raise WebhookError("not_found", f"webhook subscription {subscription_id} not found")
+        raise DomainError("not_found", f"webhook subscription {subscription_id} not found")
     return sub
 
 
@@ -336,7 +329,7 @@ def update_subscription(project_id: str, subscription_id: str, body: dict,
             if body["isActive"] and not sub.is_active:  # events logged while paused are not delivered
                 sub.failing_since = None
                 sub.disabled_reason = None
-                sub.start_seq = max(sub.start_seq, _newest_seq())
+                sub.start_seq = max(sub.start_seq, newest_seq())
             sub.is_active = body["isActive"]
         sub.updated_at = utcnow()
         sub.save()
@@ -362,7 +355,7 @@ def _fail_pending(subscription_id: str, reason: str, now: datetime, chunk: int =
     a record that committed first is not overwritten — and append their status events in multi-row chunks."""
     ids = [i for (i,) in WebhookEvent.select(WebhookEvent.id).where(
         (WebhookEvent.subscription_id == subscription_id) & (WebhookEvent.status == "pending")).tuples()]
-    mark = "%s" if isinstance(db.obj, pw.PostgresqlDatabase) else "?"
+    mark = "%s" if not is_sqlite() else "?"
     field = WebhookEvent.updated_at
     done = 0
     for start in range(0, len(ids), chunk):
@@ -378,7 +371,7 @@ def _fail_pending(subscription_id: str, reason: str, now: datetime, chunk: int =
     return done
 
 
-def subscription_json(sub: WebhookSubscription) -> dict:
+def subscription_body(sub: WebhookSubscription) -> dict:
     """The WebhookSubscription schema (never a secret)."""
     body = {
         "id": sub.id, "tenantId": sub.tenant_id, "projectId": sub.project_id, "url": sub.url,
@@ -422,7 +415,7 @@ def fan_out(events: list[DomainEvent]) -> int:
                                             WebhookSubscription.events, WebhookSubscription.start_seq)
                  .where(WebhookSubscription.project_id.in_(list(projects)) & WebhookSubscription.is_active
                         & WebhookSubscription.deleted_at.is_null()))
-        if isinstance(db.obj, pw.PostgresqlDatabase):
+        if not is_sqlite():
             query = query.for_update("FOR SHARE")
         subs: dict[str, list[tuple]] = {}
         for sub_id, project_id, patterns, start_seq in query.tuples():
@@ -439,7 +432,7 @@ def _queue(candidates: list[DomainEvent], subs: dict[str, list[tuple]]) -> int:
         for sub_id, patterns, start_seq in subs.get(event.project_id, ()):
             if event.seq > start_seq and matches(patterns, event.type):
                 if body is None:
-                    body = orjson.dumps(envelope(event)).decode()
+                    body = orjson.dumps(event_body(event)).decode()
                 rows.append({"id": new_id(), "subscription_id": sub_id, "event_seq": event.seq,
                              "event_id": event.id, "tenant_id": event.tenant_id, "project_id": event.project_id,
                              "event_type": event.type, "body": body, "status": "pending", "attempts_count": 0,
@@ -524,7 +517,7 @@ def claim(limit: int, *, lease: float, per_subscription: int, busy: dict[str, in
     busy = busy or {}
     free = {sub: per_subscription - running for sub, running in busy.items() if running > 0}
     with transaction():
-        if isinstance(db.obj, pw.PostgresqlDatabase):
+        if not is_sqlite():
             ids = _claim_postgres(limit, now_db, until_db, per_subscription, free)
             mark = "%s"
         else:
@@ -665,7 +658,7 @@ def record_many(attempts: list[Attempt], policy: RetryPolicy) -> list[str | None
          "duration_ms": round(a.duration_ms, 3), "created_at": a.at}
         for a in attempts
     ]).execute()
-    if isinstance(db.obj, pw.PostgresqlDatabase) and len(attempts) > 1:
+    if not is_sqlite() and len(attempts) > 1:
         changed = _update_events_bulk(attempts, plans)
     else:
         changed = set()
@@ -747,13 +740,13 @@ def retry_event(project_id: str, event_id: str) -> WebhookEvent:
     with transaction():
         row = get_event(project_id, event_id)
         if row.status == "pending":
-            raise WebhookError("conflict", "the event is still pending; it is retried on its schedule")
+            raise DomainError("conflict", "the event is still pending; it is retried on its schedule")
         query = WebhookSubscription.select().where(WebhookSubscription.id == row.subscription_id)
-        if isinstance(db.obj, pw.PostgresqlDatabase):
+        if not is_sqlite():
             query = query.for_update("FOR SHARE")  # a delete waits, then fails this row again
         sub = query.first()
         if sub is None or sub.deleted_at is not None:
-            raise WebhookError("invalid", "its subscription was deleted; nothing to deliver to")
+            raise DomainError("invalid", "its subscription was deleted; nothing to deliver to")
         now = utcnow()
         row.status = "pending"
         row.attempts_count = 0
@@ -770,20 +763,27 @@ def retry_event(project_id: str, event_id: str) -> WebhookEvent:
 
 
 def get_event(project_id: str, event_id: str) -> WebhookEvent:
-    """One WebhookEvent of the project; WebhookError not_found otherwise."""
+    """One WebhookEvent of the project; not_found otherwise."""
     row = WebhookEvent.get_or_none((WebhookEvent.id == event_id) & (WebhookEvent.project_id == project_id))
     if row is None:
-        raise WebhookError("not_found", f"webhook event {event_id} not found")
+        raise DomainError("not_found", f"webhook event {event_id} not found")
     return row
 
 
-def list_events(project_id: str, status: str | None, limit: int, offset: int) -> list[WebhookEvent]:
-    """A project's WebhookEvents, newest first."""
+def list_events(project_id: str, status: str | None = None, limit=None, offset=None) -> list[WebhookEvent]:
+    """A project's WebhookEvents, newest first; ``limit``/``offset`` read leniently like every list of the API
+    (truncated, ``limit`` clamped into [1, 500], default 50)."""
+    limit, offset = page_bounds(limit, offset)
     query = WebhookEvent.select().where(WebhookEvent.project_id == project_id)
     if status is not None:
         query = query.where(WebhookEvent.status == status)
     return list(query.order_by(WebhookEvent.created_at.desc(), WebhookEvent.event_seq.desc(),
                                WebhookEvent.id.desc()).limit(limit).offset(offset))
+
+
+def webhook_event_detail_body(row: WebhookEvent) -> dict:
+    """WebhookEventDetail: the event with every delivery attempt, oldest first."""
+    return {**webhook_event_body(row), "deliveries": [delivery_body(d) for d in deliveries(row.id)]}
 
 
 def deliveries(event_id: str) -> list[WebhookDelivery]:
@@ -792,7 +792,7 @@ def deliveries(event_id: str) -> list[WebhookDelivery]:
                 .order_by(WebhookDelivery.created_at, WebhookDelivery.id))
 
 
-def event_json(row: WebhookEvent) -> dict:
+def webhook_event_body(row: WebhookEvent) -> dict:
     """The WebhookEvent schema."""
     body = {
         "id": row.id, "tenantId": row.tenant_id, "projectId": row.project_id, "subscriptionId": row.subscription_id,
@@ -824,7 +824,7 @@ def prune_log(older_than_days: float, *, batch: int = 2000) -> int:
             return total
 
 
-def delivery_json(row: WebhookDelivery) -> dict:
+def delivery_body(row: WebhookDelivery) -> dict:
     """The WebhookDelivery schema."""
     body = {"id": row.id, "webhookEventId": row.webhook_event_id, "subscriptionId": row.subscription_id,
             "requestBody": row.request_body, "createdAt": rfc3339(row.created_at)}

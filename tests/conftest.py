@@ -24,11 +24,12 @@ from openapi_core.templating.paths.exceptions import OperationNotFound, PathNotF
 from werkzeug.test import EnvironBuilder
 from werkzeug.wrappers import Request
 
-from cortex import ROOT, security
-from cortex.app import create_app
-from cortex.db import upgrade
+from cortex import ROOT
+from cortex.http import security
+from cortex.http.app import create_app
 from cortex.settings import Settings
 from models.base import db
+from models.database import upgrade
 from models.identity import ProjectMember, create_api_key, create_project, create_user
 
 PASSWORD = "correct horse battery"

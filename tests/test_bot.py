@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import json
 import re
-from dataclasses import replace
 
 import pytest
 import redis
 
-from cortex import bot, crypto, odin
+from cortex.integrations import bots as bot
+from cortex.lib import crypto, odin
+from cortex.settings import Settings
 from models.sessions import BotCommandError, create_session
 from models.settings import AppSettings
 
@@ -86,52 +87,36 @@ def test_redis_driver_needs_a_url():
         bot.RedisBotDriver(None)
 
 
-def select(app, monkeypatch, name: str, redis_url: str | None = None) -> None:
-    """Settings.bot_driver when Settings has it, else the cached CORTEX_BOT_DRIVER; and REDIS_URL."""
-    monkeypatch.setattr(bot, "_env_driver_name", lambda: name)
-    runtime = app.extensions["cortex"]
-    changes = {"redis_url": redis_url}
-    if hasattr(runtime.settings, "bot_driver"):
-        changes["bot_driver"] = name
-    monkeypatch.setattr(runtime, "settings", replace(runtime.settings, **changes))
+def settings_for(name: str, redis_url: str | None = None) -> Settings:
+    """Settings selecting a bot driver (CORTEX_BOT_DRIVER) and a Redis URL, read as the server reads them."""
+    env = {"CORTEX_BOT_DRIVER": name, **({"REDIS_URL": redis_url} if redis_url else {})}
+    return Settings.from_env(env, data_dir="/tmp", database_url="sqlite:///:memory:", secret_key="k" * 32)
 
 
-def test_driver_selection(app, monkeypatch):
+def test_driver_selection(monkeypatch):
     monkeypatch.setattr(bot, "_drivers", {})
-    select(app, monkeypatch, "local")
-    first = bot.bot_driver()
-    assert isinstance(first, bot.LocalBotDriver) and bot.bot_driver() is first
+    first = bot.bot_driver(settings_for("local"))
+    assert isinstance(first, bot.LocalBotDriver) and bot.bot_driver(settings_for("local")) is first
 
-    select(app, monkeypatch, "redis")
     with pytest.raises(ValueError, match="REDIS_URL"):
-        bot.bot_driver()
-    select(app, monkeypatch, "redis", REDIS_TEST_URL)
-    driver = bot.bot_driver()
+        bot.bot_driver(settings_for("redis"))
+    driver = bot.bot_driver(settings_for("redis", REDIS_TEST_URL))
     try:
-        assert isinstance(driver, bot.RedisBotDriver) and bot.bot_driver() is driver
+        assert isinstance(driver, bot.RedisBotDriver) and bot.bot_driver(settings_for("redis", REDIS_TEST_URL)) is driver
     finally:
         driver.client.close()
 
-    select(app, monkeypatch, "carrier-pigeon")
     with pytest.raises(ValueError, match="CORTEX_BOT_DRIVER"):
-        bot.bot_driver()
+        bot.bot_driver(settings_for("carrier-pigeon"))
 
 
-def test_environment_fallback_without_an_app(monkeypatch):
+def test_driver_name_comes_from_the_settings_case_and_spaces_ignored(monkeypatch):
     monkeypatch.setattr(bot, "_drivers", {})
-    monkeypatch.setattr(bot, "_env_driver_name", lambda: "local")
-    assert isinstance(bot.bot_driver(), bot.LocalBotDriver)
-
-
-def test_driver_name_is_read_from_the_environment_once(monkeypatch):
-    bot._env_driver_name.cache_clear()
+    assert settings_for(" Redis ").bot_driver == " Redis "  # read once, as given
+    driver = bot.bot_driver(settings_for(" Redis ", REDIS_TEST_URL))
     try:
-        monkeypatch.setenv("CORTEX_BOT_DRIVER", " Redis ")
-        assert bot._env_driver_name() == "redis"
-        monkeypatch.setenv("CORTEX_BOT_DRIVER", "local")
-        assert bot._env_driver_name() == "redis"  # cached for the process
-        bot._env_driver_name.cache_clear()
-        monkeypatch.delenv("CORTEX_BOT_DRIVER")
-        assert bot._env_driver_name() == "local"
+        assert isinstance(driver, bot.RedisBotDriver)
     finally:
-        bot._env_driver_name.cache_clear()
+        driver.client.close()
+    default = Settings.from_env({}, data_dir="/tmp", database_url="sqlite:///:memory:", secret_key="k" * 32)
+    assert isinstance(bot.bot_driver(default), bot.LocalBotDriver)

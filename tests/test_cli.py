@@ -20,10 +20,10 @@ from contextlib import contextmanager
 
 import pytest
 
-from cortex import crypto
 from cortex.cli import DEMO_EMAIL, DEMO_PASSWORD, DEMO_PROJECT
-from models import MIGRATIONS
+from cortex.lib import crypto
 from models.identity import Project, ProjectMember, User
+from models.migrations import MIGRATIONS
 
 SECRET_KEY = "test-secret-key-0123456789abcdef"  # the key the `settings` fixture gives the in-process app
 PASSWORD = "cli-password-123"

@@ -7,10 +7,10 @@ import os
 import peewee as pw
 import pytest
 
-from cortex.db import SchemaVersion, current_version, init_database, make_database, upgrade
-from models import MIGRATIONS
 from models.base import db
+from models.database import SchemaVersion, current_version, init_database, make_database, upgrade
 from models.identity import MODELS
+from models.migrations import MIGRATIONS
 
 ON_POSTGRES = (os.environ.get("DATABASE_URL") or "").startswith(("postgres://", "postgresql://"))
 ALL_VERSIONS = [number for number, _name, _migrate in MIGRATIONS]

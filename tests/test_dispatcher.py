@@ -9,18 +9,11 @@ from datetime import timedelta
 
 import pytest
 
-from cortex.dispatcher import (
-    BATCH_TYPE,
-    CHANNEL,
-    Dispatcher,
-    LiveEvent,
-    LiveFanout,
-    RetentionJob,
-    prune_events,
-    start_event_pipeline,
-)
+from cortex.events.dispatcher import Dispatcher
+from cortex.events.fanout import BATCH_TYPE, CHANNEL, LiveEvent, LiveFanout, start_event_pipeline
+from cortex.events.retention import RetentionJob
 from models.base import new_id, transaction, utcnow
-from models.events import DomainEvent, EventCursor, emit, envelope
+from models.events import DomainEvent, EventCursor, emit, event_body, prune_events
 
 REDIS_TEST_URL = "redis://127.0.0.1:6379/15"
 TENANT = new_id()
@@ -82,8 +75,8 @@ def test_event_committed_while_no_dispatcher_runs_is_delivered_later(app):
     assert dispatcher.run_once() == 1
     [[received]] = recorder.batches
     assert received.seq == event.seq
-    wire = envelope(received)
-    assert wire == envelope(DomainEvent.get_by_id(event.seq))
+    wire = event_body(received)
+    assert wire == event_body(DomainEvent.get_by_id(event.seq))
     assert wire["type"] == "session.created" and wire["id"] == event.id and wire["projectId"] == PROJECT
     assert wire["payload"] == {"action": "created", "data": {"id": event.payload["data"]["id"],
                                                              "title": "committed before any dispatcher"}}
@@ -218,7 +211,7 @@ def test_event_pipeline_publishes_events_committed_after_start(app, settings):
         subscription = fanout.subscribe()
         event = emit_session("after start")
         received = subscription.get(10)
-        assert received == envelope(DomainEvent.get_by_id(event.seq))
+        assert received == event_body(DomainEvent.get_by_id(event.seq))
         assert subscription.get(0.1) is None  # the earlier event is not replayed
     finally:
         dispatcher.stop()
@@ -261,7 +254,7 @@ def test_live_items_carry_the_log_position_beside_the_envelope(app):
     fanout.publish_events(events)
     items = [subscription.next(1), subscription.next(1)]
     assert [item.seq for item in items] == [e.seq for e in events]
-    assert [item.envelope for item in items] == [envelope(e) for e in events]  # the document's shape, no seq
+    assert [item.envelope for item in items] == [event_body(e) for e in events]  # the document's shape, no seq
     assert "seq" not in items[0].envelope and subscription.next_nowait() is None
     fanout.publish([{"id": new_id()}])  # envelopes published without a position
     assert subscription.next(1).seq is None
@@ -340,7 +333,7 @@ def test_redis_channel_speaks_flask_sse_message_format(app, redis_fanouts):
         one.publish_events(events)
         message = raw.get_message(timeout=5)
         body = orjson.loads(message["data"])
-        assert body == {"data": [[e.seq, envelope(e)] for e in events], "type": BATCH_TYPE}
+        assert body == {"data": [[e.seq, event_body(e)] for e in events], "type": BATCH_TYPE}
         assert flask_sse.Message(**body).type == BATCH_TYPE  # what flask-sse's own blueprint does with it
         assert [subscription.next(5).seq for _ in events] == [e.seq for e in events]
 
@@ -374,7 +367,7 @@ def test_redis_event_pipeline(app, settings, redis_fanouts):
         assert local.channel == CHANNEL
         subscription = remote.subscribe()
         event = emit_session("across processes")
-        assert subscription.get(10) == envelope(DomainEvent.get_by_id(event.seq))
+        assert subscription.get(10) == event_body(DomainEvent.get_by_id(event.seq))
     finally:
         dispatcher.stop()
         local.stop()
@@ -453,7 +446,7 @@ def test_skipped_types_are_passed_over_without_being_handed_over(app):
 
 def test_commit_listener_wakes_on_commits_of_other_connections(app):
     """PostgreSQL: every event-writing transaction notifies; a listener in another process wakes at once."""
-    from cortex.dispatcher import CommitListener
+    from cortex.events.listener import CommitListener
 
     if not CommitListener.available():
         pytest.skip("LISTEN/NOTIFY is PostgreSQL's; on SQLite one process writes and wakes its consumers")

@@ -16,7 +16,7 @@ import time
 import gevent
 import pytest
 
-from cortex import ingest
+from cortex.events import ingest
 from models.base import rfc3339, utcnow
 from models.events import DomainEvent, GroupCommit, emit
 from models.messages import DuplicateMessage, Message

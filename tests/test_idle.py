@@ -8,9 +8,9 @@ from datetime import timedelta
 
 import pytest
 
-from cortex import crypto, odin
-from cortex.bot import LocalBotDriver, RedisBotDriver
-from cortex.idle import IdleSessionSweeper
+from cortex.engines.idle import IdleSessionSweeper
+from cortex.integrations.bots import LocalBotDriver, RedisBotDriver
+from cortex.lib import crypto, odin
 from models.base import db, utcnow
 from models.events import DomainEvent
 from models.participants import create_or_find_participant

@@ -21,7 +21,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from cortex.mail import Mailer, MailError, read_outbox
+from cortex.integrations.mail import Mailer, MailError, read_outbox
 
 FROM = "Cortex <cortex@example.org>"
 USER = "mailer@example.org"

@@ -9,7 +9,7 @@ import jwt
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
-from cortex import odin
+from cortex.lib import odin
 
 ACCESS_KEY = "AcIbjUrHA8EV62TAGYcwDtHhQ8wN3lXmcKtFtN/SvdMA"
 PUB_KEY = "ZGYe/vBZVNkzQ6fD8BmkJUb6o0p8wfKt3PqFVx6+be4="

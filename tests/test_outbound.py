@@ -1,4 +1,4 @@
-"""cortex.outbound: Standard Webhooks signing, the SSRF guard and the sender against a real local server.
+"""cortex.integrations.outbound and cortex.lib.webhook_signing: Standard Webhooks signing, the SSRF guard and the sender against a real local server.
 
 Everything talks to 127.0.0.1 only: "public" host names are pointed at loopback (or at a private address)
 through the sender's resolver hook, so no test touches the network.
@@ -27,7 +27,8 @@ from pathlib import Path
 
 import pytest
 
-from cortex.outbound import Outcome, Sender, forbidden_reason, sign, signing_key, verify
+from cortex.integrations.outbound import Outcome, Sender, forbidden_reason
+from cortex.lib.webhook_signing import sign, signing_key, verify
 
 ROOT = Path(__file__).resolve().parent.parent
 SPEC_SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"  # the published Standard Webhooks test vector
@@ -429,9 +430,9 @@ def test_loopback_refused_by_default(server):
             out = s.post(server.url("/echo", host=host), b"{}", {})
             assert out.status is None and not out.ok
             assert out.error.startswith("refused: ")
-            assert out.error.endswith("(set CORTEX_WEBHOOK_ALLOW_PRIVATE=true to allow)")
+            assert out.error.endswith("(set CORTEX_OUTBOUND_ALLOW_PRIVATE=true to allow)")
         assert s.post(server.url("/echo"), b"{}", {}).error == (
-            "refused: 127.0.0.1 is a loopback address (set CORTEX_WEBHOOK_ALLOW_PRIVATE=true to allow)"
+            "refused: 127.0.0.1 is a loopback address (set CORTEX_OUTBOUND_ALLOW_PRIVATE=true to allow)"
         )
     assert server.seen == []
 
@@ -454,7 +455,7 @@ def test_dns_answer_with_a_private_address_is_refused(server):
     assert calls == [("hooks.example.com", 443)]
     assert out.status is None
     assert (
-        out.error == "refused: 10.0.0.7 is a private address (set CORTEX_WEBHOOK_ALLOW_PRIVATE=true to allow)"
+        out.error == "refused: 10.0.0.7 is a private address (set CORTEX_OUTBOUND_ALLOW_PRIVATE=true to allow)"
     )
 
 
@@ -574,7 +575,8 @@ GEVENT_SCRIPT = textwrap.dedent(
     import gevent
     from gevent.pool import Pool
 
-    from cortex.outbound import Sender, _gevent_patched
+    from cortex.integrations.outbound import Sender
+    from cortex.lib.background import gevent_patched
 
     class Handler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
@@ -608,7 +610,7 @@ GEVENT_SCRIPT = textwrap.dedent(
     threading.Thread(target=httpd.serve_forever, daemon=True).start()
     url = f"http://127.0.0.1:{httpd.server_address[1]}"
 
-    result = {"patched": _gevent_patched()}
+    result = {"patched": gevent_patched()}
     with Sender(allow_private=True, timeout=0.5, connections_per_host=10) as sender:
         started = time.monotonic()
         outcomes = Pool(100).map(lambda i: sender.post(url + "/echo", b"{}", {}), range(100))

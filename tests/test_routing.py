@@ -5,7 +5,7 @@ import json
 import pytest
 
 from cortex import ROOT
-from cortex.routing import handler_location, iter_operations, operation_statuses, snake_case
+from cortex.http.routing import handler_location, iter_operations, operation_statuses, snake_case
 
 SPEC = json.loads((ROOT / "openapi" / "cortex.json").read_text())
 #: Tags whose every operation is implemented, and the exceptions still answering 501.
@@ -60,6 +60,18 @@ def test_wrong_method_is_405_with_allow(client):
     assert set(response.headers["Allow"].replace(" ", "").split(",")) >= {"GET", "POST"}
 
 
+def test_allow_lists_every_method_of_every_template_matching_the_url(client, owner):
+    """``…/members/{memberId}`` (PATCH) and ``…/members/{participantId}`` (DELETE) are one resource: OPTIONS and
+    405 name both methods."""
+    url = f"/api/projects/{owner.project.id}/gatherings/g-1/members/m-1"
+    options = client.options(url, headers=owner.headers)
+    assert options.status_code == 204
+    assert options.headers["Allow"] == "DELETE, OPTIONS, PATCH"
+    wrong = client.get(url, headers=owner.headers)
+    assert wrong.status_code == 405 and wrong.headers["Allow"] == "DELETE, OPTIONS, PATCH"
+    assert client.options("/api/api-keys/scopes").headers["Allow"] == "GET, HEAD, OPTIONS"  # concrete wins
+
+
 def test_invalid_json_is_400_and_wrong_content_type_415(client, owner):
     bad = client.post("/api/api-keys", data="{not json", content_type="application/json", headers=owner.headers)
     assert bad.status_code == 400 and "not valid JSON" in bad.get_json()["detail"]
@@ -95,7 +107,7 @@ def test_project_is_found_by_app_id_too(client, owner):
 
 
 def test_non_member_of_same_tenant_gets_404(client, owner, make_user):
-    from cortex.security import issue_access_token
+    from cortex.http.security import issue_access_token
 
     outsider = make_user("outsider@example.com", tenant_id=owner.user.tenant_id)
     headers = {"Authorization": f"Bearer {issue_access_token(outsider.id, outsider.tenant_id)}"}
@@ -135,7 +147,7 @@ def test_nul_characters_are_rejected_not_stored(client, owner):
 
 
 def test_render_writes_integers_beyond_64_bits(app):
-    from cortex.routing import render
+    from cortex.http.gate import render
 
     with app.test_request_context():
         response = render(({"n": 2**70}, 201))

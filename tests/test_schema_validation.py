@@ -12,7 +12,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from jsonschema import ValidationError
 
-from cortex.routing import OperationGate, SchemaValidator
+from cortex.http.gate import OperationGate
+from cortex.http.validation import SchemaValidator
 
 json_values = st.recursive(
     st.none() | st.booleans() | st.integers(-(2**70), 2**70) | st.floats(allow_nan=False, allow_infinity=False)

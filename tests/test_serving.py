@@ -25,7 +25,7 @@ SERVER = textwrap.dedent(
     """
     import sys
 
-    from cortex.serve import patch
+    from cortex.http.serve import patch
 
     patch()
 
@@ -34,9 +34,9 @@ SERVER = textwrap.dedent(
 
     import flask
 
-    from cortex.app import create_app
-    from cortex.db import upgrade
-    from cortex.serve import make_server
+    from cortex.http.app import create_app
+    from models.database import upgrade
+    from cortex.http.serve import make_server
     from cortex.settings import Settings
 
     data_dir = Path(sys.argv[1])

@@ -54,11 +54,14 @@ def test_webhook_settings_parse_and_refuse_bad_values(tmp_path):
            "CORTEX_WEBHOOK_WORKER": "false", "CORTEX_WEBHOOK_CONCURRENCY": "7", "CORTEX_WEBHOOK_TIMEOUT": "2"}
     settings = Settings.from_env(env, data_dir=tmp_path)
     assert settings.webhook_retry_schedule == (1.0, 2.5, 0.0)
-    assert settings.webhook_allow_private is True and settings.webhook_worker is False
+    assert settings.outbound_allow_private is True and settings.webhook_worker is False  # the older name works
     assert (settings.webhook_concurrency, settings.webhook_timeout) == (7, 2.0)
     defaults = Settings.from_env({}, data_dir=tmp_path)
     assert defaults.webhook_retry_schedule == (5, 300, 1800, 7200, 18000, 36000, 36000)
-    assert defaults.webhook_allow_private is False and defaults.webhook_worker is True
+    assert defaults.outbound_allow_private is False and defaults.webhook_worker is True
+    assert Settings.from_env({"CORTEX_OUTBOUND_ALLOW_PRIVATE": "true"}, data_dir=tmp_path).outbound_allow_private
+    both = {"CORTEX_OUTBOUND_ALLOW_PRIVATE": "false", "CORTEX_WEBHOOK_ALLOW_PRIVATE": "true"}
+    assert Settings.from_env(both, data_dir=tmp_path).outbound_allow_private is False  # the new name wins
     assert Settings.from_env({"CORTEX_WEBHOOK_RETRY_SCHEDULE": "none"}, data_dir=tmp_path).webhook_retry_schedule == ()
     for name, value in [("CORTEX_WEBHOOK_RETRY_SCHEDULE", "1,x"), ("CORTEX_WEBHOOK_RETRY_SCHEDULE", "-1"),
                         ("CORTEX_WEBHOOK_CONCURRENCY", "0"), ("CORTEX_WEBHOOK_TIMEOUT", "0")]:

@@ -20,7 +20,7 @@ import time
 import orjson
 import pytest
 
-from cortex.dispatcher import BATCH_TYPE, CHANNEL
+from cortex.events.fanout import BATCH_TYPE, CHANNEL
 
 READ_TIMEOUT = 20.0
 

@@ -14,7 +14,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 from standardwebhooks import Webhook
 
-from cortex.webhooks import WebhookEngine
+from cortex.engines.webhooks import WebhookEngine
 from models.base import transaction, utcnow
 from models.events import DomainEvent, emit
 from models.webhooks import RetryPolicy, WebhookDelivery, WebhookEvent, WebhookSubscription, claim
@@ -395,7 +395,7 @@ def test_two_engines_at_once_send_each_event_once(client, owner, receiver):
 
 
 def test_log_retention_deletes_only_old_settled_events(client, owner, receiver):
-    from cortex.webhooks import WebhookLogRetentionJob
+    from cortex.engines.webhooks import WebhookLogRetentionJob
 
     receiver.script["/hook"] = [(200, {}, b"")]
     subscribe(client, owner, receiver.url())

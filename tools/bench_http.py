@@ -1,10 +1,10 @@
 #!/usr/bin/env python3
 """Benchmark one Cortex server process over HTTP: requests/s and p50/p99 latency, with and without open streams.
 
-The server is the real thing: a subprocess that calls ``cortex.serve.patch()`` first, builds the app with
-``cortex.app.create_app`` (gevent WSGIServer + Flask + the Connexion-built routes of ``openapi/cortex.json``),
+The server is the real thing: a subprocess that calls ``cortex.http.serve.patch()`` first, builds the app with
+``cortex.http.app.create_app`` (gevent WSGIServer + Flask + the Connexion-built routes of ``openapi/cortex.json``),
 migrates a fresh database, seeds one user whose tenant owns exactly 50 API keys, and serves through
-``cortex.serve.make_server`` on 127.0.0.1. Three rows are measured against that one process:
+``cortex.http.serve.make_server`` on 127.0.0.1. Three rows are measured against that one process:
 
   (a) ``GET /api/api-keys`` with ``Authorization: Bearer <token>`` (JWT check + a 50-row query + JSON);
   (b) ``GET /api`` (health, no database);
@@ -32,7 +32,7 @@ Usage:
 from __future__ import annotations
 
 # Only modules that do not pull in socket/threading/ssl are imported here: the same file is the server
-# subprocess (``--serve cortex``), which must run cortex.serve.patch() before anything else imports them.
+# subprocess (``--serve cortex``), which must run cortex.http.serve.patch() before anything else imports them.
 import argparse
 import json
 import os
@@ -113,10 +113,10 @@ def stream_seconds(request_args) -> int:
 
 
 def serve_cortex(args) -> int:
-    """The real app on cortex.serve.make_server, seeded with 50 API keys; prints {"port", "token"} when ready."""
+    """The real app on cortex.http.serve.make_server, seeded with 50 API keys; prints {"port", "token"} when ready."""
     pin_to_cpu(args.cpu)
     raise_fd_limit()
-    from cortex.serve import patch
+    from cortex.http.serve import patch
 
     patch()  # first: before anything imports socket, threading or ssl
 
@@ -126,12 +126,12 @@ def serve_cortex(args) -> int:
     import gevent
     from gevent.event import Event
 
-    from cortex import security
-    from cortex.app import create_app
-    from cortex.db import upgrade
-    from cortex.serve import make_server
+    from cortex.http import security
+    from cortex.http.app import create_app
+    from cortex.http.serve import make_server
     from cortex.settings import Settings
     from models.base import db
+    from models.database import upgrade
     from models.identity import ApiKey, Project, Tenant, User, create_api_key, create_project, create_user
     from models.sessions import Session
 

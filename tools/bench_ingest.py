@@ -2,13 +2,13 @@
 """Benchmark signed ingest (POST /api/events/ingest) on one Cortex server process: events/s, p50/p99 latency.
 
 The server is the real thing, started like ``tools/bench_http.py`` does (a subprocess that calls
-``cortex.serve.patch()`` first, builds the app with ``cortex.app.create_app``, migrates a fresh database and
-serves through ``cortex.serve.make_server``), with the engines ``cortex serve`` runs (the live event dispatcher
+``cortex.http.serve.patch()`` first, builds the app with ``cortex.http.app.create_app``, migrates a fresh database and
+serves through ``cortex.http.serve.make_server``), with the engines ``cortex serve`` runs (the live event dispatcher
 and fan-out) unless ``--no-engines``. It seeds ``--projects`` (20) projects, each with its secret cached (as
 ``POST …/settings/sync-secret`` does) and one active session, and prints their ids and secrets.
 
 The load generator is this process (``tools/_loadgen.py``: gevent greenlets on raw keep-alive sockets). Every
-request is signed afresh (``cortex.ingest.sign``: HMAC-SHA256 of the X-Timestamp string and the exact body) for
+request is signed afresh (``cortex.events.ingest.sign``: HMAC-SHA256 of the X-Timestamp string and the exact body) for
 one project; ``--connections`` connections are spread evenly over the projects. Rows:
 
   (1) paced: ``--rate`` (1,000) events/s offered in total, i.e. ``rate / projects`` per project (50/s: below the
@@ -55,7 +55,7 @@ def write_commit_stats(path: str) -> None:
     """Keep the ingest group-commit counters in a file the parent reads around each row."""
     import gevent
 
-    from cortex.ingest import group_commit, message_commit
+    from cortex.events.ingest import group_commit, message_commit
 
     while True:
         stats = {"transactions": group_commit.batches + message_commit.batches,
@@ -80,7 +80,7 @@ def serve(args) -> int:
 
     pin_to_cpu(args.cpu)
     raise_fd_limit()
-    from cortex.serve import patch
+    from cortex.http.serve import patch
 
     patch()  # first: before anything imports socket, threading or ssl
 
@@ -90,12 +90,12 @@ def serve(args) -> int:
     import gevent
     from gevent.event import Event
 
-    from cortex import security
-    from cortex.app import create_app
-    from cortex.db import upgrade
-    from cortex.serve import make_server
+    from cortex.http import security
+    from cortex.http.app import create_app
+    from cortex.http.serve import make_server
     from cortex.settings import Settings
     from models.base import db
+    from models.database import upgrade
     from models.identity import Project, Tenant, User, create_project, create_user
     from models.sessions import Session
     from models.settings import cached_project_secret, sync_project_secret
@@ -122,17 +122,12 @@ def serve(args) -> int:
             seeded.append({"id": project.id, "appId": project.app_id, "secret": cached_project_secret(project),
                            "session": session.id})
     token = security.issue_access_token(user.id, user.tenant_id)
-    engines = []
+    engines = None
     if os.environ.get(f"{ENV_PREFIX}ENGINES", "1") == "1":
-        from cortex.dispatcher import start_event_pipeline
-        from cortex.webhooks import WebhookEngine
+        from cortex.engines import SERVE, start_engines
 
-        dispatcher, fanout = start_event_pipeline(settings)
-        app.extensions["cortex"].fanout = fanout
-        webhooks = WebhookEngine.from_settings(settings)  # as `cortex serve` runs it (no subscription here)
-        fanout.add_waker(webhooks.dispatcher.wake)
-        webhooks.start()
-        engines = [webhooks, dispatcher, fanout]
+        engines = start_engines(SERVE, settings)  # as `cortex serve` runs them (no webhook subscription here)
+        app.extensions["cortex"].fanout = engines.fanout
     server = make_server(app, HOST, 0)
     server.start()
     stop = Event()
@@ -155,8 +150,8 @@ def serve(args) -> int:
             profiler.disable()
             profiler.dump_stats(profile_path)
         server.stop(timeout=1)
-        for engine in engines:
-            engine.stop()
+        if engines is not None:
+            engines.stop()
         try:  # leave a reused (PostgreSQL) database as we found it
             with db.connection_context():
                 from models.events import DomainEvent
@@ -205,7 +200,7 @@ def run_row(label, port, projects, args, *, rate, server_pid, counter):
     import _loadgen
     import gevent
 
-    from cortex.ingest import sign
+    from cortex.events.ingest import sign
 
     def now_text():
         return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
@@ -321,7 +316,7 @@ def run_bench(args, workdir: str, cpus: tuple, pinning: str) -> tuple[int, dict]
                 engines=not args.no_engines)
     print("\n".join(lines), flush=True)
     print(f"ingest    {args.projects} projects, {args.event}, redis {'on' if args.redis_url else 'off'}, "
-          f"engines {'off' if args.no_engines else 'on (live dispatcher + fan-out, webhook engine as in cortex serve)'}", flush=True)
+          f"engines {'off' if args.no_engines else 'on (every engine cortex serve starts: cortex.engines.REGISTRY)'}", flush=True)
     os.environ[f"{ENV_PREFIX}PROJECTS"] = str(args.projects)
     os.environ[f"{ENV_PREFIX}REDIS_URL"] = args.redis_url or ""
     os.environ[f"{ENV_PREFIX}ENGINES"] = "0" if args.no_engines else "1"

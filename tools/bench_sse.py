@@ -3,7 +3,7 @@
 server memory per idle subscriber, and ``GET /api`` latency meanwhile; optionally flask-sse's stock blueprint.
 
 One run per stack, each against a fresh server subprocess (this file with ``--serve``) that calls
-``cortex.serve.patch()`` first, builds the app with ``create_app``, seeds one user and project, and serves
+``cortex.http.serve.patch()`` first, builds the app with ``create_app``, seeds one user and project, and serves
 through ``cortex.cli.serve_with_engines`` (the code path of ``cortex serve``: live dispatcher, LiveFanout,
 retention, gevent WSGIServer):
 
@@ -36,7 +36,7 @@ Usage:
 from __future__ import annotations
 
 # Only modules that do not pull in socket/threading/ssl are imported here: the same file is the server
-# subprocess, which must run cortex.serve.patch() before anything else imports them.
+# subprocess, which must run cortex.http.serve.patch() before anything else imports them.
 import argparse
 import json
 import os
@@ -65,7 +65,7 @@ def serve(args) -> int:
     """Seed, print {"port", "token", "pid", "project"}, then serve like `cortex serve` until SIGINT."""
     pin_to_cpu(args.cpu)
     raise_fd_limit()
-    from cortex.serve import patch
+    from cortex.http.serve import patch
 
     patch()  # first: before anything imports socket, threading or ssl
 
@@ -74,12 +74,12 @@ def serve(args) -> int:
     import threading
     import time
 
-    from cortex import security
-    from cortex.app import create_app
     from cortex.cli import serve_with_engines
-    from cortex.db import upgrade
+    from cortex.http import security
+    from cortex.http.app import create_app
     from cortex.settings import Settings
     from models.base import db
+    from models.database import upgrade
     from models.events import DomainEvent
     from models.identity import Project, Tenant, User, create_project, create_user
 

@@ -24,10 +24,10 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from cortex.app import create_app  # noqa: E402
-from cortex.db import upgrade  # noqa: E402
+from cortex.http.app import create_app  # noqa: E402
 from cortex.settings import Settings  # noqa: E402
 from models.base import db, new_id, transaction, utcnow  # noqa: E402
+from models.database import upgrade  # noqa: E402
 from models.identity import create_project, create_user  # noqa: E402
 from models.webhooks import WebhookEvent, claim, create_subscription, release  # noqa: E402
 

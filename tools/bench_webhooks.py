@@ -97,7 +97,7 @@ def receiver(args) -> int:
     from gevent.pywsgi import WSGIServer
 
     sys.path.insert(0, ROOT)
-    from cortex.outbound import verify
+    from cortex.lib.webhook_signing import verify
 
     secrets = json.loads(open(args.secrets).read())  # noqa: SIM115 - read once at start
     hang = {int(i) for i in args.hang_endpoints.split(",") if i != ""}
@@ -341,10 +341,10 @@ class Run:
         import base64
         import secrets as random_secrets
 
-        from cortex.app import create_app
-        from cortex.db import upgrade
+        from cortex.http.app import create_app
         from cortex.settings import Settings
         from models.base import db
+        from models.database import upgrade
         from models.identity import create_project, create_user
         from models.webhooks import create_subscription
 
@@ -368,7 +368,7 @@ class Run:
                                      secret_key=SECRET_KEY, redis_url=self.args.redis_url or None)
         self.app = create_app(settings)
         upgrade()
-        from cortex.routing import event_types
+        from cortex.http.routing import event_types
 
         known = event_types(self.app.extensions["cortex"].spec)
         self.sub_index: dict[str, int] = {}
@@ -407,7 +407,7 @@ class Run:
         self.worker = Child("cortex worker", command,
                             os.path.join(self.workdir, "worker.log"), env=self.worker_env, cpu=self.cpus[0])
         line = self.worker.first_line(WORKER_READY_TIMEOUT)
-        if "delivering webhooks" not in line:
+        if "cortex worker: running" not in line or "webhooks" not in line:
             raise BenchError(f"unexpected first line of cortex worker: {line!r}")
         return time.time()
 
@@ -874,7 +874,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--set", dest="worker_settings", action="append", default=[], metavar="NAME=VALUE",
                         help="an environment setting of the worker (repeatable), e.g. CORTEX_WEBHOOK_POLL_INTERVAL=0.02")
     parser.add_argument("--worker-command", help="run this instead of `python -m cortex.cli worker` (experiments: "
-                                                 "it must print a line with 'delivering webhooks' when ready)")
+                                                 "it must print a line 'cortex worker: running … webhooks …' when ready)")
     parser.add_argument("--keep", action="store_true", help="keep the temporary directory (logs) and print it")
     # the receiver subprocess
     parser.add_argument("--receiver", action="store_true", help=argparse.SUPPRESS)

@@ -3,7 +3,7 @@
 
 1. Runs ``tools/extend_spec.py``'s ``extend`` on the document and writes it back if it changed (standard error
    responses, ``x-cortex-scope`` / ``x-cortex-role``).
-2. For every operation whose handler function (``cortex.routing.handler_location``) is not defined in its
+2. For every operation whose handler function (``cortex.http.routing.handler_location``) is not defined in its
    module, appends an ``@unimplemented`` stub to ``handlers/<module>.py`` (creating the module if needed).
    The marker makes ``operation_statuses`` report it unimplemented and the server answer 501 until someone
    implements it and removes the marker. Existing functions are never touched.
@@ -25,9 +25,9 @@ if str(ROOT) not in sys.path:
 
 from connexion.decorators.parameter import pythonic  # noqa: E402
 
-from cortex.routing import handler_location, iter_operations  # noqa: E402
+from cortex.http.routing import handler_location, iter_operations  # noqa: E402
 
-IMPORT = "from cortex.routing import unimplemented"
+IMPORT = "from cortex.http.routing import unimplemented"
 FIRST_PARTY = {"cortex", "handlers", "models"}
 
 
@@ -114,24 +114,24 @@ def _root(node: ast.Import | ast.ImportFrom) -> str | None:
 
 
 def add_import(source: str) -> str:
-    """Add ``from cortex.routing import unimplemented`` to a module where isort (ruff ``I``) wants it."""
+    """Add ``from cortex.http.routing import unimplemented`` to a module where isort (ruff ``I``) wants it."""
     tree = ast.parse(source)
     lines = source.splitlines(keepends=True)
     imports = [n for n in tree.body if isinstance(n, ast.Import | ast.ImportFrom)]
     for node in imports:
-        if isinstance(node, ast.ImportFrom) and node.module == "cortex.routing" and not node.level:
+        if isinstance(node, ast.ImportFrom) and node.module == "cortex.http.routing" and not node.level:
             if any(a.name == "unimplemented" for a in node.names):
                 return source
             names = sorted([ast.unparse(a) for a in node.names] + ["unimplemented"], key=_member_key)
-            line = f"from cortex.routing import {', '.join(names)}\n"
+            line = f"from cortex.http.routing import {', '.join(names)}\n"
             if len(line) > 111:
-                line = "from cortex.routing import (\n" + "".join(f"    {n},\n" for n in names) + ")\n"
+                line = "from cortex.http.routing import (\n" + "".join(f"    {n},\n" for n in names) + ")\n"
             lines[node.lineno - 1 : node.end_lineno] = [line]
             return "".join(lines)
 
     first_party = [n for n in imports if _root(n) in FIRST_PARTY]
     if first_party:
-        later = [n for n in first_party if isinstance(n, ast.ImportFrom) and n.module > "cortex.routing"]
+        later = [n for n in first_party if isinstance(n, ast.ImportFrom) and n.module > "cortex.http.routing"]
         if later:
             lines.insert(later[0].lineno - 1, IMPORT + "\n")
         else:

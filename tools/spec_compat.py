@@ -19,6 +19,12 @@ widening (``integer`` -> ``number``, adding ``nullable: true``, dropping a
 constraint).  A new required property or parameter on the request side is
 reported, because it breaks existing clients.
 
+A narrowing of a value constraint (type, enum, format, bound, pattern) is
+accepted only when the ``CHANGES.md`` beside the served document records it,
+with its reason, in the table under the heading ``## Documented narrowings``: one row per problem,
+``| `location` | `problem as printed` | reason |``.  A recorded row that no
+longer matches a problem is an error too (the list stays true).
+
 Exit status: 0 when compatible (one summary line is printed), 1 when problems
 were found (one ``location: problem`` line each), 2 when an input file cannot
 be read.  Only the standard library is used.  ``check(upstream, served)``
@@ -37,6 +43,12 @@ from typing import Any
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_UPSTREAM = REPO_ROOT / "openapi" / "upstream" / "odin-cortex-1.0.json"
 DEFAULT_SERVED = REPO_ROOT / "openapi" / "cortex.json"
+NARROWINGS_HEADING = "## Documented narrowings"
+# Problems that narrow a value constraint: the only kind a documented narrowing may accept.
+_NARROWING_MESSAGES = ("type narrowed", "enum added", "enum narrowed", "format added", "format changed",
+                       "minLength", "maxLength", "minimum", "maximum", "minItems", "maxItems", "minProperties",
+                       "maxProperties", "exclusiveMinimum", "exclusiveMaximum", "pattern", "uniqueItems",
+                       "multipleOf")
 
 HTTP_METHODS = ("get", "put", "post", "delete", "options", "head", "patch", "trace")
 
@@ -591,11 +603,48 @@ def summarize(upstream: dict, served: dict) -> str:
     )
 
 
+def documented_narrowings(changes_text: str) -> dict[str, str]:
+    """``{"location: problem": reason}`` from the table under ``## Documented narrowings`` of CHANGES.md."""
+    found: dict[str, str] = {}
+    in_section = False
+    for line in changes_text.splitlines():
+        if line.startswith("## "):
+            in_section = line.strip() == NARROWINGS_HEADING
+            continue
+        if not in_section or not line.startswith("|"):
+            continue
+        cells = [cell.strip() for cell in line.strip().strip("|").split("|")]
+        if len(cells) < 3 or not cells[0].startswith("`"):
+            continue  # the header and separator rows
+        location, problem, reason = cells[0].strip("`"), cells[1].strip("`"), " ".join(cells[2:]).strip()
+        found[f"{location}: {problem}"] = reason
+    return found
+
+
+def apply_narrowings(problems: list[str], narrowings: dict[str, str]) -> tuple[list[str], list[str]]:
+    """(remaining problems, accepted ones): a problem is accepted when it narrows a value constraint and is
+    recorded with a non-empty reason; a recorded narrowing that matches no problem becomes a problem itself."""
+    remaining, accepted = [], []
+    for line in problems:
+        message = line.split(": ", 1)[1] if ": " in line else line
+        if line in narrowings and narrowings[line] and message.startswith(_NARROWING_MESSAGES):
+            accepted.append(line)
+        else:
+            remaining.append(line)
+    for recorded in narrowings:
+        if recorded not in problems:
+            remaining.append(f"{recorded} (recorded under '{NARROWINGS_HEADING}' in CHANGES.md, but the "
+                             "document no longer narrows it: remove the row)")
+    return remaining, accepted
+
+
 def main(argv: list[str] | None = None) -> int:
     """Command-line entry point; returns the process exit status."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--upstream", type=Path, default=DEFAULT_UPSTREAM, help="upstream OpenAPI JSON")
     parser.add_argument("--served", type=Path, default=DEFAULT_SERVED, help="served OpenAPI JSON")
+    parser.add_argument("--changes", type=Path, help="the changelog whose 'Documented narrowings' table accepts "
+                                                     "narrowings (default: CHANGES.md beside the served document)")
     args = parser.parse_args(argv)
     docs = []
     for label, path in (("upstream", args.upstream), ("served", args.served)):
@@ -609,13 +658,24 @@ def main(argv: list[str] | None = None) -> int:
             return 2
         docs.append(doc)
     upstream, served = docs
-    problems = check(upstream, served)
+    changes = args.changes or args.served.parent / "CHANGES.md"
+    try:
+        narrowings = documented_narrowings(changes.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        narrowings = {}
+    except OSError as exc:
+        print(f"spec_compat: cannot read {changes}: {exc}", file=sys.stderr)
+        return 2
+    problems, accepted = apply_narrowings(check(upstream, served), narrowings)
     if problems:
         for line in problems:
             print(line)
         print(f"spec_compat: FAILED — {len(problems)} problem(s)", file=sys.stderr)
         return 1
-    print(summarize(upstream, served))
+    summary = summarize(upstream, served)
+    if accepted:
+        summary += f"; {len(accepted)} documented narrowing(s) accepted (CHANGES.md)"
+    print(summary)
     return 0
 
 

@@ -21,9 +21,10 @@ import pytest
 import schemathesis
 from schemathesis.config import SchemathesisConfig
 
-from cortex import ROOT, odin
-from cortex.crypto import encrypt
-from cortex.routing import operation_statuses
+from cortex import ROOT
+from cortex.http.routing import operation_statuses
+from cortex.lib import odin
+from cortex.lib.crypto import encrypt
 from models.base import rfc3339, utcnow
 
 SPEC = json.loads((ROOT / "openapi" / "cortex.json").read_text())
@@ -239,7 +240,7 @@ def _sign_ingest(case) -> None:
     """Positive ingest cases become correctly signed requests for the owner's project (synced secret, a real
     session for the types that describe one, a ``{action, data}`` payload). Schemathesis sends the body
     through werkzeug's test client, which encodes it with ``json.dumps``: those are the bytes signed."""
-    from cortex.ingest import sign
+    from cortex.events.ingest import sign
     from models.sessions import Session
     from models.settings import cached_project_secret, sync_project_secret
 

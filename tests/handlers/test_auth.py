@@ -114,6 +114,23 @@ def test_expired_or_forged_token_is_401(client, owner, settings):
     assert client.get("/api/auth/me", headers={"Authorization": f"Bearer {forged}"}).status_code == 401
 
 
+@pytest.mark.parametrize("empty", ["", "   "])
+def test_a_present_credential_header_must_be_valid_even_beside_a_valid_one(client, owner, api_key_headers, empty):
+    """An empty X-API-Key (or Authorization) header is a broken credential, not an absent one: 401, even when the
+    other header carries a valid credential."""
+    url = f"/api/projects/{owner.project.id}/sessions"
+    key = api_key_headers(["sessions:read"])
+    assert client.get(url, headers=owner.headers).status_code == 200
+    assert client.get(url, headers=key).status_code == 200
+    response = client.get(url, headers={**owner.headers, "X-API-Key": empty})
+    assert response.status_code == 401 and "X-API-Key" in response.get_json()["detail"]
+    assert "ApiKey" in response.headers["WWW-Authenticate"]
+    response = client.get(url, headers={**key, "Authorization": empty})
+    assert response.status_code == 401 and "Bearer" in response.get_json()["detail"]
+    broken = client.get(url, headers={**owner.headers, "X-API-Key": "ots_live_not-a-key"})
+    assert broken.status_code == 401  # a wrong key beside a valid token is refused too
+
+
 def test_api_key_is_not_accepted_for_profile(client, api_key_headers):
     response = client.get("/api/auth/me", headers=api_key_headers(["sessions:read"]))
     assert response.status_code == 401

@@ -10,14 +10,13 @@ from datetime import timedelta
 
 import pytest
 
-from cortex import ingest
-from cortex.debug_audio import DebugAudioStore
+from cortex.events import ingest
+from cortex.integrations.debug_audio import DebugAudioStore
 from models.base import db, rfc3339, transaction, utcnow
 from models.events import DomainEvent
 from models.messages import Message
 from models.participants import Participant
-from models.presence import PresenceSpan
-from models.sessions import Session, _change_status
+from models.sessions import PresenceSpan, Session, _change_status
 from models.settings import AppSettings, cached_project_secret, revoke_project_secret, sync_project_secret
 
 URL = "/api/events/ingest"
@@ -192,7 +191,7 @@ def test_another_projects_signature_does_not_reach_this_project(client, signer, 
 
 
 def test_a_project_without_a_cached_secret_is_refused(client, owner):
-    from cortex import crypto
+    from cortex.lib import crypto
 
     secret = crypto.decrypt(owner.project.secret_encrypted)  # the right secret, but never synced
     response = post(client, owner.project.id, secret, event("image.ready", {}))
@@ -468,7 +467,7 @@ def test_a_resent_message_rolls_back_everything_it_started(client, signer):
 
 
 def enable_debug_audio(project, enabled: bool = True) -> None:
-    from cortex import crypto, odin
+    from cortex.lib import crypto, odin
 
     AppSettings.create(project=project.id, token_provider_type="access_key", bot_user_id="bot",
                        access_key_encrypted=crypto.encrypt(odin.generate_access_key()), debug_audio_enabled=enabled)
@@ -535,7 +534,7 @@ def test_a_rejected_duplicate_leaves_no_audio_file(client, signer, settings):
 
 
 def test_debug_audio_expires_after_24_hours_and_the_job_deletes_it(client, signer, settings):
-    from cortex.debug_audio import DebugAudioCleanupJob
+    from cortex.engines.debug_audio import DebugAudioCleanupJob
 
     enable_debug_audio(signer.project)
     session = make_session(signer)

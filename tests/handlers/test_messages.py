@@ -6,7 +6,7 @@ from datetime import timedelta
 
 import pytest
 
-from cortex.debug_audio import DebugAudioStore
+from cortex.integrations.debug_audio import DebugAudioStore
 from models.base import parse_timestamp, rfc3339, transaction, utcnow
 from models.messages import add_message, add_system_message
 from models.sessions import Session

@@ -7,8 +7,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from cortex import odin
-from cortex.mail import read_outbox
+from cortex.integrations.mail import read_outbox
+from cortex.lib import odin
 from models.identity import ProjectMember, create_project
 
 PASSWORD = "correct horse battery"
@@ -216,17 +216,36 @@ def test_legacy_token_calls_the_rooms_api(client, owner, rooms_api):
     assert rooms_api == [("/projects/app_x/create-token", {"roomId": "r1", "secret": "s3"})]
 
 
-def test_legacy_token_without_rooms_api_is_502(client, owner):
-    response = client.post("/api/projects/token", json={"roomId": "r1", "projectId": "p", "secret": "s"},
-                           headers=owner.headers)
-    assert response.status_code == 502 and "CORTEX_ROOMS_API_URL" in response.get_json()["detail"]
+def test_legacy_token_without_rooms_api_is_issued_for_the_project_locally(client, owner, stranger):
+    """No CORTEX_ROOMS_API_URL (the embedded defaults): the token is issued exactly as POST …/{projectId}/token
+    issues it, for the project the id names, when the secret is that project's; 4xx otherwise, never 5xx."""
+    def legacy(project_ref, secret, member=owner):
+        return client.post("/api/projects/token", json={"roomId": "r1", "projectId": project_ref, "secret": secret},
+                           headers=member.headers)
+
+    response = legacy(owner.project.app_id, owner.secret)
+    assert response.status_code == 400 and "App settings are not configured" in response.get_json()["detail"]
+    access_key = odin.generate_access_key()
+    assert client.put(f"/api/projects/{owner.project.id}/settings", headers=owner.headers, json={
+        "tokenProviderType": "access_key", "accessKeyConfig": {"accessKey": access_key, "botUserId": "bot"},
+    }).status_code == 200
+    public = odin.public_key(access_key)
+    for ref in (owner.project.app_id, owner.project.id):
+        response = legacy(ref, owner.secret)
+        assert response.status_code == 201
+        claims = odin.verify_room_token(response.get_json()["token"], {odin.key_id(public): public})
+        assert claims["rid"] == "r1" and claims["uid"] == owner.user.id
+    assert legacy(owner.project.app_id, "wrong").status_code == 403
+    assert legacy("app_unknown", owner.secret).status_code == 404
+    assert legacy(stranger.project.app_id, stranger.secret).status_code == 404  # not the caller's project
+    assert legacy(owner.project.app_id, owner.secret, member=stranger).status_code == 404
 
 
 def test_invitations_are_delivered_over_smtp(client, owner, app):
     """With CORTEX_SMTP_URL set, the invitation reaches a real (local) SMTP server."""
     from aiosmtpd.controller import Controller
 
-    from cortex.mail import Mailer
+    from cortex.integrations.mail import Mailer
 
     received = []
 

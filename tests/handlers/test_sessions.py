@@ -9,7 +9,8 @@ import pytest
 import redis
 from flask.testing import FlaskClient
 
-from cortex import bot, crypto, odin
+from cortex.integrations import bots as bot
+from cortex.lib import crypto, odin
 from models.events import DomainEvent
 from models.sessions import Session
 from models.settings import AppSettings
@@ -43,14 +44,10 @@ def configured(owner):
 
 
 def use_driver(app, monkeypatch, name: str, redis_url: str | None = None) -> None:
-    """Select a bot driver (Settings.bot_driver when it exists, else the cached CORTEX_BOT_DRIVER)."""
-    monkeypatch.setattr(bot, "_env_driver_name", lambda: name)
+    """Select a bot driver (Settings.bot_driver, CORTEX_BOT_DRIVER) and REDIS_URL for the running app."""
     monkeypatch.setattr(bot, "_drivers", {})
     runtime = app.extensions["cortex"]
-    changes = {"redis_url": redis_url}
-    if hasattr(runtime.settings, "bot_driver"):
-        changes["bot_driver"] = name
-    monkeypatch.setattr(runtime, "settings", replace(runtime.settings, **changes))
+    monkeypatch.setattr(runtime, "settings", replace(runtime.settings, redis_url=redis_url, bot_driver=name))
 
 
 @pytest.fixture

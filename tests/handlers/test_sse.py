@@ -22,8 +22,8 @@ from openapi_core.contrib.werkzeug import WerkzeugOpenAPIRequest, WerkzeugOpenAP
 from werkzeug.test import EnvironBuilder
 from werkzeug.wrappers import Request, Response
 
-from cortex import sse
-from cortex.dispatcher import LiveFanout, start_event_pipeline
+from cortex.events import sse
+from cortex.events.fanout import LiveFanout, start_event_pipeline
 from cortex.settings import Settings
 from models.base import db, new_id, transaction
 from models.events import DomainEvent, emit

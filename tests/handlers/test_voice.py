@@ -6,12 +6,12 @@ import base64
 
 import pytest
 
-from cortex import odin
-from cortex.bot import LocalBotDriver
-from cortex.permissions import FLAGS, permissions_for
+from cortex.integrations.bots import LocalBotDriver
+from cortex.lib import odin
 from models.base import db
 from models.identity import create_project
 from models.participants import create_or_find_participant
+from models.permissions import FLAGS, permissions_for
 from models.presence import record_join, record_leave
 from models.sessions import Session, create_session, stop_session
 from models.voice import OdinAccessKey, VoiceConfig
@@ -438,11 +438,13 @@ def test_the_peer_limit_answers_after_the_gates(client, token_ready, stranger, a
     assert room_token(client, token_ready, headers=api_key_headers(["projects:write"])).status_code == 429
 
 
-def test_the_legacy_token_endpoint_has_no_peer_limit(client, token_ready):
-    """POST /api/projects/token names no Cortex project (it forwards a caller-supplied id and secret to the
-    Rooms API), so a local project's peer limit cannot apply: without a Rooms API configured it answers 502."""
+def test_the_legacy_token_endpoint_keeps_the_peer_limit_when_it_issues_tokens_itself(client, token_ready):
+    """Without a Rooms API, POST /api/projects/token issues the project's token as POST …/token does: the
+    project's peer limit applies too. (With a Rooms API configured it forwards the caller's id and secret and
+    the Rooms API decides.)"""
+    body = {"roomId": "lobby", "projectId": token_ready.project.app_id, "secret": token_ready.secret}
+    assert client.post("/api/projects/token", headers=token_ready.headers, json=body).status_code == 201
     peer_limit(client, token_ready, 1)
     present(token_ready, "lobby", "ann")
-    response = client.post("/api/projects/token", headers=token_ready.headers,
-                           json={"roomId": "lobby", "projectId": token_ready.project.app_id, "secret": "s"})
-    assert response.status_code == 502
+    response = client.post("/api/projects/token", headers=token_ready.headers, json=body)
+    assert response.status_code == 429 and "peer limit" in response.get_json()["detail"]

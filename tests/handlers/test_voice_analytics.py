@@ -6,8 +6,8 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from cortex import crypto, odin
-from cortex.bot import LocalBotDriver
+from cortex.integrations.bots import LocalBotDriver
+from cortex.lib import crypto, odin
 from models import presence
 from models.participants import create_or_find_participant
 from models.presence import record_join, record_leave

@@ -7,14 +7,13 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from cortex import crypto
-from models.base import Prepared, parse_timestamp, rfc3339, rfc3339_raw, split_names, utcnow
+from cortex.lib import crypto
+from models.base import DomainError, Prepared, parse_timestamp, rfc3339, rfc3339_raw, split_names, utcnow
 from models.identity import (
     API_KEY_PREFIX,
     LIVE_API_KEY_ROWS,
     ApiKey,
     FusionSession,
-    IdentityError,
     Project,
     ProjectMember,
     Tenant,
@@ -70,21 +69,21 @@ def test_create_user_in_an_existing_tenant(app, user):
     ],
 )
 def test_create_user_rejects_invalid_input(app, email, password, detail):
-    with pytest.raises(IdentityError) as raised:
+    with pytest.raises(DomainError) as raised:
         create_user(email, password)
     assert raised.value.kind == "invalid" and detail in raised.value.detail
     assert User.select().count() == 0 and Tenant.select().count() == 0
 
 
 def test_duplicate_email_is_a_conflict_whatever_the_case(app, user):
-    with pytest.raises(IdentityError) as raised:
+    with pytest.raises(DomainError) as raised:
         create_user(" PERSON@example.com", PASSWORD)
     assert raised.value.kind == "conflict"
     assert User.select().count() == 1 and Tenant.select().count() == 1
 
 
 def test_unknown_tenant_is_not_found(app):
-    with pytest.raises(IdentityError) as raised:
+    with pytest.raises(DomainError) as raised:
         create_user("lost@example.com", PASSWORD, tenant_id="no-such-tenant")
     assert raised.value.kind == "not_found" and "no-such-tenant" in raised.value.detail
     assert User.select().count() == 0 and Tenant.select().count() == 0
@@ -152,7 +151,7 @@ def test_project_app_ids_and_secrets_are_unique(app, user):
 
 @pytest.mark.parametrize("kind,name", [("voice", "Game"), ("sdk", "   ")])
 def test_create_project_rejects_bad_type_or_name(app, user, kind, name):
-    with pytest.raises(IdentityError) as raised:
+    with pytest.raises(DomainError) as raised:
         create_project(user, name, kind)
     assert raised.value.kind == "invalid"
     assert Project.select().count() == 0 and ProjectMember.select().count() == 0

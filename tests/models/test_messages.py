@@ -1,4 +1,4 @@
-"""models.messages (transcript lines and their events) and cortex.debug_audio (files, cleanup job)."""
+"""models.messages (transcript lines and their events) and the debug-audio files (cortex.integrations.debug_audio) and cleanup job (cortex.engines.debug_audio)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,8 @@ from datetime import timedelta
 
 import pytest
 
-from cortex.debug_audio import DebugAudioCleanupJob, DebugAudioStore
+from cortex.engines.debug_audio import DebugAudioCleanupJob
+from cortex.integrations.debug_audio import DebugAudioStore
 from models.base import parse_timestamp, rfc3339, transaction, utcnow
 from models.events import DomainEvent
 from models.messages import (

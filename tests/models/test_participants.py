@@ -9,21 +9,16 @@ import threading
 import pytest
 
 from models import events, participants
-from models.base import db
+from models.base import DEFAULT_LIMIT, MAX_LIMIT, MAX_OFFSET, DomainError, db, page_bounds
 from models.events import DomainEvent
 from models.participants import (
-    DEFAULT_LIMIT,
     KEEP,
-    MAX_LIMIT,
-    MAX_OFFSET,
     Participant,
-    ParticipantError,
     create_or_find_participant,
     delete_participant,
     get_participant,
     list_participants,
-    page_bounds,
-    response,
+    participant_body,
     search_pattern,
     update_participant,
 )
@@ -45,15 +40,15 @@ def test_create_then_find(project):
     assert row.joined_at == row.created_at
     again, created = create_or_find_participant(project, "ext-1")
     assert created is False and again.id == row.id
-    assert response(again) == response(row)
+    assert participant_body(again) == participant_body(row)
     [event] = log()
-    assert event.type == "participant.created" and event.payload["data"] == response(row)
+    assert event.type == "participant.created" and event.payload["data"] == participant_body(row)
 
 
 def test_find_updates_only_given_fields_that_differ(project):
     row, _ = create_or_find_participant(project, "ext-1", "Ada", {"a": 1})
     same, _ = create_or_find_participant(project, "ext-1", None, {"a": 1})
-    assert response(same) == response(row) and len(log()) == 1
+    assert participant_body(same) == participant_body(row) and len(log()) == 1
     changed, created = create_or_find_participant(project, "ext-1", None, {"a": 2})
     assert created is False and changed.display_name == "Ada" and changed.user_data == {"a": 2}
     assert log()[-1].payload["changes"] == {"userData": {"a": 1}}
@@ -112,7 +107,7 @@ def test_update_and_no_op_update(project):
     row, _ = create_or_find_participant(project, "ext-1", "Ada")
     updated = update_participant(project, row.id, "Bea")
     assert updated.display_name == "Bea" and updated.updated_at >= row.updated_at
-    assert log()[-1].payload == {"action": "updated", "data": response(updated), "changes": {"displayName": "Ada"}}
+    assert log()[-1].payload == {"action": "updated", "data": participant_body(updated), "changes": {"displayName": "Ada"}}
     update_participant(project, row.id, KEEP, KEEP)
     update_participant(project, row.id, "Bea", {})
     assert [e.type for e in log()] == ["participant.created", "participant.updated"]
@@ -126,7 +121,7 @@ def test_unknown_or_other_projects_participant_is_not_found(project, stranger):
         lambda: delete_participant(project, theirs.id),
         lambda: get_participant(project, "missing"),
     ):
-        with pytest.raises(ParticipantError) as caught:
+        with pytest.raises(DomainError) as caught:
             call()
         assert caught.value.kind == "not_found"
     assert Participant.get_by_id(theirs.id).display_name == "ext-1"
@@ -135,7 +130,7 @@ def test_unknown_or_other_projects_participant_is_not_found(project, stranger):
 def test_delete_emits_the_last_state(project):
     row, _ = create_or_find_participant(project, "ext-1", "Ada", {"x": [1]})
     last = delete_participant(project, row.id)
-    assert last == response(row)
+    assert last == participant_body(row)
     assert Participant.select().count() == 0
     created, deleted = log()
     assert deleted.type == "participant.deleted" and deleted.seq > created.seq
@@ -187,7 +182,7 @@ def test_list_pages_and_totals(project):
     rows = [create_or_find_participant(project, f"user-{i}", f"Name {i}")[0] for i in range(5)]
     rows.sort(key=lambda r: (r.joined_at, r.id))  # creations may share a millisecond: then by id
     page = list_participants(project, 2, 1)
-    assert page.participants == [response(r) for r in rows[1:3]] and page.total == 5
+    assert page.participants == [participant_body(r) for r in rows[1:3]] and page.total == 5
     page = list_participants(project, search="NAME 4")
-    assert page.participants == [response(r) for r in rows if r.display_name == "Name 4"] and page.total == 1
+    assert page.participants == [participant_body(r) for r in rows if r.display_name == "Name 4"] and page.total == 1
     assert list_participants(project, search="a_e").total == 0  # "_" is literal

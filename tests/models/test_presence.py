@@ -7,17 +7,14 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from cortex import crypto, odin
-from cortex.bot import LocalBotDriver
+from cortex.integrations.bots import LocalBotDriver
+from cortex.lib import crypto, odin
 from models.base import DomainError, utcnow
 from models.participants import create_or_find_participant
 from models.presence import (
     MAX_RANGE,
-    PresenceSpan,
     analytics_window,
     bucket_seconds,
-    close_open_spans,
-    idle_sessions,
     peers_over_time,
     present_count,
     project_present_count,
@@ -26,7 +23,15 @@ from models.presence import (
     rooms_over_time,
     series,
 )
-from models.sessions import Session, create_session, set_session_status, stop_session
+from models.sessions import (
+    PresenceSpan,
+    Session,
+    close_open_spans,
+    create_session,
+    idle_sessions,
+    set_session_status,
+    stop_session,
+)
 from models.settings import AppSettings
 
 #: A fixed "now" for the analytics: 2026-03-02 12:07:30 UTC (inside a 5-minute bucket starting 12:05:00).

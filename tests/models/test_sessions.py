@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import pytest
-from connexion.exceptions import ProblemException
 
-from cortex import crypto, odin
-from cortex.bot import LocalBotDriver
+from cortex.integrations.bots import LocalBotDriver
+from cortex.lib import crypto, odin
+from models.base import DomainError
 from models.events import DomainEvent
 from models.identity import create_project
 from models.sessions import (
@@ -75,11 +75,11 @@ def test_create_records_the_session_and_its_event(project, owner):
 
 
 def test_create_needs_configured_settings(owner):
-    with pytest.raises(ProblemException) as caught:
+    with pytest.raises(DomainError) as caught:
         new(owner.project, owner)
-    assert caught.value.status == 400
+    assert caught.value.kind == "invalid"
     AppSettings.create(project=owner.project.id, token_provider_type="webservice")  # incomplete
-    with pytest.raises(ProblemException):
+    with pytest.raises(DomainError):
         new(owner.project, owner)
     assert Session.select().count() == 0
 
@@ -87,9 +87,9 @@ def test_create_needs_configured_settings(owner):
 @pytest.mark.parametrize("fields", [{"room": ""}, {"room": " "}, {"idle_timeout": -5}, {"idle_timeout": True},
                                     {"idle_timeout": float("inf")}, {"gateway": 3}, {"title": None}])
 def test_create_validates(project, owner, fields):
-    with pytest.raises(ProblemException) as caught:
+    with pytest.raises(DomainError) as caught:
         new(project, owner, **fields)
-    assert caught.value.status == 400
+    assert caught.value.kind == "invalid"
 
 
 def test_auto_start_needs_a_driver(project, owner):
@@ -137,9 +137,9 @@ def test_unknown_and_foreign_sessions_are_404(project, owner, stranger):
     for call in (lambda: get_session(project, theirs.id), lambda: get_session(project, "nope"),
                  lambda: start_session(project, theirs.id, RecordingDriver()),
                  lambda: stop_session(project, theirs.id, RecordingDriver())):
-        with pytest.raises(ProblemException) as caught:
+        with pytest.raises(DomainError) as caught:
             call()
-        assert caught.value.status == 404
+        assert caught.value.kind == "not_found"
 
 
 def test_listing_is_newest_first_and_matches_the_instances(project, owner):

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from cortex import crypto, odin
-from cortex.problems import ApiProblem
+from cortex.lib import crypto, odin
+from models.base import DomainError
 from models.identity import Project
 from models.settings import (
     AppSettings,
@@ -31,8 +31,8 @@ def access_key_request(**extra) -> dict:
     return {"tokenProviderType": "access_key", "accessKeyConfig": {"accessKey": ACCESS_KEY, "botUserId": "bot"}, **extra}
 
 
-def problem(call, *args) -> ApiProblem:
-    with pytest.raises(ApiProblem) as caught:
+def problem(call, *args) -> DomainError:
+    with pytest.raises(DomainError) as caught:
         call(*args)
     return caught.value
 
@@ -70,7 +70,7 @@ def test_replace_creates_then_replaces_one_row(owner):
 
 def test_validation_raises_400_and_writes_nothing(owner):
     error = problem(replace_app_settings, owner.project, {"tokenProviderType": "webservice"})
-    assert error.status == 400 and "webserviceConfig" in error.detail
+    assert error.kind == "invalid" and "webserviceConfig" in error.detail
     bad = access_key_request(accessKeyConfig={"accessKey": ACCESS_KEY[:-2], "botUserId": "bot"})
     assert "accessKeyConfig.accessKey is not a valid ODIN access key" in problem(
         replace_app_settings, owner.project, bad
@@ -89,7 +89,7 @@ def test_update_and_single_field_operations_need_existing_settings(owner):
         (set_debug_audio, (True,)),
         (set_e2e_encryption, ("automatic",)),
     ):
-        assert problem(call, owner.project, *args).status == 404
+        assert problem(call, owner.project, *args).kind == "not_found"
 
 
 def test_update_keeps_unmentioned_fields(owner):
@@ -103,9 +103,9 @@ def test_update_keeps_unmentioned_fields(owner):
 
 def test_e2e_rules(owner):
     replace_app_settings(owner.project, access_key_request())
-    assert problem(set_e2e_encryption, owner.project, "manual").status == 400
-    assert problem(set_e2e_encryption, owner.project, "manual", "").status == 400
-    assert problem(set_e2e_encryption, owner.project, "sometimes").status == 400
+    assert problem(set_e2e_encryption, owner.project, "manual").kind == "invalid"
+    assert problem(set_e2e_encryption, owner.project, "manual", "").kind == "invalid"
+    assert problem(set_e2e_encryption, owner.project, "sometimes").kind == "invalid"
     assert set_e2e_encryption(owner.project, "manual", "secret-pw").e2e_password == "secret-pw"
     assert set_e2e_encryption(owner.project, "manual", "").e2e_password == "secret-pw"
     state = set_e2e_encryption(owner.project, "automatic", "secret-pw")
@@ -118,9 +118,9 @@ def test_rooms_is_configured_only_while_the_project_has_a_secret(owner):
     project = Project.get_by_id(owner.project.id)
     assert load_app_settings(project).is_configured is False
     assert set_debug_audio(project, True).settings.debug_audio_enabled is True
-    assert problem(update_app_settings, project, {"botUserData": {}}).status == 400
-    assert problem(reveal_project_secret, project).status == 404
-    assert problem(sync_project_secret, project).status == 400
+    assert problem(update_app_settings, project, {"botUserData": {}}).kind == "invalid"
+    assert problem(reveal_project_secret, project).kind == "not_found"
+    assert problem(sync_project_secret, project).kind == "invalid"
 
 
 def test_remove_returns_the_id(owner):

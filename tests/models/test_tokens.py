@@ -10,8 +10,10 @@ from urllib.parse import parse_qs, urlsplit
 
 import pytest
 
-from cortex import odin
-from cortex.problems import ApiProblem
+from cortex.integrations.tokens import HttpTokenFetcher
+from cortex.lib import odin
+from models.access import Principal
+from models.base import DomainError
 from models.identity import Project
 from models.settings import replace_app_settings
 from models.tokens import ROOMS_NOT_CONFIGURED, legacy_room_token, project_room_token, rooms_request
@@ -98,9 +100,20 @@ def configure_webservice(owner, server, **config):
     replace_app_settings(owner.project, {"tokenProviderType": "webservice", "webserviceConfig": settings})
 
 
-def token_problem(owner, *, room="room-1", user="user-1", rooms_api_url=None, timeout=TIMEOUT) -> ApiProblem:
-    with pytest.raises(ApiProblem) as caught:
-        project_room_token(owner.project, room, user, rooms_api_url=rooms_api_url, timeout=timeout)
+def fetcher(timeout: float = TIMEOUT, allow_private: bool = True) -> HttpTokenFetcher:
+    """The token providers' HTTP side; these tests' servers are on loopback (CORTEX_OUTBOUND_ALLOW_PRIVATE)."""
+    return HttpTokenFetcher(timeout=timeout, allow_private=allow_private)
+
+
+def token(owner, room="room-1", user="user-1", *, rooms_api_url=None, timeout=TIMEOUT) -> dict:
+    return project_room_token(owner.project, room, user, fetcher=fetcher(timeout), rooms_api_url=rooms_api_url)
+
+
+def token_problem(owner, *, room="room-1", user="user-1", rooms_api_url=None, timeout=TIMEOUT,
+                  allow_private=True) -> DomainError:
+    with pytest.raises(DomainError) as caught:
+        project_room_token(owner.project, room, user, fetcher=fetcher(timeout, allow_private),
+                           rooms_api_url=rooms_api_url)
     return caught.value
 
 
@@ -109,7 +122,7 @@ def token_problem(owner, *, room="room-1", user="user-1", rooms_api_url=None, ti
 
 def test_without_settings_is_400(owner):
     error = token_problem(owner)
-    assert error.status == 400 and error.detail.startswith("App settings are not configured")
+    assert error.kind == "invalid" and error.detail.startswith("App settings are not configured")
 
 
 # ------------------------------------------------------------------------------------------- access key
@@ -119,7 +132,7 @@ def test_access_key_token_verifies_with_the_keys_public_key(owner):
     replace_app_settings(owner.project, {
         "tokenProviderType": "access_key", "accessKeyConfig": {"accessKey": ACCESS_KEY, "botUserId": "bot"},
     })
-    result = project_room_token(owner.project, "lobby", "player-7", rooms_api_url=None, timeout=TIMEOUT)
+    result = token(owner, "lobby", "player-7")
     assert set(result) == {"token"}
     public = odin.public_key(ACCESS_KEY)
     claims = odin.verify_room_token(result["token"], {odin.key_id(public): public})
@@ -136,7 +149,7 @@ def test_webservice_post_sends_headers_and_the_substituted_body(owner, server):
     configure_webservice(owner, server, responseTokenPath="data.tokens.1.value")
     server.reply = (200, {"data": {"tokens": [{"value": "first"}, {"value": "second"}]}}, {})
     room, user = 'room "A"\\1', "ünï\ncode"
-    assert project_room_token(owner.project, room, user, rooms_api_url=None, timeout=TIMEOUT) == {"token": "second"}
+    assert token(owner, room, user) == {"token": "second"}
     [request] = server.requests
     assert request["method"] == "POST" and request["path"] == "/token?tenant=t1"
     assert request["headers"]["Authorization"] == HEADER_SECRET and request["headers"]["X-Extra"] == "1"
@@ -146,7 +159,7 @@ def test_webservice_post_sends_headers_and_the_substituted_body(owner, server):
 
 def test_webservice_post_without_template_sends_room_and_user(owner, server):
     configure_webservice(owner, server, bodyTemplate="", headers={"Content-Type": "application/json; x=1"})
-    project_room_token(owner.project, "r", "u", rooms_api_url=None, timeout=TIMEOUT)
+    token(owner, "r", "u")
     [request] = server.requests
     assert json.loads(request["body"]) == {"roomId": "r", "userId": "u"}
     assert request["headers"]["Content-Type"] == "application/json; x=1"
@@ -155,7 +168,7 @@ def test_webservice_post_without_template_sends_room_and_user(owner, server):
 def test_webservice_get_sends_no_body_and_query_parameters(owner, server):
     configure_webservice(owner, server, method="GET", responseTokenPath="$.token")
     server.reply = (200, {"token": "get-token"}, {})
-    result = project_room_token(owner.project, "room one", "user&1", rooms_api_url=None, timeout=TIMEOUT)
+    result = token(owner, "room one", "user&1")
     assert result == {"token": "get-token"}
     [request] = server.requests
     assert request["method"] == "GET" and request["body"] is None
@@ -183,7 +196,7 @@ def test_webservice_failures_are_502(owner, server, reply, detail):
     configure_webservice(owner, server)
     server.reply = reply
     error = token_problem(owner)
-    assert error.status == 502
+    assert error.kind == "upstream_failed"
     assert error.detail == f"Token webservice request failed: {detail}"
     assert len(server.requests) == 1  # redirects are not followed
     assert "secret" not in error.detail
@@ -193,7 +206,7 @@ def test_webservice_timeout_is_502(owner, server):
     configure_webservice(owner, server)
     server.stall = True
     error = token_problem(owner, timeout=0.3)
-    assert error.status == 502
+    assert error.kind == "upstream_failed"
     assert error.detail == "Token webservice request failed: no answer within 0.3 s"
 
 
@@ -205,8 +218,18 @@ def test_webservice_unreachable_is_502(owner):
         "url": f"http://127.0.0.1:{port}/token", "method": "POST", "responseTokenPath": "token",
     }})
     error = token_problem(owner)
-    assert error.status == 502
+    assert error.kind == "upstream_failed"
     assert error.detail.startswith("Token webservice request failed: could not connect (")
+
+
+def test_webservice_on_a_private_address_is_refused_by_the_outbound_policy(owner, server):
+    """The webservice URL is the tenant's choice: the same address policy as webhook delivery applies."""
+    configure_webservice(owner, server)
+    error = token_problem(owner, allow_private=False)
+    assert error.kind == "upstream_failed"
+    assert error.detail == ("Token webservice request failed: its address is not allowed (loopback, private, "
+                            "link-local or metadata addresses are refused)")
+    assert "127.0.0.1" not in error.detail and server.requests == []  # nothing was sent
 
 
 # ------------------------------------------------------------------------------------------- Rooms API
@@ -215,7 +238,7 @@ def test_webservice_unreachable_is_502(owner):
 def test_rooms_provider_posts_app_id_and_project_secret(owner, server):
     replace_app_settings(owner.project, {"tokenProviderType": "rooms"})
     server.reply = (200, {"data": {"token": "rooms-token", "domain": "gateway.example.com"}}, {})
-    result = project_room_token(owner.project, "lobby", "u1", rooms_api_url=server.url + "/v1/", timeout=TIMEOUT)
+    result = token(owner, "lobby", "u1", rooms_api_url=server.url + "/v1/")
     assert result == {"token": "rooms-token", "domain": "gateway.example.com"}
     [request] = server.requests
     assert request["method"] == "POST"
@@ -226,31 +249,48 @@ def test_rooms_provider_posts_app_id_and_project_secret(owner, server):
 
 def test_rooms_provider_needs_the_server_url_and_the_project_secret(owner):
     replace_app_settings(owner.project, {"tokenProviderType": "rooms"})
-    error = token_problem(owner, rooms_api_url=None)
-    assert error.status == 502 and error.detail == ROOMS_NOT_CONFIGURED
+    error = token_problem(owner, rooms_api_url=None)  # the server lacks what the provider needs: 4xx, not 5xx
+    assert error.kind == "invalid" and error.detail == ROOMS_NOT_CONFIGURED
     Project.update(secret_encrypted=None).where(Project.id == owner.project.id).execute()
     owner.project = Project.get_by_id(owner.project.id)
-    assert token_problem(owner, rooms_api_url="http://127.0.0.1:9").status == 400
+    assert token_problem(owner, rooms_api_url="http://127.0.0.1:9").kind == "invalid"
 
 
 def test_rooms_request_quotes_the_api_key_and_omits_a_missing_user(server):
     server.reply = (200, {"data": {"token": "t"}}, {})
-    assert rooms_request(server.url, "app/1 x", "s3cret", "r", timeout=TIMEOUT) == {"token": "t"}
+    assert rooms_request(server.url, "app/1 x", "s3cret", "r", fetcher=fetcher()) == {"token": "t"}
     [request] = server.requests
     assert request["path"] == "/projects/app%2F1%20x/create-token"
     assert json.loads(request["body"]) == {"roomId": "r", "secret": "s3cret"}
 
 
-def test_legacy_room_token_uses_the_given_project_and_secret(server):
+def test_legacy_room_token_uses_the_given_project_and_secret(owner, server):
     server.reply = (200, {"data": {"token": "legacy", "domain": "d.example"}}, {})
-    result = legacy_room_token("proj-9", "given-secret", "room-x", rooms_api_url=server.url, timeout=TIMEOUT)
+    caller = Principal(kind="user", tenant_id=owner.user.tenant_id, user_id=owner.user.id)
+    result = legacy_room_token(caller, "proj-9", "given-secret", "room-x", fetcher=fetcher(), rooms_api_url=server.url)
     assert result == {"token": "legacy", "domain": "d.example"}
     [request] = server.requests
     assert request["path"] == "/projects/proj-9/create-token"
     assert json.loads(request["body"]) == {"roomId": "room-x", "secret": "given-secret"}
-    with pytest.raises(ApiProblem) as caught:
-        legacy_room_token("p", "s", "r", rooms_api_url=None, timeout=TIMEOUT)
-    assert caught.value.status == 502 and caught.value.detail == ROOMS_NOT_CONFIGURED
+
+
+def test_legacy_room_token_without_a_rooms_api_is_issued_here(owner, stranger):
+    """No CORTEX_ROOMS_API_URL: the token is the project's own (its provider), for a project and secret that match."""
+    replace_app_settings(owner.project, {
+        "tokenProviderType": "access_key", "accessKeyConfig": {"accessKey": ACCESS_KEY, "botUserId": "bot"},
+    })
+    caller = Principal(kind="user", tenant_id=owner.user.tenant_id, user_id=owner.user.id)
+    for ref in (owner.project.id, owner.project.app_id):
+        result = legacy_room_token(caller, ref, owner.secret, "lobby", fetcher=fetcher(), rooms_api_url=None)
+        public = odin.public_key(ACCESS_KEY)
+        claims = odin.verify_room_token(result["token"], {odin.key_id(public): public})
+        assert claims["rid"] == "lobby" and claims["uid"] == owner.user.id
+    with pytest.raises(DomainError) as caught:
+        legacy_room_token(caller, owner.project.id, "not-the-secret", "lobby", fetcher=fetcher(), rooms_api_url=None)
+    assert caught.value.kind == "forbidden"
+    with pytest.raises(DomainError) as caught:  # another tenant's project, even with its secret: not visible
+        legacy_room_token(caller, stranger.project.id, stranger.secret, "lobby", fetcher=fetcher(), rooms_api_url=None)
+    assert caught.value.kind == "not_found"
 
 
 @pytest.mark.parametrize(
@@ -264,14 +304,14 @@ def test_legacy_room_token_uses_the_given_project_and_secret(server):
 )
 def test_rooms_failures_are_502_without_the_secret(server, reply, detail):
     server.reply = reply
-    with pytest.raises(ApiProblem) as caught:
-        rooms_request(server.url, "app", "top-secret-value", "r", "u", timeout=TIMEOUT)
-    assert caught.value.status == 502
+    with pytest.raises(DomainError) as caught:
+        rooms_request(server.url, "app", "top-secret-value", "r", "u", fetcher=fetcher())
+    assert caught.value.kind == "upstream_failed"
     assert caught.value.detail == f"Rooms token API request failed: {detail}"
 
 
 def test_rooms_timeout_is_502(server):
     server.stall = True
-    with pytest.raises(ApiProblem) as caught:
-        rooms_request(server.url, "app", "s", "r", timeout=0.3)
+    with pytest.raises(DomainError) as caught:
+        rooms_request(server.url, "app", "s", "r", fetcher=fetcher(0.3))
     assert caught.value.detail == "Rooms token API request failed: no answer within 0.3 s"

@@ -7,15 +7,16 @@ from datetime import UTC, datetime
 
 import pytest
 
-from cortex import ROOT, odin
-from cortex.permissions import FLAG_SCOPES, FLAGS, permissions_for
+from cortex import ROOT
+from cortex.lib import odin
 from models import voice
+from models.base import DomainError
 from models.identity import create_project
+from models.permissions import FLAG_SCOPES, FLAGS, permissions_for
 from models.voice import (
     MAX_PEER_LIMIT,
     OdinAccessKey,
     VoiceConfig,
-    VoiceError,
     VoiceStatus,
     access_keys,
     activate_voice,
@@ -49,7 +50,7 @@ def frozen_clock(monkeypatch):
 
 
 def kind_of(call, *args) -> str:
-    with pytest.raises(VoiceError) as caught:
+    with pytest.raises(DomainError) as caught:
         call(*args)
     return caught.value.kind
 
@@ -78,7 +79,7 @@ def test_peer_limit_accepts_whole_numbers_from_0(value, expected):
     "value", [-1, -0.5, 1.5, MAX_PEER_LIMIT + 1, float("inf"), float("nan"), True, False, "3", None, [1]]
 )
 def test_peer_limit_rejects_everything_else(value):
-    with pytest.raises(VoiceError) as caught:
+    with pytest.raises(DomainError) as caught:
         check_peer_limit(value)
     assert caught.value.kind == "invalid"
     assert "peerLimit" in caught.value.detail
@@ -132,7 +133,7 @@ def test_blank_description_is_none(active, description):
 
 @pytest.mark.parametrize("name,detail", [("", "must not be empty"), ("  \t", "must not be empty"), ("x" * 256, "at most 255")])
 def test_access_key_names(active, name, detail):
-    with pytest.raises(VoiceError, match=detail) as caught:
+    with pytest.raises(DomainError, match=detail) as caught:
         create_access_key(active, name)
     assert caught.value.kind == "invalid"
     assert create_access_key(active, "x" * 255)[0].name == "x" * 255
@@ -186,7 +187,9 @@ def test_public_keys_by_id_or_app_id(owner, active):
     assert public_keys(active.id) == expected
     assert public_keys(active.app_id) == expected
     assert public_keys(other.id) != expected and len(public_keys(other.id)) == 1
-    assert public_keys("no-such-project") is None
+    with pytest.raises(DomainError) as caught:
+        public_keys("no-such-project")
+    assert caught.value.kind == "not_found"
 
 
 def test_public_keys_of_a_project_without_voice(project):

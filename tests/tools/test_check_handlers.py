@@ -110,3 +110,14 @@ def test_strict_orphans_passes_without_orphans(tmp_path: Path) -> None:
         "  GET /api/x  getX  -> handlers/extra.py::get_x",
         "orphan handler functions (no operation): 0",
     ]
+
+
+def test_the_readme_status_line_is_the_one_the_tool_prints():
+    """The README's status line is generated: `python tools/check_handlers.py --status-line` prints it, and the
+    README must carry exactly that line (so it cannot say 501 for something built, or the other way round)."""
+    done = run("--status-line")
+    assert done.returncode == 0, done.stderr
+    line = done.stdout.strip()
+    assert line.startswith("**Status:** ") and "\n" not in line
+    readme = (REPO_ROOT / "README.md").read_text(encoding="utf-8").splitlines()
+    assert line in readme, f"README.md must carry the status line `{line}` (python tools/check_handlers.py --status-line)"

@@ -81,7 +81,7 @@ def test_scaffold_new_operation(copy: Path) -> None:
     assert "created handlers/widgets.py" in result.stdout
     assert "wrote handlers/widgets.py::list_widgets" in result.stdout
     source = (copy / "handlers" / "widgets.py").read_text()
-    assert source.startswith('"""Widgets tag."""\n\nfrom cortex.routing import unimplemented\n')
+    assert source.startswith('"""Widgets tag."""\n\nfrom cortex.http.routing import unimplemented\n')
     assert (
         "@unimplemented\n"
         "def list_widgets(project, principal, limit=None):\n"
@@ -130,8 +130,8 @@ def test_scaffold_appends_to_existing_module(copy: Path) -> None:
     result = scaffold(copy, "--operation", "getDeepHealth")
     assert "wrote handlers/health.py::get_deep_health" in result.stdout
     source = health.read_text()
-    assert source.count("from cortex.routing import unimplemented") == 1
-    assert source.replace("from cortex.routing import unimplemented\n", "", 1).startswith(original.rstrip("\n"))
+    assert source.count("from cortex.http.routing import unimplemented") == 1
+    assert source.replace("from cortex.http.routing import unimplemented\n", "", 1).startswith(original.rstrip("\n"))
     assert source.endswith(
         "\n\n\n@unimplemented\ndef get_deep_health():\n"
         '    """GET /api/health/deep: Deep check."""\n'

@@ -599,3 +599,78 @@ def test_cli_exit_codes(upstream: dict, tmp_path: Path) -> None:
 
     missing = run(tmp_path / "nope.json")
     assert missing.returncode == 2
+
+
+# ---------------------------------------------------------------------------
+# documented narrowings (CHANGES.md)
+
+NARROWED = f"{SCHEMA}.CreateApiKey.properties.scopes.items"
+CHANGES = """# Changes
+
+## Added by hand
+| change | why |
+| --- | --- |
+| `x` | `not a narrowing table` |
+
+## Documented narrowings
+| location | problem | reason |
+| --- | --- | --- |
+{rows}
+## Later section
+| `ignored` | `row` | here |
+"""
+
+
+def _narrow_scopes(doc: dict) -> dict:
+    doc["components"]["schemas"]["CreateApiKey"]["properties"]["scopes"]["items"]["enum"] = ["a:read", "b:write"]
+    return doc
+
+
+def test_documented_narrowings_are_read_from_their_section_only() -> None:
+    text = CHANGES.format(rows=f"| `{NARROWED}` | `enum added (was unrestricted)` | the closed scope catalogue |\n")
+    assert spec_compat.documented_narrowings(text) == {
+        f"{NARROWED}: enum added (was unrestricted)": "the closed scope catalogue"}
+
+
+def test_a_recorded_narrowing_with_a_reason_is_accepted(upstream: dict) -> None:
+    problems = spec_compat.check(upstream, _narrow_scopes(copy.deepcopy(upstream)))
+    assert problems == [f"{NARROWED}: enum added (was unrestricted)"]
+    recorded = {problems[0]: "the closed scope catalogue"}
+    assert spec_compat.apply_narrowings(problems, recorded) == ([], problems)
+    remaining, accepted = spec_compat.apply_narrowings(problems, {problems[0]: ""})  # no reason: not accepted
+    assert remaining == problems and accepted == []
+
+
+def test_only_narrowings_can_be_recorded_and_stale_rows_are_problems(upstream: dict) -> None:
+    served = copy.deepcopy(upstream)
+    del served["paths"][LOGIN]
+    problems = spec_compat.check(upstream, served)
+    removal = next(p for p in problems if p.startswith(f"paths.{LOGIN}"))
+    remaining, accepted = spec_compat.apply_narrowings(problems, {removal: "we meant it"})
+    assert removal in remaining and accepted == []
+    stale = f"{NARROWED}: enum added (was unrestricted)"
+    remaining, _ = spec_compat.apply_narrowings([], {stale: "once true"})
+    assert len(remaining) == 1 and remaining[0].startswith(stale) and "no longer narrows" in remaining[0]
+
+
+def test_cli_reads_the_changes_beside_the_served_document(upstream: dict, tmp_path: Path) -> None:
+    (tmp_path / "upstream.json").write_text(json.dumps(upstream), encoding="utf-8")
+    served = tmp_path / "served" / "cortex.json"
+    served.parent.mkdir()
+    served.write_text(json.dumps(_narrow_scopes(copy.deepcopy(upstream))), encoding="utf-8")
+
+    def run() -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, str(TOOL_PATH), "--upstream", str(tmp_path / "upstream.json"),
+                               "--served", str(served)], capture_output=True, text=True, timeout=60)
+
+    assert run().returncode == 1  # no CHANGES.md: the narrowing is a problem
+    row = f"| `{NARROWED}` | `enum added (was unrestricted)` | the closed scope catalogue |\n"
+    (served.parent / "CHANGES.md").write_text(CHANGES.format(rows=row), encoding="utf-8")
+    done = run()
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert done.stdout.strip().endswith("; 1 documented narrowing(s) accepted (CHANGES.md)")
+
+
+def test_the_served_document_passes_with_its_changes() -> None:
+    done = subprocess.run([sys.executable, str(TOOL_PATH)], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stdout + done.stderr

@@ -1,4 +1,4 @@
-"""One error shape everywhere: RFC 9457 ``application/problem+json``."""
+"""One error shape everywhere: RFC 9457 ``application/problem+json``; the one place domain errors become HTTP."""
 
 from __future__ import annotations
 
@@ -6,6 +6,8 @@ import json
 
 from connexion.exceptions import ProblemException
 from flask import Response
+
+from models.base import DomainError
 
 PROBLEM_MIMETYPE = "application/problem+json"
 
@@ -58,24 +60,23 @@ def render_problem(exc: ProblemException) -> Response:
     return problem_response(exc.status, exc.detail, title=exc.title, headers=exc.headers, ext=exc.ext)
 
 
-def bad_request(detail: str) -> ApiProblem:
-    """400 with a detail naming the field and the rule."""
-    return ApiProblem(400, detail)
+#: How each kind of broken domain rule (``models.base.DomainError.kind``) is answered.
+DOMAIN_STATUS = {
+    "invalid": 400,
+    "unauthenticated": 401,
+    "forbidden": 403,
+    "not_found": 404,
+    "conflict": 409,
+    "rate_limited": 429,
+    "upstream_failed": 502,
+    "unavailable": 503,
+}
 
 
-def not_found(what: str) -> ApiProblem:
-    """404 for a resource the caller cannot see."""
-    return ApiProblem(404, f"{what} not found")
-
-
-def conflict(detail: str) -> ApiProblem:
-    """409 for a request that clashes with stored state."""
-    return ApiProblem(409, detail)
-
-
-def forbidden(detail: str) -> ApiProblem:
-    """403 for an authenticated caller lacking a role or scope."""
-    return ApiProblem(403, detail)
+def domain_problem(exc: DomainError) -> Response:
+    """The answer to a broken domain rule (a 429 with the ``Retry-After`` it asks for)."""
+    headers = {"Retry-After": str(exc.retry_after)} if exc.retry_after is not None else None
+    return problem_response(DOMAIN_STATUS[exc.kind], exc.detail, headers=headers)
 
 
 def unauthorized(detail: str, schemes: list[str]) -> ApiProblem:

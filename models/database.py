@@ -8,8 +8,8 @@ from urllib.parse import unquote, urlparse
 import peewee as pw
 from playhouse.pool import PooledPostgresqlDatabase, PooledSqliteDatabase
 
-from models import MIGRATIONS
-from models.base import db, utcnow
+from models.base import db, is_sqlite, utcnow
+from models.migrations import MIGRATIONS
 
 log = logging.getLogger(__name__)
 
@@ -90,7 +90,7 @@ def upgrade() -> list[int]:
     """Apply every pending migration in order, each in its own transaction; returns what was applied."""
     applied = []
     with db.connection_context():
-        if db.obj is not None and isinstance(db.obj, pw.PostgresqlDatabase):
+        if db.obj is not None and not is_sqlite():
             # Several processes may start at once: serialise migrations with an advisory lock.
             db.execute_sql("SELECT pg_advisory_lock(7415001)")
         try:
@@ -104,6 +104,6 @@ def upgrade() -> list[int]:
                 log.info("applied migration %s: %s", number, name)
                 applied.append(number)
         finally:
-            if isinstance(db.obj, pw.PostgresqlDatabase):
+            if not is_sqlite():
                 db.execute_sql("SELECT pg_advisory_unlock(7415001)")
     return applied

@@ -6,9 +6,11 @@ and serves it with ONE round trip (:meth:`Coalescer.flush`), then wakes each wai
 load the batches grow by themselves (what arrives while one batch is in flight forms the next); when idle a
 batch is one item and costs one hop to the worker greenlet.
 
-Subclasses: ``models.events.GroupCommit`` (group commit of ingest writes) and ``cortex.ingest``'s shared rate
-counter (one Redis script call for every ingest of a burst). Without gevent's monkey-patching (the test
-client, scripts) or with ``enabled=False`` every item is served on its own in the caller (:meth:`direct`).
+Subclasses: ``models.events.GroupCommit`` (group commit of ingest writes) and ``cortex.events.ingest``'s shared
+rate counter and session reads (one round trip for every ingest of a burst). Without gevent's monkey-patching
+(the test client, scripts) or with ``enabled=False`` every item is served on its own in the caller
+(:meth:`direct`). Pure code: a subclass that holds a database connection gives it back in :meth:`before_wait`
+and :meth:`idle`.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from __future__ import annotations
 import collections
 import logging
 
-from models.base import release_connection
+from cortex.lib.background import gevent_patched
 
 log = logging.getLogger("cortex.coalesce")
 
@@ -61,14 +63,11 @@ class Coalescer:
         """Whether this call is queued for the worker (default: when gevent has patched threading)."""
         if self.enabled is not None:
             return self.enabled
-        from gevent import monkey
-
-        return monkey.is_module_patched("threading")
+        return gevent_patched()
 
     def before_wait(self) -> None:
-        """Called in the caller just before it waits: its pooled database connection goes back to the pool
-        (a worker may need one; waiting callers must not hold them all)."""
-        release_connection()
+        """Called in the caller just before it waits (a subclass gives back what the worker may need, e.g. the
+        caller's pooled database connection: waiting callers must not hold them all)."""
 
     # -------------------------------------------------------- the caller's side
 
@@ -117,5 +116,4 @@ class Coalescer:
             self._worker = None
 
     def idle(self) -> None:
-        """Called in the worker when the queue is empty: its pooled database connection goes back."""
-        release_connection()
+        """Called in the worker when the queue is empty (a subclass gives back what it holds)."""

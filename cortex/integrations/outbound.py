@@ -1,6 +1,7 @@
-"""Outbound HTTP for webhooks: a guarded sender plus Standard Webhooks 1.0 signing and verification.
+"""The one outbound HTTP client for every request the server makes to a URL a tenant chose (webhook
+endpoints, token-provider webservices), and for operator-configured services (the Rooms token API).
 
-:class:`Sender` POSTs one request and always answers with an :class:`Outcome` — it never raises for
+:class:`Sender` sends one request and always answers with an :class:`Outcome` — it never raises for
 network or HTTP problems. It keeps keep-alive pools per host (urllib3), follows no redirects, reads at
 most ``max_body`` bytes of a response and bounds the whole exchange by ``timeout`` seconds (a hard
 ``gevent.Timeout`` when sockets are monkey-patched, urllib3's socket timeouts plus a deadline otherwise).
@@ -10,20 +11,16 @@ resolved address is checked with :func:`forbidden_reason` (loopback, private, li
 multicast, reserved, shared address space and IPv6 forms embedding any of them), and the socket connects
 to a checked address itself — the name is not resolved a second time, so DNS rebinding cannot slip in
 between check and connect. The ``Host`` header and TLS (SNI, certificate host name) still use the name.
-``allow_private=True`` (``CORTEX_WEBHOOK_ALLOW_PRIVATE``) turns the check off, e.g. for local receivers.
+``allow_private=True`` (``CORTEX_OUTBOUND_ALLOW_PRIVATE``, alias ``CORTEX_WEBHOOK_ALLOW_PRIVATE``) turns the
+check off, e.g. for local receivers; a Sender for an operator-configured URL is built with it too (the
+operator's own services may live on a private network).
 
-Signing follows https://www.standardwebhooks.com: ``webhook-id``, ``webhook-timestamp`` and
-``webhook-signature: v1,<base64 HMAC-SHA256 of "{id}.{timestamp}.{body}">``; a ``whsec_`` secret is the
-base64 of the key. :func:`verify` is the reference receiver-side check.
+Webhook signing (Standard Webhooks) is ``cortex.lib.webhook_signing``.
 """
 
 from __future__ import annotations
 
-import base64
-import binascii
 import email.utils
-import hashlib
-import hmac
 import ipaddress
 import math
 import socket
@@ -50,19 +47,17 @@ from urllib3.exceptions import (
 )
 from urllib3.util import connection as urllib3_connection
 
+from cortex.lib.background import gevent_patched
+
 __all__ = [
     "Outcome",
     "RefusedDestination",
     "Sender",
     "forbidden_reason",
-    "sign",
-    "signing_key",
-    "verify",
 ]
 
 USER_AGENT = "Cortex-Webhooks/1.0"
-ALLOW_PRIVATE_HINT = "set CORTEX_WEBHOOK_ALLOW_PRIVATE=true to allow"
-SECRET_PREFIX = "whsec_"
+ALLOW_PRIVATE_HINT = "set CORTEX_OUTBOUND_ALLOW_PRIVATE=true to allow"
 MAX_RETRY_AFTER = 86400.0
 _CHUNK = 16384
 _MAX_ERROR = 300
@@ -70,62 +65,6 @@ _MAX_ERROR = 300
 _METADATA = {ipaddress.ip_address("169.254.169.254"), ipaddress.ip_address("fd00:ec2::254")}
 _SHARED = ipaddress.ip_network("100.64.0.0/10")
 _NAT64 = ipaddress.ip_network("64:ff9b::/96")
-
-
-# --- Standard Webhooks signing ---------------------------------------------------------------------
-
-
-def signing_key(secret: str) -> bytes:
-    """The HMAC key of a secret: base64-decoded after a ``whsec_`` prefix, else the secret's UTF-8 bytes."""
-    if secret.startswith(SECRET_PREFIX):
-        try:
-            encoded = secret[len(SECRET_PREFIX) :]
-            # unpadded base64 is accepted, as the standard's libraries do
-            key = base64.b64decode(encoded + "=" * (-len(encoded) % 4), validate=True)
-        except (binascii.Error, ValueError) as e:
-            raise ValueError(f"{SECRET_PREFIX} secret is not valid base64: {e}") from None
-        if not key:
-            raise ValueError(f"{SECRET_PREFIX} secret decodes to an empty key")
-        return key
-    return secret.encode()
-
-
-def sign(key: bytes, msg_id: str, timestamp: int, body: bytes) -> str:
-    """The ``webhook-signature`` value: ``v1,`` + base64 HMAC-SHA256 of ``{msg_id}.{timestamp}.{body}``."""
-    digest = hmac.new(key, f"{msg_id}.{timestamp}.".encode() + body, hashlib.sha256).digest()
-    return "v1," + base64.b64encode(digest).decode()
-
-
-def verify(secret: str, headers: dict, body: bytes, tolerance: float = 300, now: float | None = None) -> None:
-    """Check a delivery as a Standard Webhooks receiver would; raise ``ValueError`` with the reason if bad.
-
-    Header names are case-insensitive. The timestamp must be within ``tolerance`` seconds of ``now``
-    (default: the current time). ``webhook-signature`` may hold several space-separated ``v1,<sig>``
-    entries (e.g. during secret rotation); any one matching passes.
-    """
-    lowered = {str(name).lower(): value for name, value in headers.items()}
-    missing = [n for n in ("webhook-id", "webhook-timestamp", "webhook-signature") if not lowered.get(n)]
-    if missing:
-        raise ValueError(f"missing header: {', '.join(missing)}")
-    msg_id = str(lowered["webhook-id"])
-    raw_timestamp = str(lowered["webhook-timestamp"]).strip()
-    try:
-        timestamp = int(raw_timestamp)
-    except ValueError:
-        raise ValueError(f"invalid webhook-timestamp {raw_timestamp!r}") from None
-    current = time.time() if now is None else now
-    if timestamp < current - tolerance:
-        raise ValueError("message timestamp too old")
-    if timestamp > current + tolerance:
-        raise ValueError("message timestamp too new")
-    expected = sign(signing_key(secret), msg_id, timestamp, body).partition(",")[2].encode()
-    matched = False
-    for entry in str(lowered["webhook-signature"]).split():
-        version, _, signature = entry.partition(",")
-        if version == "v1" and hmac.compare_digest(signature.encode(), expected):
-            matched = True  # keep going: the time taken does not depend on which entry matched
-    if not matched:
-        raise ValueError("no matching signature")
 
 
 # --- destination checks ----------------------------------------------------------------------------
@@ -276,7 +215,7 @@ class _GuardedHTTPSConnection(HTTPSConnection):
 
 @dataclass(slots=True)
 class Outcome:
-    """What one delivery attempt got back."""
+    """What one request got back."""
 
     status: int | None  # None when there was no response (timeout, connection error, refused destination)
     headers: dict[str, str] = field(default_factory=dict)  # lower-cased names; repeats joined with ", "
@@ -284,6 +223,7 @@ class Outcome:
     error: str | None = None  # None on 2xx, else a short human message
     duration_ms: float = 0.0
     retry_after: float | None = None  # seconds asked for by Retry-After on 429/503, within [0, 86400]
+    truncated: bool = False  # the response body was longer than max_body (only max_body bytes were read)
 
     @property
     def ok(self) -> bool:
@@ -333,7 +273,7 @@ def _root_cause(exc: BaseException) -> BaseException:
 
 
 class Sender:
-    """POSTs webhook deliveries over keep-alive pools; safe to share between threads and greenlets."""
+    """Sends requests over keep-alive pools; safe to share between threads and greenlets."""
 
     def __init__(
         self,
@@ -371,7 +311,11 @@ class Sender:
         self.close()
 
     def post(self, url: str, body: bytes, headers: dict[str, str]) -> Outcome:
-        """Send one POST; every network or HTTP problem comes back as an :class:`Outcome`, never raised."""
+        """Send one POST (see :meth:`request`)."""
+        return self.request("POST", url, body, headers)
+
+    def request(self, method: str, url: str, body: bytes | None, headers: dict[str, str]) -> Outcome:
+        """Send one request; every network or HTTP problem comes back as an :class:`Outcome`, never raised."""
         started = time.perf_counter()
         try:
             parsed = urllib3.util.parse_url(url)
@@ -386,19 +330,19 @@ class Sender:
 
         request_headers = dict(headers)
         names = {name.lower() for name in request_headers}
-        if "content-type" not in names:
+        if "content-type" not in names and body is not None:
             request_headers["Content-Type"] = "application/json"
         if "user-agent" not in names:
             request_headers["User-Agent"] = USER_AGENT
 
         timer = None
-        if _gevent_patched():
+        if gevent_patched():
             import gevent
 
             timer = gevent.Timeout(self.timeout)
             timer.start()
         try:
-            return self._exchange(url, parsed.host, body, request_headers, started)
+            return self._exchange(method, url, parsed.host, body, request_headers, started)
         except BaseException as e:
             if timer is not None and e is timer:
                 return self._failed(self._timed_out(), started)
@@ -415,12 +359,13 @@ class Sender:
     def _failed(self, error: str, started: float) -> Outcome:
         return Outcome(status=None, error=error, duration_ms=(time.perf_counter() - started) * 1000)
 
-    def _exchange(self, url: str, host: str, body: bytes, headers: dict[str, str], started: float) -> Outcome:
+    def _exchange(self, method: str, url: str, host: str, body: bytes | None, headers: dict[str, str],
+                  started: float) -> Outcome:
         deadline = started + self.timeout
         response = None
         try:
             response = self._pools.urlopen(
-                "POST",
+                method,
                 url,
                 body=body,
                 headers=headers,
@@ -430,7 +375,7 @@ class Sender:
                 preload_content=False,
                 decode_content=True,
             )
-            data = self._read_body(response, deadline)
+            data, truncated = self._read_body(response, deadline)
         except Exception as e:
             if response is not None:
                 _discard(response)
@@ -459,10 +404,12 @@ class Sender:
             error=error,
             duration_ms=(time.perf_counter() - started) * 1000,
             retry_after=retry_after,
+            truncated=truncated,
         )
 
-    def _read_body(self, response: urllib3.BaseHTTPResponse, deadline: float) -> bytes:
-        """Up to max_body bytes; the connection goes back to the pool only if the body was read whole."""
+    def _read_body(self, response: urllib3.BaseHTTPResponse, deadline: float) -> tuple[bytes, bool]:
+        """Up to max_body bytes, and whether there was more; the connection goes back to the pool only if the
+        body was read whole."""
         chunks: list[bytes] = []
         size = 0
         while size <= self.max_body:
@@ -482,9 +429,9 @@ class Sender:
         data = b"".join(chunks)
         if size > self.max_body:
             _discard(response)  # don't drain an unbounded body: drop the connection instead
-            return data[: self.max_body]
+            return data[: self.max_body], True
         response.release_conn()
-        return data
+        return data, False
 
     def _describe(self, exc: Exception, host: str) -> str:
         """A short human message for a failed exchange."""
@@ -530,10 +477,3 @@ def _discard(response: urllib3.BaseHTTPResponse) -> None:
         response.release_conn()
     except Exception:
         pass
-
-
-def _gevent_patched() -> bool:
-    gevent_monkey = sys.modules.get("gevent.monkey")
-    if gevent_monkey is None:
-        return False
-    return bool(gevent_monkey.is_module_patched("socket"))

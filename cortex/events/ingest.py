@@ -27,7 +27,7 @@ transaction with what it describes:
   ``hasDebugAudio``, …; the sender's ``id`` as ``externalId``, other sender fields kept, ``debugAudio`` never
   logged). A re-sent ``data.id`` in the same session creates nothing and logs nothing: it answers 201 with the
   id of the event that recorded the original. ``debugAudio`` (base64 WAV) is stored only when the project has
-  debug audio enabled (``cortex/debug_audio.py``);
+  debug audio enabled (``cortex/integrations/debug_audio.py``);
 - ``bot.status.changed`` (``data {sessionId, status}``): the session's status (``session.updated``, source
   ``cortex:ingest``);
 - every other type is logged as sent.
@@ -37,7 +37,7 @@ A session id that is not the project's answers 400 (ingest documents no 404).
 **Coalescing.** Writes go through :class:`models.events.GroupCommit`: everything that arrives while a
 transaction is being written shares the next one (message.created as multi-row INSERTs); the Redis rate
 counter (:class:`SharedCounts`) and, on PostgreSQL, the message.created reads (:class:`ContextReads`) are
-batched the same way (``cortex/coalesce.py``); every request still gets exactly its own answer. What this
+batched the same way (``cortex/lib/coalesce.py``); every request still gets exactly its own answer. What this
 process knows about a project (its cached secret, the debug-audio flag) is re-read after :data:`TARGET_TTL`
 seconds, at once after this process changed it.
 """
@@ -58,11 +58,19 @@ from datetime import datetime, timedelta
 
 import peewee as pw
 
-from cortex import crypto
-from cortex import debug_audio as audio_files
-from cortex.coalesce import Coalescer
-from cortex.problems import ApiProblem, bad_request
-from models.base import Prepared, db, is_sqlite, new_id, parse_timestamp, utcnow
+from cortex.integrations.debug_audio import DebugAudioStore
+from cortex.lib import crypto
+from models.base import (
+    ConnectionCoalescer,
+    DomainError,
+    Prepared,
+    db,
+    invalid,
+    is_sqlite,
+    new_id,
+    parse_timestamp,
+    utcnow,
+)
 from models.events import DomainEvent, GroupCommit, emit
 from models.identity import Project
 from models.messages import (
@@ -159,9 +167,9 @@ def _target_rows(project_ref: str) -> list:
     return rows
 
 
-def unauthorized() -> ApiProblem:
+def unauthorized() -> DomainError:
     """The one answer to every authentication failure: it tells an attacker nothing."""
-    return ApiProblem(401, AUTH_FAILED)
+    return DomainError("unauthenticated", AUTH_FAILED)
 
 
 def authenticate(project_ref: str, timestamp: str, signature: str, raw_body: bytes) -> Target:
@@ -198,7 +206,7 @@ return counts
 """
 
 
-class SharedCounts(Coalescer):
+class SharedCounts(ConnectionCoalescer):
     """The shared per-second counters in Redis: the hits of concurrent requests counted with ONE script call
     (profiled on PostgreSQL + Redis: one redis-py call per ingest was 18 % of the server's CPU)."""
 
@@ -286,11 +294,8 @@ def check_rate(project_id: str, redis_url: str | None) -> None:
     """429 with Retry-After when the project has sent more than RATE_LIMIT events in this second."""
     wait = rate_limiter(redis_url).retry_after(project_id)
     if wait is not None:
-        raise ApiProblem(
-            429,
-            f"More than {RATE_LIMIT} events per second for this project; retry after {wait} s",
-            headers={"Retry-After": str(wait)},
-        )
+        raise DomainError("rate_limited", f"More than {RATE_LIMIT} events per second for this project; retry "
+                                          f"after {wait} s", retry_after=wait)
 
 
 # ---------------------------------------------------------------- validation (400 naming the field)
@@ -313,11 +318,11 @@ def _time(value, field: str) -> datetime | None:
     if value is None:
         return None
     if not isinstance(value, str):
-        raise bad_request(f"{field} must be an ISO 8601 date-time string, e.g. 2026-03-20T12:00:00.000Z")
+        raise invalid(f"{field} must be an ISO 8601 date-time string, e.g. 2026-03-20T12:00:00.000Z")
     try:
         parsed = parse_timestamp(value)
     except ValueError:
-        raise bad_request(f"{field} is not an ISO 8601 date-time: {value[:64]!r}") from None
+        raise invalid(f"{field} is not an ISO 8601 date-time: {value[:64]!r}") from None
     return parsed.replace(microsecond=parsed.microsecond // 1000 * 1000)  # the precision both databases keep
 
 
@@ -326,16 +331,16 @@ def parse(body: dict) -> Incoming:
     payload = body["payload"]
     unknown = sorted(key for key in payload if key not in PAYLOAD_KEYS)
     if unknown:
-        raise bad_request(f"payload may only hold action, data and changes; unknown: {', '.join(unknown)}")
+        raise invalid(f"payload may only hold action, data and changes; unknown: {', '.join(unknown)}")
     action = payload.get("action")
     if action not in ACTIONS:
-        raise bad_request(f"payload.action must be one of {', '.join(ACTIONS)}")
+        raise invalid(f"payload.action must be one of {', '.join(ACTIONS)}")
     data = payload.get("data")
     if not isinstance(data, dict):
-        raise bad_request("payload.data must be an object")
+        raise invalid("payload.data must be an object")
     changes = payload.get("changes")
     if changes is not None and not isinstance(changes, dict):
-        raise bad_request("payload.changes must be an object (the previous values of changed fields)")
+        raise invalid("payload.changes must be an object (the previous values of changed fields)")
     return Incoming(
         type=body["type"],
         source=body["source"],
@@ -352,13 +357,13 @@ def _id(data: dict, name: str, event_type: str, *, required: bool = True, number
     value = data.get(name)
     if value is None:
         if required:
-            raise bad_request(f"payload.data.{name} is required for {event_type} events")
+            raise invalid(f"payload.data.{name} is required for {event_type} events")
         return None
     if numbers and isinstance(value, int) and not isinstance(value, bool):
         return str(value)
     if not isinstance(value, str) or not value.strip():
         kind = "a non-empty string or an integer" if numbers else "a non-empty string"
-        raise bad_request(f"payload.data.{name} must be {kind}")
+        raise invalid(f"payload.data.{name} must be {kind}")
     return value
 
 
@@ -366,10 +371,10 @@ def _text(data: dict, name: str, event_type: str, *, required: bool = True) -> s
     value = data.get(name)
     if value is None:
         if required:
-            raise bad_request(f"payload.data.{name} is required for {event_type} events")
+            raise invalid(f"payload.data.{name} is required for {event_type} events")
         return None
     if not isinstance(value, str):
-        raise bad_request(f"payload.data.{name} must be a string")
+        raise invalid(f"payload.data.{name} must be a string")
     return value
 
 
@@ -379,13 +384,13 @@ def _wav(data: dict) -> bytes | None:
     if value is None or value == "":
         return None
     if not isinstance(value, str):
-        raise bad_request("payload.data.debugAudio must be a base64-encoded WAV file")
+        raise invalid("payload.data.debugAudio must be a base64-encoded WAV file")
     try:
         audio = base64.b64decode("".join(value.split()), validate=True)
     except (binascii.Error, ValueError):
-        raise bad_request("payload.data.debugAudio is not valid base64") from None
+        raise invalid("payload.data.debugAudio is not valid base64") from None
     if len(audio) < 12 or audio[:4] != b"RIFF" or audio[8:12] != b"WAVE":
-        raise bad_request("payload.data.debugAudio must be a WAV file (RIFF/WAVE header)")
+        raise invalid("payload.data.debugAudio must be a WAV file (RIFF/WAVE header)")
     return audio
 
 
@@ -414,7 +419,7 @@ def _session(project: Project, session_id: str, lock: str = "FOR UPDATE") -> Ses
     """
     rows = _SESSION[lock].rows(session=session_id, project=project.id)
     if not rows:
-        raise bad_request(f"payload.data.sessionId: this project has no session {session_id[:64]!r}")
+        raise invalid(f"payload.data.sessionId: this project has no session {session_id[:64]!r}")
     return _session_row(*rows[0])
 
 
@@ -444,7 +449,7 @@ def _log(project: Project, incoming: Incoming, data: dict | None = None, action:
 group_commit = GroupCommit()
 
 
-def _presence(target: Target, incoming: Incoming) -> str:
+def _presence(target: Target, incoming: Incoming, _audio_store: DebugAudioStore) -> str:
     """participant.joined / participant.left: participant, presence span, system line, the event."""
     data, kind = incoming.data, incoming.type
     session_id = _id(data, "sessionId", kind)
@@ -453,7 +458,7 @@ def _presence(target: Target, incoming: Incoming) -> str:
     display_name = _text(data, "displayName", kind, required=False)
     user_data = data.get("userData")
     if user_data is not None and not isinstance(user_data, dict):
-        raise bad_request("payload.data.userData must be an object")
+        raise invalid("payload.data.userData must be an object")
     joined = kind == "participant.joined"
     at = incoming.timestamp or utcnow()
     project = target.project
@@ -487,7 +492,7 @@ def _original_event(project: Project, session_id: str, external_id: str) -> str 
     return row.event_id if row is not None and row.project_id == project.id else None
 
 
-def _message(target: Target, incoming: Incoming) -> str:
+def _message(target: Target, incoming: Incoming, audio_store: DebugAudioStore) -> str:
     """message.created: a user message (idempotent on data.id), debug audio when enabled, the event."""
     data, kind = incoming.data, incoming.type
     session_id = _id(data, "sessionId", kind)
@@ -505,8 +510,8 @@ def _message(target: Target, incoming: Incoming) -> str:
     file = staged = None
     store = None
     if audio is not None and target.debug_audio:
-        store = audio_files.store()
-        file = audio_files.DebugAudioStore.file_name(project.id, message_id)
+        store = audio_store
+        file = DebugAudioStore.file_name(project.id, message_id)
         staged = store.stage(file, audio)  # before the transaction: a full disk fails the request, not the commit
     extra = {key: value for key, value in data.items() if key not in ("debugAudio", "id", "userId")}
     if external_id is not None:
@@ -569,7 +574,7 @@ def _message_context(project: Project, session_id: str, user_id: str | None, ext
     the project has no such session."""
     row = context_reads.submit((session_id, project.id, user_id, external_id))
     if row is None:
-        raise bad_request(f"payload.data.sessionId: this project has no session {session_id[:64]!r}")
+        raise invalid(f"payload.data.sessionId: this project has no session {session_id[:64]!r}")
     *session, participant_id, original = row
     return _session_row(*session), participant_id, original
 
@@ -578,7 +583,7 @@ def _columns(model, *names: str) -> list[str]:
     return [f'"{model._meta.fields[name].column_name}"' for name in names]
 
 
-class ContextReads(Coalescer):
+class ContextReads(ConnectionCoalescer):
     """The reads of :func:`_message_context` for every message.created that arrived meanwhile, as ONE query
     on PostgreSQL (a round trip per ingest was 15 % of the server's CPU); on SQLite, which runs in process,
     each read is made where it is asked."""
@@ -630,19 +635,19 @@ def _write_message(item) -> str:
 message_commit = GroupCommit(_write_messages, _write_message)
 
 
-def _bot_status(target: Target, incoming: Incoming) -> str:
+def _bot_status(target: Target, incoming: Incoming, _audio_store: DebugAudioStore) -> str:
     """bot.status.changed: the session's status (session.updated), then the event."""
     data, kind = incoming.data, incoming.type
     session_id = _id(data, "sessionId", kind)
     status = data.get("status")
     if status not in STATUSES:
-        raise bad_request(f"payload.data.status must be one of {', '.join(STATUSES)}")
+        raise invalid(f"payload.data.status must be one of {', '.join(STATUSES)}")
     project = target.project
 
     def write() -> str:
         # The session row lock comes before the event-log lock (emit), the order every session write uses.
         if set_session_status(session_id, status, "cortex:ingest", project_id=project.id) is None:
-            raise bad_request(f"payload.data.sessionId: this project has no session {session_id[:64]!r}")
+            raise invalid(f"payload.data.sessionId: this project has no session {session_id[:64]!r}")
         return _log(project, incoming).id
 
     return group_commit.run(write)
@@ -656,18 +661,17 @@ MATERIALISED = {
 }
 
 
-def record(target: Target, incoming: Incoming) -> str:
+def record(target: Target, incoming: Incoming, audio_store: DebugAudioStore) -> str:
     """Write the event (materialised where it describes Cortex resources); the id of the logged event."""
     materialise = MATERIALISED.get(incoming.type)
     if materialise is not None:
-        return materialise(target, incoming)
+        return materialise(target, incoming, audio_store)
     return group_commit.run(lambda: _log(target.project, incoming).id)
 
 
-def ingest(project_ref: str, timestamp: str, signature: str, body: dict, raw_body: bytes) -> str:
+def ingest(project_ref: str, timestamp: str, signature: str, body: dict, raw_body: bytes, *,
+           redis_url: str | None, audio_store: DebugAudioStore) -> str:
     """POST /api/events/ingest: authenticate (401), rate-limit (429), validate (400), record; the event id."""
-    from cortex.app import current_settings
-
     target = authenticate(project_ref, timestamp, signature, raw_body)
-    check_rate(target.project.id, current_settings().redis_url)
-    return record(target, parse(body))
+    check_rate(target.project.id, redis_url)
+    return record(target, parse(body), audio_store)

@@ -4,8 +4,8 @@ One stream, in order (:class:`EventStream`):
 
 1. The filters are parsed before anything is streamed (:func:`parse_types`, :func:`parse_resources`); they
    never reject: an item that names no type or resource matches nothing.
-2. The stream subscribes to the process's live fan-out FIRST (``runtime().fanout``, a
-   ``cortex.dispatcher.LiveFanout`` started by ``cortex serve``), then sends ``retry: 3000``.
+2. The stream subscribes to the process's live fan-out FIRST (a ``cortex.events.fanout.LiveFanout`` started by
+   ``cortex serve``), then sends ``retry: 3000``.
 3. ``Last-Event-ID`` (the header, else the ``lastEventId`` query): the id is looked up in the log → its
    ``seq``, and every matching event the caller may see with a greater ``seq`` is replayed from the log in
    batches (the database connection goes back to the pool between batches). An unknown, pruned or other
@@ -19,8 +19,8 @@ One stream, in order (:class:`EventStream`):
    lose nothing.
 
 Who sees what (:class:`Access`, :class:`EventFilter`): the tenant-wide stream carries the principal's tenant's
-events of the projects the caller is an active member of (the projects ``resolve_project`` would let them
-read), plus tenant-level events (no ``projectId``); an API key acts for its creator, and a key bound to one
+events of the projects the caller is an active member of (``models.access.member_projects``: the projects
+``project_for`` would let them use), plus tenant-level events (no ``projectId``); an API key acts for its creator, and a key bound to one
 project sees only that project's events, on either endpoint. The project stream carries that project's
 events (the gate already checked membership and the developer role). While a stream runs, memberships and
 API-key validity are looked up again at most every 15 s per caller and process (one shared cache,
@@ -42,14 +42,14 @@ import logging
 import time
 from dataclasses import dataclass
 
-import flask
 import orjson
 import peewee as pw
 from flask_sse import Message
 
+from models.access import Principal, member_projects
 from models.base import release_connection, utcnow
-from models.events import DomainEvent, envelope
-from models.identity import ApiKey, Project, ProjectMember
+from models.events import DomainEvent, event_body, newest_seq
+from models.identity import ApiKey
 
 log = logging.getLogger("cortex.sse")
 
@@ -59,8 +59,6 @@ ACCESS_RECHECK_SECONDS = 15.0  # memberships and API-key validity are looked up 
 POLL_SECONDS = 0.25  # how often a stream without a live fan-out reads the log
 REPLAY_BATCH = 500  # events per replay query
 LIVE_BATCH = 200  # queued live items written as one chunk at most
-MIMETYPE = "text/event-stream"
-HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 HEARTBEAT = b": heartbeat\n\n"
 RETRY_FRAME = str(Message("", retry=RETRY_MS)).encode()  # b"retry:3000\n\n"
 
@@ -237,7 +235,8 @@ class Access:
     project still not theirs is then not looked up again for ``max_age``.
     """
 
-    def __init__(self, principal, tenant_id: str, project_id: str | None, max_age: float = ACCESS_RECHECK_SECONDS):
+    def __init__(self, principal: Principal, tenant_id: str, project_id: str | None,
+                 max_age: float = ACCESS_RECHECK_SECONDS):
         self.user_id = principal.user_id
         self.api_key_id = principal.api_key_id if principal.kind == "api_key" else None
         self.tenant_id = tenant_id
@@ -278,20 +277,8 @@ class Access:
 
     def _load(self) -> frozenset[str]:
         self.queried = True
-        if self.user_id is None:  # an API key whose creator was deleted reaches no project
-            return frozenset()
-        query = (
-            ProjectMember.select(ProjectMember.project)
-            .join(Project, on=(ProjectMember.project == Project.id))
-            .where(
-                (ProjectMember.user == self.user_id)
-                & (ProjectMember.status == "active")
-                & (Project.tenant == self.tenant_id)
-            )
-        )
-        if self.project_id is not None:
-            query = query.where(ProjectMember.project == self.project_id)
-        return frozenset(project for (project,) in query.tuples())
+        found = member_projects(self.user_id, tenant_id=self.tenant_id, project_id=self.project_id)
+        return frozenset(project.id for project, _role in found)
 
     def _key_valid(self) -> bool:
         self.queried = True
@@ -300,11 +287,6 @@ class Access:
 
 
 # ----------------------------------------------------------------- the stream
-
-
-def newest_seq() -> int:
-    """The highest ``seq`` in the log (0 when empty)."""
-    return DomainEvent.select(pw.fn.MAX(DomainEvent.seq)).scalar() or 0
 
 
 class EventStream:
@@ -408,7 +390,7 @@ class EventStream:
             frames = []
             for event in rows:
                 self.position = event.seq
-                item = envelope(event)
+                item = event_body(event)
                 if self.filter.accepts(item) and self.access.visible(event.project_id):
                     frames.append(render_event(item))
             if len(rows) < REPLAY_BATCH:
@@ -459,39 +441,35 @@ class EventStream:
                 yield b"".join(frames)
 
 
-def open_stream(principal, project, types, resources, last_event_id) -> flask.Response:
-    """The SSE response for the tenant-wide stream (``project`` None) or one project's stream.
-
-    Filters are parsed here, before the response starts; everything else happens while streaming (see the
-    module documentation).
-    """
-    from cortex.app import runtime  # here: cortex.app builds the routes that lead to this module
-
+def event_filter(principal: Principal, project, types: str | None, resources: str | None) -> EventFilter:
+    """The filter of the tenant-wide stream (``project`` None) or one project's stream; parsed before the
+    response starts (filters never reject)."""
     parsed_types = parse_types(types)
-    parsed_resources = parse_resources(resources)
     if project is not None:
         tenant_id, project_id = project.tenant_id, project.id
     else:
         tenant_id = principal.tenant_id
         project_id = principal.project_id if principal.kind == "api_key" else None
-    event_filter = EventFilter(
+    return EventFilter(
         tenant_id=tenant_id,
         project_id=project_id,
         tenant_level=project_id is None,
         types=None if parsed_types is None else parsed_types[0],
         prefixes=() if parsed_types is None else parsed_types[1],
-        resources=parsed_resources,
+        resources=parse_resources(resources),
     )
-    if flask.request.method == "HEAD":
-        return flask.Response(b"", mimetype=MIMETYPE, headers=HEADERS)
-    services = runtime()
-    stream = EventStream(
-        event_filter,
-        Access(principal, tenant_id, project_id, max_age=ACCESS_RECHECK_SECONDS),
-        fanout=services.fanout,
+
+
+def open_stream(principal: Principal, project, types: str | None, resources: str | None,
+                last_event_id: str | None, *, fanout, max_seconds: float) -> EventStream:
+    """The body of a stream response (see the module documentation); nothing happens before it is iterated."""
+    chosen = event_filter(principal, project, types, resources)
+    return EventStream(
+        chosen,
+        Access(principal, chosen.tenant_id, chosen.project_id, max_age=ACCESS_RECHECK_SECONDS),
+        fanout=fanout,
         last_event_id=last_event_id,
-        max_seconds=services.settings.sse_max_seconds,
+        max_seconds=max_seconds,
         heartbeat=HEARTBEAT_SECONDS,
         poll=POLL_SECONDS,
     )
-    return flask.Response(stream, mimetype=MIMETYPE, headers=HEADERS)

@@ -1,6 +1,6 @@
 """The webhook engine: fan-out from the event log and the delivery worker (one per process).
 
-- **Fan-out**: a persistent :class:`cortex.dispatcher.Dispatcher` named ``webhooks`` reads the log after its
+- **Fan-out**: a persistent :class:`cortex.events.dispatcher.Dispatcher` named ``webhooks`` reads the log after its
   cursor and queues one ``WebhookEvent`` per event and matching subscription (``models.webhooks.fan_out``,
   idempotent). Its cursor moves only after the rows committed, so a crash in between queues them again
   (ignored duplicates), never loses them. It polls every ``CORTEX_WEBHOOK_POLL_INTERVAL`` and is woken at
@@ -9,7 +9,7 @@
   free — at most ``CORTEX_WEBHOOK_CONCURRENCY`` attempts in flight per process and
   ``CORTEX_WEBHOOK_SUBSCRIPTION_CONCURRENCY`` per subscription, so a hanging endpoint holds only its own
   slots — and runs each attempt in a pool (greenlets under gevent, threads otherwise). An attempt signs the
-  stored body (Standard Webhooks), POSTs it with ``cortex.outbound.Sender`` (SSRF checks on the resolved
+  stored body (Standard Webhooks), POSTs it with ``cortex.integrations.outbound.Sender`` (SSRF checks on the resolved
   address, no redirects, hard timeout) and records the outcome through group commit
   (``models.events.GroupCommit``: the attempts finishing together share one transaction).
 
@@ -25,17 +25,12 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
-from cortex.dispatcher import (
-    CommitListener,
-    Dispatcher,
-    PeriodicJob,
-    _own_connection,
-    _pause,
-    _Worker,
-    gevent_patched,
-)
-from cortex.outbound import Sender, sign, signing_key
-from models.base import utcnow
+from cortex.events.dispatcher import Dispatcher
+from cortex.events.listener import CommitListener
+from cortex.integrations.outbound import Sender
+from cortex.lib.background import PeriodicJob, Worker, gevent_patched, pause
+from cortex.lib.webhook_signing import sign, signing_key
+from models.base import own_connection, utcnow
 from models.events import GroupCommit
 from models.webhooks import (
     NEVER_DELIVERED,
@@ -84,7 +79,7 @@ class WebhookEngine:
         self.in_flight: collections.Counter = collections.Counter()  # subscription id → attempts running
         self._lock = threading.Lock()
         self._wake = threading.Event()
-        self._worker = _Worker("cortex-webhook-delivery", self.run_forever)
+        self._worker = Worker("cortex-webhook-delivery", self.run_forever)
         self._pool = None
         self.retention = WebhookLogRetentionJob(log_retention_days)
         # PostgreSQL: events committed by other processes wake the fan-out at once (no poll wait).
@@ -97,7 +92,7 @@ class WebhookEngine:
         return cls(
             policy=RetryPolicy(schedule=tuple(settings.webhook_retry_schedule),
                                disable_after=settings.webhook_disable_after),
-            timeout=settings.webhook_timeout, allow_private=settings.webhook_allow_private,
+            timeout=settings.webhook_timeout, allow_private=settings.outbound_allow_private,
             concurrency=settings.webhook_concurrency, per_subscription=settings.webhook_subscription_concurrency,
             poll_interval=settings.webhook_poll_interval, log_retention_days=settings.webhook_log_retention_days,
         )
@@ -111,6 +106,10 @@ class WebhookEngine:
     def wake(self) -> None:
         """Look for due deliveries now."""
         self._wake.set()
+
+    def events_committed(self) -> None:
+        """This process committed events (``LiveFanout.nudge``): fan them out now, not at the next poll."""
+        self.dispatcher.wake()
 
     # ------------------------------------------------------------------ one attempt
 
@@ -148,7 +147,7 @@ class WebhookEngine:
     def drain(self, *, max_rounds: int = 1000) -> int:
         """Fan out new events and deliver everything due, inline, until nothing is due; attempts made."""
         made = 0
-        with _own_connection():
+        with own_connection():
             for _ in range(max_rounds):
                 while self.dispatcher.run_once():
                     pass
@@ -184,7 +183,7 @@ class WebhookEngine:
         free = self.concurrency - sum(busy.values())
         if free <= 0:
             return 0
-        with _own_connection():
+        with own_connection():
             batch = claim(min(free, CLAIM_BATCH), lease=self.lease, per_subscription=self.per_subscription,
                           busy=busy)
         with self._lock:
@@ -205,17 +204,17 @@ class WebhookEngine:
             except Exception:
                 failures += 1
                 log.exception("webhook delivery: claiming failed (attempt %d); retrying", failures)
-                _pause(stop_event, min(0.5 * 2**failures, 30.0))
+                pause(stop_event, min(0.5 * 2**failures, 30.0))
                 continue
             failures = 0
             if started:
                 time.sleep(0)  # more may be due: go on, letting the attempts start
                 continue
-            _pause(stop_event, IDLE_POLL, self._wake)
+            pause(stop_event, IDLE_POLL, self._wake)
             if self._wake.is_set() and self.in_flight:
                 # Woken (often by one finished attempt) while others run: let a few more finish, so one claim
                 # fills several slots instead of one claim per delivery.
-                _pause(stop_event, CLAIM_COALESCE)
+                pause(stop_event, CLAIM_COALESCE)
 
     def start(self) -> None:
         """Start the fan-out dispatcher and the delivery loop in the background."""
@@ -250,7 +249,7 @@ class WebhookLogRetentionJob(PeriodicJob):
 
     def run_once(self) -> int:
         """Prune once; the number of webhook events deleted."""
-        with _own_connection():
+        with own_connection():
             deleted = prune_log(self.retention_days)
         if deleted:
             log.info("webhook log retention: deleted %d webhook events older than %s days", deleted,

@@ -7,7 +7,7 @@ ingested ``message.created`` (a base64 WAV) is written to::
 
 and kept for 24 hours after ingest (``models.messages.DEBUG_AUDIO_RETENTION``). The message row names the file
 (``debug_audio_file``, relative to the debug-audio directory) and its expiry; after the expiry the file is no
-longer served (404), and :class:`DebugAudioCleanupJob` deletes it and clears both columns.
+longer served (404), and ``cortex.engines.debug_audio.DebugAudioCleanupJob`` deletes it and clears both columns.
 
 A file is written in two steps so a transaction that rolls back never leaves a served file behind: it is
 *staged* (``<message id>.wav.part``) before the message's transaction and *published* (renamed into place)
@@ -18,20 +18,15 @@ directory per process needs a shared volume there for downloads to work on every
 
 from __future__ import annotations
 
-import logging
 import os
 import time
 from pathlib import Path
 
-from cortex.dispatcher import PeriodicJob, _own_connection
-from models.base import utcnow
-from models.messages import DEBUG_AUDIO_RETENTION, clear_debug_audio, expired_debug_audio
-
-log = logging.getLogger("cortex.debug_audio")
+from models.base import not_found
+from models.messages import DEBUG_AUDIO_RETENTION
 
 DIRECTORY = "debug-audio"
 STAGED_SUFFIX = ".part"
-CLEANUP_INTERVAL = 600.0  # seconds between two cleanup runs
 #: Files older than this are deleted by the orphan sweep even when no message names them (e.g. the session was
 #: deleted, or a crash left a staged file): retention plus an hour of slack.
 ORPHAN_AGE = DEBUG_AUDIO_RETENTION.total_seconds() + 3600
@@ -97,6 +92,13 @@ class DebugAudioStore:
         except (FileNotFoundError, IsADirectoryError, ValueError):
             return None
 
+    def open_kept(self, file: str, message_id: str):
+        """:meth:`open`, or 404 when the file is gone (deleted since its message was read)."""
+        handle = self.open(file)
+        if handle is None:
+            raise not_found(f"Debug audio of message {message_id}")
+        return handle
+
     def delete(self, file: str) -> bool:
         """Delete a published file; whether it existed."""
         try:
@@ -127,55 +129,3 @@ class DebugAudioStore:
                     except FileNotFoundError:
                         pass
         return removed
-
-
-_stores: dict[str, DebugAudioStore] = {}
-
-
-def store() -> DebugAudioStore:
-    """The running app's store (``<settings.data_dir>/debug-audio``)."""
-    from cortex.app import current_settings
-
-    data_dir = str(current_settings().data_dir)
-    found = _stores.get(data_dir)
-    if found is None:
-        found = _stores[data_dir] = DebugAudioStore(data_dir)
-    return found
-
-
-class DebugAudioCleanupJob(PeriodicJob):
-    """Deletes expired debug audio every ``interval`` seconds: the files, then the message columns.
-
-    ``run_once`` can be called directly (tests, a cron); ``start``/``stop`` run it in the background like
-    ``cortex.dispatcher.RetentionJob`` (a greenlet under gevent, else a daemon thread).
-    """
-
-    label = "debug audio cleanup"
-
-    def __init__(self, data_dir: str | os.PathLike, interval: float = CLEANUP_INTERVAL, batch: int = 500):
-        super().__init__("cortex-debug-audio-cleanup", interval)
-        self.store = DebugAudioStore(data_dir)
-        self.batch = batch
-
-    @classmethod
-    def from_settings(cls, settings) -> DebugAudioCleanupJob:
-        """The job for ``settings.data_dir``."""
-        return cls(settings.data_dir)
-
-    def run_once(self) -> int:
-        """Delete every expired file, clear its message's columns, sweep orphans; the number of files deleted."""
-        deleted = 0
-        with _own_connection():
-            now = utcnow()
-            while True:
-                expired = expired_debug_audio(now, self.batch)
-                for _message_id, file in expired:
-                    if file is not None:
-                        deleted += self.store.delete(file)
-                clear_debug_audio([message_id for message_id, _file in expired])
-                if len(expired) < self.batch:
-                    break
-        deleted += self.store.sweep_orphans()
-        if deleted:
-            log.info("debug audio: deleted %d expired files", deleted)
-        return deleted

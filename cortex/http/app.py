@@ -12,17 +12,19 @@ from connexion.exceptions import ProblemException
 from connexion.spec import Specification
 from werkzeug.exceptions import HTTPException, MethodNotAllowed
 
-from cortex import crypto, security
-from cortex.db import init_database
-from cortex.identity import IdentityProvider, make_identity_provider
-from cortex.mail import Mailer
-from cortex.problems import problem_response, render_problem
-from cortex.routing import CortexApi, DocumentedPaths, HandlerResolver
+from cortex.http import security
+from cortex.http.problems import domain_problem, problem_response, render_problem
+from cortex.http.routing import CortexApi, DocumentedPaths, HandlerResolver, event_types
+from cortex.integrations.bots import bot_driver
+from cortex.integrations.debug_audio import DebugAudioStore
+from cortex.integrations.identity import IdentityProvider, make_identity_provider
+from cortex.integrations.mail import Mailer
+from cortex.integrations.tokens import HttpTokenFetcher
+from cortex.lib import crypto
 from cortex.settings import Settings
 from models.base import DomainError, db
-
-#: How a broken domain rule (models.base.DomainError.kind) is answered.
-DOMAIN_ERROR_STATUS = {"invalid": 400, "not_found": 404, "conflict": 409}
+from models.database import init_database
+from models.sessions import BotDriver
 
 log = logging.getLogger("cortex")
 
@@ -43,9 +45,12 @@ class Runtime:
     identity: IdentityProvider
     paths: DocumentedPaths
     mailer: Mailer
-    #: cortex.dispatcher.LiveFanout, set by `cortex serve`: the event streams subscribe to it. Without one (an app
-    #: built by create_app and served otherwise, the test client) each stream polls the log (cortex/sse.py).
+    tokens: HttpTokenFetcher
+    debug_audio: DebugAudioStore
+    #: cortex.events.fanout.LiveFanout, set by `cortex serve`: the event streams subscribe to it. Without one (an
+    #: app built by create_app and served otherwise, the test client) each stream polls the log (cortex/events/sse.py).
     fanout: object | None = None
+    event_types: list[str] | None = None  # the document's event types (document_event_types)
 
 
 def runtime() -> Runtime:
@@ -56,6 +61,14 @@ def runtime() -> Runtime:
 def current_spec() -> dict:
     """The served OpenAPI document (parsed)."""
     return runtime().spec
+
+
+def document_event_types() -> list[str]:
+    """Every event type the served document defines (``cortex.http.routing.event_types``), read once per app."""
+    services = runtime()
+    if services.event_types is None:
+        services.event_types = event_types(services.spec)
+    return services.event_types
 
 
 def current_settings() -> Settings:
@@ -73,6 +86,21 @@ def identity_provider() -> IdentityProvider:
     return runtime().identity
 
 
+def token_fetcher() -> HttpTokenFetcher:
+    """The HTTP side of the token providers (webservice, Rooms API)."""
+    return runtime().tokens
+
+
+def debug_audio_store() -> DebugAudioStore:
+    """Where debug-audio files live (``<data dir>/debug-audio``)."""
+    return runtime().debug_audio
+
+
+def current_bot_driver() -> BotDriver:
+    """The configured bot driver (``CORTEX_BOT_DRIVER``)."""
+    return bot_driver(runtime().settings)
+
+
 _specifications: dict[bytes, Specification] = {}
 
 
@@ -84,7 +112,7 @@ def load_specification(spec_bytes: bytes) -> Specification:
 
 
 def create_app(settings: Settings | None = None) -> flask.Flask:
-    """Build the WSGI application (no migrations, no server: see ``cortex.cli``)."""
+    """Build the WSGI application (no migrations, no server, no engines: see ``cortex.cli``)."""
     settings = (settings or Settings.from_env()).with_secret_key()
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -95,7 +123,7 @@ def create_app(settings: Settings | None = None) -> flask.Flask:
     spec_bytes = settings.spec_path.read_bytes()
     raw_spec = json.loads(spec_bytes)
     app = flask.Flask("cortex")
-    # Body size is enforced by the gate (cortex.routing.read_body), which also catches chunked bodies:
+    # Body size is enforced by the gate (cortex.http.gate.read_body), which also catches chunked bodies:
     # werkzeug's MAX_CONTENT_LENGTH silently truncates those.
     app.config.update(JSON_SORT_KEYS=False)
     app.extensions["cortex"] = Runtime(
@@ -105,6 +133,8 @@ def create_app(settings: Settings | None = None) -> flask.Flask:
         identity=make_identity_provider(settings.identity_provider, settings.fusion_session_ttl),
         paths=DocumentedPaths(raw_spec),
         mailer=Mailer.from_settings(settings.smtp_url, settings.mail_from, settings.data_dir),
+        tokens=HttpTokenFetcher.from_settings(settings),
+        debug_audio=DebugAudioStore(settings.data_dir),
     )
     api = CortexApi(load_specification(spec_bytes), base_path="", resolver=HandlerResolver())
     app.register_blueprint(api.blueprint)
@@ -159,7 +189,7 @@ def _add_error_handlers(app: flask.Flask) -> None:
 
     @app.errorhandler(DomainError)
     def _domain_rule(exc):
-        return problem_response(DOMAIN_ERROR_STATUS.get(exc.kind, 400), exc.detail)
+        return domain_problem(exc)
 
     @app.errorhandler(HTTPException)
     def _http(exc):

@@ -13,6 +13,8 @@ from cryptography.fernet import Fernet, InvalidToken
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
+from cortex.lib.background import gevent_patched
+
 _hasher = PasswordHasher()  # Argon2id, memory-hard (64 MiB, t=3) per RFC 9106 defaults
 _fernet: Fernet | None = None
 
@@ -29,14 +31,14 @@ def init_encryption(secret_key: str) -> None:
 def encrypt(plaintext: str) -> str:
     """Encrypt a secret that must be read back later."""
     if _fernet is None:
-        raise RuntimeError("encryption is not initialised (cortex.crypto.init_encryption)")
+        raise RuntimeError("encryption is not initialised (cortex.lib.crypto.init_encryption)")
     return _fernet.encrypt(plaintext.encode()).decode()
 
 
 def decrypt(token: str) -> str:
     """Decrypt a secret written by :func:`encrypt`."""
     if _fernet is None:
-        raise RuntimeError("encryption is not initialised (cortex.crypto.init_encryption)")
+        raise RuntimeError("encryption is not initialised (cortex.lib.crypto.init_encryption)")
     try:
         return _fernet.decrypt(token.encode()).decode()
     except InvalidToken as exc:  # wrong CORTEX_SECRET_KEY for this database
@@ -49,12 +51,10 @@ def _off_the_event_loop(function, *args):
     Under ``cortex serve`` every request shares one event loop; an Argon2 computation there would stall all
     other connections. Outside gevent (CLI, tests) it simply runs inline.
     """
-    try:
-        from gevent import get_hub, monkey
-    except ImportError:  # pragma: no cover - gevent is a dependency
+    if not gevent_patched():
         return function(*args)
-    if not monkey.is_module_patched("threading"):
-        return function(*args)
+    from gevent import get_hub
+
     return get_hub().threadpool.apply(function, args)
 
 

@@ -1,21 +1,7 @@
 """Bot drivers: how Cortex tells transcription bots to join (start) or leave (stop) a session's ODIN room.
 
-Session statuses::
-
-    created ──start──▶ starting ──▶ active ──stop──▶ stopping ──▶ stopped
-                                    any status ──▶ error
-
-- ``created``: stored, no command sent yet (``createSession`` with ``autoStart: false``).
-- ``starting``: Cortex sent a start command; the bot is joining the room.
-- ``active``: the bot is in the room and processing.
-- ``stopping``: Cortex sent a stop command; the bot is leaving.
-- ``stopped``: the bot left. A stopped (or failed) session may be started again.
-- ``error``: a command could not be delivered, or a worker reported a failure.
-
-Cortex records ``starting``/``stopping`` itself when it sends a command (``models.sessions.start_session`` /
-``stop_session``: one transaction with its ``session.updated`` event, committed before the driver is called);
-starting an ``active``/``starting`` session (or stopping a ``stopping``/``stopped`` one) sends the command
-again without a status change or event. The driver then takes over:
+The statuses and who sets which are ``models.sessions`` (its ``BotDriver`` protocol is what a driver
+implements). Drivers:
 
 - ``LocalBotDriver`` (``CORTEX_BOT_DRIVER=local``, the default): no external bot. It acknowledges each command
   in process and completes it **synchronously, inside the same request**: start → ``starting`` → ``active``,
@@ -31,29 +17,14 @@ again without a status change or event. The driver then takes over:
 
 from __future__ import annotations
 
-import functools
-import os
-from typing import Protocol
-
-import flask
 import orjson
 import redis
 
 from models.base import release_connection, rfc3339, utcnow
-from models.sessions import BotCommandError, Session, set_session_status
+from models.sessions import BotCommandError, BotDriver, Session, set_session_status
 
 COMMANDS_CHANNEL = "cortex:bot:commands"
 DRIVERS = ("local", "redis")
-
-
-class BotDriver(Protocol):
-    """Delivers bot commands for a session (see the module docstring for who sets which status)."""
-
-    def start(self, session: Session) -> None:
-        """Ask a bot to join the session's room; raise BotCommandError when the command cannot be delivered."""
-
-    def stop(self, session: Session) -> None:
-        """Ask the session's bot to leave; raise BotCommandError when the command cannot be delivered."""
 
 
 class LocalBotDriver:
@@ -118,24 +89,16 @@ class RedisBotDriver:
         self._publish("stop", session)
 
 
-@functools.cache
-def _env_driver_name() -> str:
-    """CORTEX_BOT_DRIVER, read once per process (to move into cortex.settings.Settings)."""
-    return os.environ.get("CORTEX_BOT_DRIVER", "").strip().lower() or "local"
-
-
 _drivers: dict[tuple[str, str | None], BotDriver] = {}
 
 
-def bot_driver(settings=None) -> BotDriver:
-    """The configured driver (one instance per driver and Redis URL in this process): of ``settings``, else of
-    the current app's settings, else of the environment."""
-    if settings is None and flask.has_app_context():
-        settings = flask.current_app.extensions["cortex"].settings
-    name = (getattr(settings, "bot_driver", None) or _env_driver_name()).strip().lower()
-    url = settings.redis_url if settings is not None else os.environ.get("REDIS_URL") or None
+def bot_driver(settings) -> BotDriver:
+    """The driver ``settings`` configure (``bot_driver``, ``redis_url``): one instance per driver and Redis URL
+    in this process."""
+    name = (settings.bot_driver or "local").strip().lower()
     if name not in DRIVERS:
         raise ValueError(f"CORTEX_BOT_DRIVER must be one of {', '.join(DRIVERS)}, not {name!r}")
+    url = settings.redis_url
     key = (name, url if name == "redis" else None)
     driver = _drivers.get(key)
     if driver is None:

@@ -9,7 +9,7 @@ then the bot driver gets the stop command (the local driver completes it to ``st
 publishes it for the worker). An undeliverable command leaves the session in ``error``, as with the API.
 
 :class:`IdleSessionSweeper` checks every ``interval`` seconds (default 5): one query selects the due sessions
-(``models.presence.idle_sessions``); each is re-checked under its row lock while it is stopped, so a participant
+(``models.sessions.idle_sessions``); each is re-checked under its row lock while it is stopped, so a participant
 joining in between keeps it running. Several processes may run a sweeper: the re-check and the idempotent stop
 make a double sweep harmless.
 """
@@ -19,11 +19,10 @@ from __future__ import annotations
 import logging
 from datetime import datetime
 
-from cortex.bot import BotDriver, bot_driver
-from cortex.dispatcher import PeriodicJob, _own_connection
-from models.base import as_utc, utcnow
-from models.presence import idle_sessions
-from models.sessions import Session, stop_idle_session
+from cortex.integrations.bots import bot_driver
+from cortex.lib.background import PeriodicJob
+from models.base import as_utc, own_connection, utcnow
+from models.sessions import BotDriver, Session, idle_sessions, stop_idle_session
 
 log = logging.getLogger("cortex.idle")
 
@@ -50,7 +49,7 @@ class IdleSessionSweeper(PeriodicJob):
         (a stop whose command could not be delivered counts too: that session is in ``error``)."""
         now = as_utc(now) or utcnow()
         stopped = 0
-        with _own_connection():
+        with own_connection():
             due = [row.id for row in idle_sessions(now).select(Session.id)]
             for session_id in due:
                 try:

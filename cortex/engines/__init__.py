@@ -1,0 +1,105 @@
+"""Background engines and the one registry that ``cortex serve`` and ``cortex worker`` start from.
+
+An engine is anything with ``start()`` and ``stop()``; one that consumes the event log may also have
+``events_committed()``, which ``cortex serve`` calls whenever a request of its own process committed events
+(so it reads them at once instead of at its next poll). :data:`REGISTRY` lists every engine once, with the
+processes it runs in:
+
+| engine | runs in | what it does |
+| --- | --- | --- |
+| ``live`` | serve | live dispatcher + fan-out: SSE streams are pushed (``cortex.events.fanout``) |
+| ``event-retention`` | serve | deletes old events hourly (``cortex.events.retention``) |
+| ``idle-sessions`` | serve | stops sessions idle past their timeout (``cortex.engines.idle``) |
+| ``debug-audio-cleanup`` | serve | deletes expired debug audio (``cortex.engines.debug_audio``) |
+| ``webhooks`` | serve (unless ``CORTEX_WEBHOOK_WORKER=false``), worker | fan-out + delivery (``cortex.engines.webhooks``) |
+
+A new engine (plugins, functions) is one more :class:`EngineSpec` line here.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from cortex.engines.debug_audio import DebugAudioCleanupJob
+from cortex.engines.idle import IdleSessionSweeper
+from cortex.engines.webhooks import WebhookEngine
+from cortex.events.fanout import LivePipeline
+from cortex.events.retention import RetentionJob
+
+log = logging.getLogger("cortex.engines")
+
+SERVE = "serve"
+WORKER = "worker"
+
+
+@dataclass(frozen=True)
+class EngineSpec:
+    """One engine: its name, how to build it from the settings, and whether it runs in a process role."""
+
+    name: str
+    build: Callable[[object], object]
+    runs_in: Callable[[str, object], bool]
+
+
+def _serve_only(role: str, _settings) -> bool:
+    return role == SERVE
+
+
+def _webhook_roles(role: str, settings) -> bool:
+    return role == WORKER or settings.webhook_worker
+
+
+#: Every engine, in start order (stopped in reverse).
+REGISTRY: tuple[EngineSpec, ...] = (
+    EngineSpec("live", LivePipeline.from_settings, _serve_only),
+    EngineSpec("event-retention", RetentionJob.from_settings, _serve_only),
+    EngineSpec("idle-sessions", IdleSessionSweeper.from_settings, _serve_only),
+    EngineSpec("debug-audio-cleanup", DebugAudioCleanupJob.from_settings, _serve_only),
+    EngineSpec("webhooks", WebhookEngine.from_settings, _webhook_roles),
+)
+
+
+class Engines:
+    """The engines one process started; :meth:`stop` stops them in reverse order."""
+
+    def __init__(self):
+        self.started: list[tuple[str, object]] = []
+
+    @property
+    def fanout(self):
+        """The live fan-out (``cortex serve``), or None."""
+        return next((getattr(engine, "fanout", None) for name, engine in self.started if name == "live"), None)
+
+    def get(self, name: str):
+        """A started engine by name, or None."""
+        return next((engine for started, engine in self.started if started == name), None)
+
+    def stop(self) -> None:
+        """Stop every engine, the last started first."""
+        while self.started:
+            name, engine = self.started.pop()
+            try:
+                engine.stop()
+            except Exception:
+                log.exception("engine %s did not stop cleanly", name)
+
+
+def start_engines(role: str, settings, registry: tuple[EngineSpec, ...] = REGISTRY) -> Engines:
+    """Build and start every engine of ``registry`` that runs in ``role`` (``serve`` or ``worker``); the live
+    fan-out's wake-ups reach every engine with ``events_committed``."""
+    engines = Engines()
+    try:
+        for spec in registry:
+            if spec.runs_in(role, settings):
+                engine = spec.build(settings)
+                engine.start()
+                engines.started.append((spec.name, engine))
+                fanout = engines.fanout
+                if fanout is not None and hasattr(engine, "events_committed"):
+                    fanout.add_waker(engine.events_committed)
+    except BaseException:
+        engines.stop()
+        raise
+    return engines

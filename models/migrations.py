@@ -1,0 +1,66 @@
+"""Versioned schema migrations: append only; never edit an applied one (``models.database.upgrade`` runs them)."""
+
+from playhouse.migrate import SchemaMigrator, migrate
+
+from models import events, identity, messages, participants, presence, sessions, settings, voice, webhooks
+from models.base import UTCDateTimeField
+
+
+def _v1_identity(database):
+    """Tenants, users, Fusion sessions, projects, members, API keys."""
+    database.create_tables(identity.MODELS, safe=True)
+
+
+def add_column_if_missing(database, table: str, column: str, field) -> None:
+    """Add a column unless the table already has it.
+
+    Migrations create their new tables from the current models (``create_tables(safe=True)``), so a fresh
+    database already has columns that later migrations add to older tables: every added column is guarded.
+    """
+    if column not in {c.name for c in database.get_columns(table)}:
+        migrate(SchemaMigrator.from_database(database).add_column(table, column, field))
+
+
+def _v2_projects_settings_voice(database):
+    """Project update time, app settings, secret cache, voice activation and ODIN access keys."""
+    add_column_if_missing(database, "project", "updated_at", UTCDateTimeField(null=True))
+    # A project may have no registry secret (sync-secret then answers 400); v1 databases required one.
+    secret = next(c for c in database.get_columns("project") if c.name == "secret_encrypted")
+    if not secret.null:
+        migrate(SchemaMigrator.from_database(database).drop_not_null("project", "secret_encrypted"))
+    database.create_tables(settings.MODELS + voice.MODELS, safe=True)
+
+
+def _v3_events_sessions_participants(database):
+    """The domain-event log and consumer cursors, sessions, participants."""
+    database.create_tables(events.MODELS + sessions.MODELS + participants.MODELS, safe=True)
+
+
+def _v4_messages_presence(database):
+    """Session transcripts (messages, debug audio) and presence spans."""
+    database.create_tables(messages.MODELS + presence.MODELS, safe=True)
+
+
+def _v5_idle_clock_presence_index(database):
+    """Session status-change time (the idle auto-stop's clock), an index on a project's open/recent spans."""
+    add_column_if_missing(database, "session", "status_changed_at", UTCDateTimeField(null=True))
+    database.execute_sql('UPDATE "session" SET "status_changed_at" = "updated_at" WHERE "status_changed_at" IS NULL')
+    database.execute_sql(
+        'CREATE INDEX IF NOT EXISTS "presence_span_project_id_left_at" ON "presence_span" ("project_id", "left_at")'
+    )
+
+
+def _v6_webhooks(database):
+    """Webhook subscriptions, the delivery queue (webhook events) and the delivery-attempt log."""
+    database.create_tables(webhooks.MODELS, safe=True)
+
+
+#: Versioned migrations: (version, name, function(database)). Append only; never edit an applied one.
+MIGRATIONS = [
+    (1, "identity and projects", _v1_identity),
+    (2, "project settings and voice", _v2_projects_settings_voice),
+    (3, "event log, sessions and participants", _v3_events_sessions_participants),
+    (4, "messages and presence", _v4_messages_presence),
+    (5, "session idle clock and presence index", _v5_idle_clock_presence_index),
+    (6, "webhooks", _v6_webhooks),
+]
