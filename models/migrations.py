@@ -55,6 +55,12 @@ def _v6_webhooks(database):
     database.create_tables(webhooks.MODELS, safe=True)
 
 
+#: Every table the migrations create, as models (tests empty them between cases in dependency order).
+ALL_MODELS = [
+    *identity.MODELS, *settings.MODELS, *voice.MODELS, *events.MODELS, *sessions.MODELS, *participants.MODELS,
+    *messages.MODELS, *presence.MODELS, *webhooks.MODELS,
+]
+
 #: Versioned migrations: (version, name, function(database)). Append only; never edit an applied one.
 MIGRATIONS = [
     (1, "identity and projects", _v1_identity),

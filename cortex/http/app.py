@@ -22,6 +22,7 @@ from cortex.integrations.mail import Mailer
 from cortex.integrations.tokens import HttpTokenFetcher
 from cortex.lib import crypto
 from cortex.settings import Settings
+from models.access import forget_resolved_projects
 from models.base import DomainError, db
 from models.database import init_database
 from models.sessions import BotDriver
@@ -111,33 +112,29 @@ def load_specification(spec_bytes: bytes) -> Specification:
     return _specifications[spec_bytes]
 
 
-def create_app(settings: Settings | None = None) -> flask.Flask:
-    """Build the WSGI application (no migrations, no server, no engines: see ``cortex.cli``)."""
-    settings = (settings or Settings.from_env()).with_secret_key()
-    settings.data_dir.mkdir(parents=True, exist_ok=True)
-    logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    init_database(settings.database_url, settings.db_pool_size)
-    crypto.init_encryption(settings.secret_key)
-    security.configure(settings.secret_key, settings.access_token_ttl, settings.api_key_touch_interval)
+_documents: dict[bytes, tuple[dict, DocumentedPaths]] = {}
 
+
+def _document(spec_bytes: bytes) -> tuple[dict, DocumentedPaths]:
+    """The parsed document (shared: never changed) and its path templates, once per process and content."""
+    if spec_bytes not in _documents:
+        raw = json.loads(spec_bytes)
+        _documents[spec_bytes] = (raw, DocumentedPaths(raw))
+    return _documents[spec_bytes]
+
+
+def create_app(settings: Settings | None = None) -> flask.Flask:
+    """Build the WSGI application and bind it to ``settings`` (no migrations, no server, no engines: see
+    ``cortex.cli``)."""
+    settings = (settings or Settings.from_env()).with_secret_key()
     spec_bytes = settings.spec_path.read_bytes()
-    raw_spec = json.loads(spec_bytes)
     app = flask.Flask("cortex")
     # Body size is enforced by the gate (cortex.http.gate.read_body), which also catches chunked bodies:
     # werkzeug's MAX_CONTENT_LENGTH silently truncates those.
     app.config.update(JSON_SORT_KEYS=False)
-    app.extensions["cortex"] = Runtime(
-        settings=settings,
-        spec=raw_spec,
-        spec_bytes=spec_bytes,
-        identity=make_identity_provider(settings.identity_provider, settings.fusion_session_ttl),
-        paths=DocumentedPaths(raw_spec),
-        mailer=Mailer.from_settings(settings.smtp_url, settings.mail_from, settings.data_dir),
-        tokens=HttpTokenFetcher.from_settings(settings),
-        debug_audio=DebugAudioStore(settings.data_dir),
-    )
     api = CortexApi(load_specification(spec_bytes), base_path="", resolver=HandlerResolver())
     app.register_blueprint(api.blueprint)
+    app.extensions["cortex_document"] = spec_bytes
     _add_documentation_routes(app)
     _add_error_handlers(app)
 
@@ -154,7 +151,41 @@ def create_app(settings: Settings | None = None) -> flask.Flask:
         if fanout is not None and flask.request.method not in _READ_METHODS:
             fanout.nudge()
 
+    configure_app(app, settings)
     return app
+
+
+def configure_app(app: flask.Flask, settings: Settings) -> Runtime:
+    """Bind an app built by :func:`create_app` to ``settings``: data directory, database, encryption key,
+    token signing and the per-app services (mailer, token fetcher, debug-audio store, identity provider).
+
+    ``create_app`` calls it once. The test suite calls it once per test on one app: building the routes of the
+    document (~70 ms: werkzeug compiles a URL builder per rule) is the same for every test, the settings are
+    not. The document must be the one the app was built from.
+    """
+    settings = settings.with_secret_key()
+    spec_bytes = app.extensions["cortex_document"]
+    if settings.spec_path.read_bytes() != spec_bytes:
+        raise ValueError(f"{settings.spec_path} is not the document this app was built from")
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    init_database(settings.database_url, settings.db_pool_size)
+    forget_resolved_projects()  # what was resolved belongs to the database bound before
+    crypto.init_encryption(settings.secret_key)
+    security.configure(settings.secret_key, settings.access_token_ttl, settings.api_key_touch_interval)
+    raw_spec, paths = _document(spec_bytes)
+    services = Runtime(
+        settings=settings,
+        spec=raw_spec,
+        spec_bytes=spec_bytes,
+        identity=make_identity_provider(settings.identity_provider, settings.fusion_session_ttl),
+        paths=paths,
+        mailer=Mailer.from_settings(settings.smtp_url, settings.mail_from, settings.data_dir),
+        tokens=HttpTokenFetcher.from_settings(settings),
+        debug_audio=DebugAudioStore(settings.data_dir),
+    )
+    app.extensions["cortex"] = services
+    return services
 
 
 _READ_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})

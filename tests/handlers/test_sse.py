@@ -144,6 +144,11 @@ def ids(frames) -> list[str]:
 # ----------------------------------------------------------------- fixtures and helpers
 
 
+#: Stream lifetime for tests whose events were all committed before the stream opened: the replay from
+#: Last-Event-ID sends (or filters) them at once, so the stream only has to outlive its first read of the log.
+REPLAY_SECONDS = 0.15
+
+
 def set_max_seconds(app, seconds: float) -> None:
     runtime = app.extensions["cortex"]
     runtime.settings = replace(runtime.settings, sse_max_seconds=seconds)
@@ -275,7 +280,7 @@ def test_type_filters_on_the_replay_path(mode, app, owner):
     start = event("start.marker", tenant, project)
     for kind in KINDS:
         event(kind, tenant, project)
-    set_max_seconds(app, 0.5)
+    set_max_seconds(app, REPLAY_SECONDS)  # every event was committed before the stream: the replay decides
     for types, expected in TYPE_CASES.items():
         reader = open_stream(app, headers={**owner.headers, "Last-Event-ID": start.id}, query_string={"types": types})
         frames = [f for f in reader.rest() if f.is_event]
@@ -286,7 +291,7 @@ def test_resource_filter_matches_resource_ids_exactly(mode, app, client, owner):
     one = participant(client, owner, "one")
     two = participant(client, owner, "two")
     mark = last_event()
-    set_max_seconds(app, 0.6)
+    set_max_seconds(app, REPLAY_SECONDS)  # every event is committed before a stream opens: the replay decides
     rid = {"one": f"participant:{one['id']}", "two": f"participant:{two['id']}"}
     for name in ("one", "two"):
         path = f"/api/projects/{owner.project.id}/participants/{(one if name == 'one' else two)['id']}"
@@ -323,7 +328,7 @@ def test_filters_never_reject_and_items_naming_nothing_match_nothing(mode, app, 
     participant(client, owner, "before")
     mark = last_event()
     participant(client, owner, "x")
-    set_max_seconds(app, 0.4)
+    set_max_seconds(app, REPLAY_SECONDS)  # committed before the streams open: the replay decides
     for url in (STREAM, f"/api/projects/{owner.project.id}/events/stream"):
         reader = open_stream(app, url=url, headers={**owner.headers, "Last-Event-ID": mark.id}, query_string=query)
         assert [f for f in reader.rest() if f.is_event] == []
@@ -526,6 +531,7 @@ def test_access_lookups_are_shared_by_all_streams_of_a_caller(mode, app, client,
     loads = []
     original = sse.Access._load
     monkeypatch.setattr(sse.Access, "_load", lambda self: loads.append(1) or original(self))
+    monkeypatch.setattr(sse, "POLL_SECONDS", 0.02)  # poll mode: 20 streams read one after another
     readers = [open_stream(app, headers=owner.headers) for _ in range(20)]
     participant(client, owner, "for everyone")
     for reader in readers:
