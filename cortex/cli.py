@@ -13,13 +13,32 @@ DEMO_PROJECT = "Demo Project"
 
 
 def _app():
-    """Build the app (database bound, migrations applied) for a command."""
+    """Build the HTTP app (database bound, migrations applied): serve and demo."""
     from cortex.http.app import create_app
     from models.database import upgrade
 
     app = create_app()
     upgrade()
     return app
+
+
+def _database(migrate: bool = True):
+    """Settings, the bound database and the encryption key, migrations applied: what the commands that serve no
+    HTTP need (worker, db, admin). No HTTP stack is loaded (~1.5 s less per command)."""
+    import logging
+
+    from cortex.lib import crypto
+    from cortex.settings import Settings
+    from models.database import init_database, upgrade
+
+    settings = Settings.from_env().with_secret_key()
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    init_database(settings.database_url, settings.db_pool_size)
+    crypto.init_encryption(settings.secret_key)
+    if migrate:
+        upgrade()
+    return settings
 
 
 def _print(obj) -> None:
@@ -62,11 +81,11 @@ def cmd_worker(_args) -> int:
 
     from cortex.engines import WORKER, start_engines
 
-    app = _app()
+    settings = _database()
     stopping = Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         gevent.signal_handler(signum, stopping.set)
-    engines = start_engines(WORKER, app.extensions["cortex"].settings)
+    engines = start_engines(WORKER, settings)
     names = ", ".join(name for name, _engine in engines.started)
     print(f"cortex worker: running {names} (pid {os.getpid()})", flush=True)  # the first line: ready
     try:
@@ -78,10 +97,9 @@ def cmd_worker(_args) -> int:
 
 def cmd_db_upgrade(_args) -> int:
     """cortex db upgrade: apply pending migrations."""
-    from cortex.http.app import create_app
     from models.database import current_version, upgrade
 
-    create_app()
+    _database(migrate=False)
     applied = upgrade()
     _print({"applied": applied, "version": current_version()})
     return 0
@@ -92,7 +110,7 @@ def cmd_create_user(args) -> int:
     from models.base import DomainError
     from models.identity import create_user
 
-    _app()
+    _database()
     try:
         user = create_user(args.email, args.password, args.name, args.tenant_id)
     except DomainError as exc:
@@ -105,10 +123,10 @@ def cmd_create_user(args) -> int:
 def cmd_create_project(args) -> int:
     """cortex admin create-project."""
     from models.base import DomainError
-    from models.identity import User, create_project, normalise_email
+    from models.identity import create_project, user_by_email
 
-    _app()
-    owner = User.get_or_none(User.email == normalise_email(args.owner))
+    _database()
+    owner = user_by_email(args.owner)
     if owner is None:
         print(f"error: no user with email {args.owner}", file=sys.stderr)
         return 1
@@ -123,10 +141,12 @@ def cmd_create_project(args) -> int:
 
 def seed_demo() -> dict:
     """Create the demo user and project unless they exist (idempotent)."""
-    from models.identity import Project, User, create_project, create_user
+    from models.access import member_projects
+    from models.identity import create_project, create_user, user_by_email
 
-    user = User.get_or_none(User.email == DEMO_EMAIL) or create_user(DEMO_EMAIL, DEMO_PASSWORD, "Demo User")
-    project = Project.get_or_none(Project.tenant == user.tenant_id, Project.name == DEMO_PROJECT)
+    user = user_by_email(DEMO_EMAIL) or create_user(DEMO_EMAIL, DEMO_PASSWORD, "Demo User")
+    project = next((p for p, _role in member_projects(user.id, tenant_id=user.tenant_id) if p.name == DEMO_PROJECT),
+                   None)
     if project is None:
         project, _secret = create_project(user, DEMO_PROJECT, "sdk", "Seeded by `cortex demo`")
     return {"email": DEMO_EMAIL, "password": DEMO_PASSWORD, "projectId": project.id, "appId": project.app_id}

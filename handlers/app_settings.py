@@ -5,6 +5,7 @@ except the e2e password in manual mode and the project secret on getSecret (admi
 """
 
 from models import settings
+from models.base import deleted_body
 
 
 def get_app_settings(project):
@@ -24,7 +25,7 @@ def patch_app_settings(project, body):
 
 def delete_app_settings(project):
     """DELETE /settings: remove the settings (404 when none)."""
-    return {"id": settings.remove_app_settings(project), "deleted": True}
+    return deleted_body(settings.remove_app_settings(project))
 
 
 def update_debug_audio(project, body):

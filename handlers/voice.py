@@ -2,6 +2,7 @@
 (concurrent peers and active rooms over time, from presence spans)."""
 
 from models import presence, voice
+from models.base import deleted_body
 
 
 def _settings_body(status: voice.VoiceStatus, principal, project) -> dict:
@@ -43,8 +44,7 @@ def edit_access_key(project, access_key_id, body):
 
 def delete_access_key(project, access_key_id):
     """DELETE …/voice/access-keys/{accessKeyId}: permanently; tokens signed with the key stop verifying."""
-    row = voice.delete_access_key(project, access_key_id)
-    return {"id": row.id, "deleted": True}
+    return deleted_body(voice.delete_access_key(project, access_key_id).id)
 
 
 def get_voice_jwks(project_id):

@@ -244,6 +244,11 @@ class ConnectionCoalescer(Coalescer):
         release_connection()
 
 
+def deleted_body(resource_id: str) -> dict:
+    """DeletedResponse: what a DELETE of a resource with an id answers."""
+    return {"id": resource_id, "deleted": True}
+
+
 # ---------------------------------------------------------------- paging
 
 DEFAULT_LIMIT = 50

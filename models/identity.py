@@ -126,6 +126,11 @@ def create_user(email: str, password: str, name: str | None = None, tenant_id: s
         )
 
 
+def user_by_email(email: str) -> User | None:
+    """The user with this email (compared case-insensitively), or None."""
+    return User.get_or_none(User.email == normalise_email(email))
+
+
 def profile_body(user_id: str | None) -> dict | None:
     """UserProfile of a user (None when there is no such user any more)."""
     user = User.get_or_none(User.id == user_id) if user_id else None
