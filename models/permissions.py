@@ -17,7 +17,7 @@ FLAGS = (
 
 _USER_FLAGS = frozenset({"addUser", "editUser", "deleteUser"})
 
-#: Flags each project role grants (see x-cortex-roles in the document and the README).
+#: Flags each project role grants (see x-cortex-roles in the document and docs/api-usage.md).
 ROLE_FLAGS = {
     "admin": frozenset(FLAGS),
     "maintainer": frozenset(FLAGS) - _USER_FLAGS,

@@ -307,7 +307,7 @@ def test_background_engine_keeps_healthy_endpoints_fast_beside_a_hanging_one(cli
 def _readme_snippet(name: str) -> str:
     from cortex import ROOT
 
-    text = (ROOT / "README.md").read_text()
+    text = (ROOT / "docs" / "realtime-and-webhooks.md").read_text()
     after = text.split(f"<!-- snippet: {name} -->", 1)[1]
     return after.split("```", 2)[1].split("\n", 1)[1]  # the fenced block right after the marker
 
@@ -324,7 +324,7 @@ def test_readme_verification_snippets_accept_real_deliveries(client, owner, rece
     [request] = receiver.at()
     headers = {k.lower(): v for k, v in request["headers"].items()}
     namespace: dict = {}
-    exec(compile(_readme_snippet("verify-python"), "README.md", "exec"), namespace)  # noqa: S102
+    exec(compile(_readme_snippet("verify-python"), "docs/realtime-and-webhooks.md", "exec"), namespace)  # noqa: S102
     namespace["verify_webhook"](secret, request["headers"], request["body"])
     with pytest.raises(ValueError):
         namespace["verify_webhook"](secret, request["headers"], request["body"] + b" ")

@@ -773,7 +773,52 @@ def run_main(args, script: str, workdir: str, cpus: tuple, pinning: str) -> dict
                 )
     finally:
         server.stop()
+    if getattr(args, "prism", None):
+        rows.append(measure_prism(args, workdir, cpus[0], rows[0]))
     return {"mode": "single-process", "meta": meta, "rows": [row.as_dict() for row in rows]}
+
+
+def measure_prism(args, workdir: str, cpu: int | None, cortex_sessions: Result) -> Result:
+    """listSessions on the Prism mock server of the same document (``--prism``: the prism command), pinned to the
+    server's CPU after the Cortex server stopped; prints the row and Cortex's ratio to it."""
+    import shlex
+
+    with gsocket.socket() as probe:
+        probe.bind((HOST, 0))
+        port = probe.getsockname()[1]
+    spec = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "openapi", "cortex.json")
+    log = open(os.path.join(workdir, "prism.log"), "wb")  # noqa: SIM115 - closed below
+    command = [*shlex.split(args.prism), "mock", "--host", HOST, "-p", str(port), spec]
+    proc = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                            start_new_session=True,
+                            preexec_fn=(lambda: os.sched_setaffinity(0, {cpu})) if cpu is not None else None)
+    request = build_request("/api/projects/bench-project/sessions", "prism-accepts-any-bearer-token")
+    try:
+        deadline = time.monotonic() + SERVER_START_TIMEOUT
+        while True:
+            try:
+                status, _body = fetch(port, request, 2.0)
+                if status == 200:
+                    break
+            except OSError:
+                pass
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise BenchError(f"the Prism mock did not answer on port {port}"
+                                 f"{log_file_tail(os.path.join(workdir, 'prism.log'), 'prism log', 2000, log)}")
+            gevent.sleep(0.2)
+        label = "listSessions on the Prism mock"
+        result = measure("prism_list_sessions", label, port, request, connections=args.connections,
+                         duration=args.duration, timeout=args.timeout, server_pid=proc.pid)
+        print(fmt_row(label, result), flush=True)
+        ratio = cortex_sessions.rps / result.rps if result.rps else float("inf")
+        result.extra["cortex_ratio"] = ratio
+        print(f"  listSessions: Cortex {cortex_sessions.rps:,.0f} req/s = {ratio:.2f} × the Prism mock "
+              f"({result.rps:,.0f} req/s; Prism answers the document's one-row example without a database)",
+              flush=True)
+        return result
+    finally:
+        stop_process(proc, timeout=10)
+        log.close()
 
 
 def run_compare(args, script: str, workdir: str, cpus: tuple, pinning: str) -> dict:

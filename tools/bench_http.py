@@ -25,7 +25,7 @@ itself at its deadline; subprocesses and the temporary directory are removed on 
 
 Usage:
     tools/bench_http.py [--duration 10] [--connections 20] [--streams 1000] [--json]
-                        [--database-url postgresql://postgres@127.0.0.1:5432/test]
+                        [--database-url postgresql://postgres@127.0.0.1:5432/test] [--prism COMMAND]
     tools/bench_http.py --compare [--duration 10] [--connections 20] [--json]
 """
 
@@ -238,6 +238,9 @@ def build_parser() -> argparse.ArgumentParser:
         "the seeded tenant is deleted again when the server stops; --compare always uses SQLite",
     )
     parser.add_argument("--json", action="store_true", help="also print the figures as JSON")
+    parser.add_argument("--prism", metavar="COMMAND",
+                        help="also measure listSessions on the Prism mock server of the same document and print "
+                             "Cortex's ratio to it, e.g. --prism 'npx --yes @stoplight/prism-cli@5' (needs npm)")
     parser.add_argument("--compare", action="store_true", help="compare GET /api across server stacks")
     parser.add_argument("--serve", choices=["cortex", "connexion"], help=argparse.SUPPRESS)
     parser.add_argument("--cpu", type=int, help=argparse.SUPPRESS)

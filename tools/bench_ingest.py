@@ -15,7 +15,7 @@ one project; ``--connections`` connections are spread evenly over the projects. 
       100/s per-project limit, so every answer must be 201 — the run fails on any 429 or error);
   (2) saturation (``--saturate``, on by default): the same connections without pacing, to show the capacity;
       above ``100 × projects`` events/s the rate limit answers 429 by design (counted, not an error);
-  (3) calibration (``--no-calibrate`` skips it): ``GET /api`` for 5 s, to compare the machine with the README's.
+  (3) calibration (``--no-calibrate`` skips it): ``GET /api`` for 5 s, to compare the machine with docs/performance.md's.
 
 Events are ``message.created`` by default (materialised: session lookup, sender participant found or created
 from a pool of 10 users per project, a message row and its event; each with a unique ``data.id``), or any
@@ -366,7 +366,7 @@ def run_bench(args, workdir: str, cpus: tuple, pinning: str) -> tuple[int, dict]
             health = _loadgen.measure("health", "GET /api (calibration, no database)", server.port,
                                       _loadgen.build_request("/api"), connections=args.connections,
                                       duration=min(args.duration, 5.0), timeout=args.timeout, server_pid=server.pid)
-            print(f"\n{_loadgen.fmt_row(health.label, health, 44)}\n  (README figure on a quiet machine: ~4,950 "
+            print(f"\n{_loadgen.fmt_row(health.label, health, 44)}\n  (docs/performance.md figure on a quiet machine: ~4,950 "
                   "req/s; a much lower figure means the CPU is shared with other work)")
             meta["calibration_get_api"] = health.as_dict()
     finally:

@@ -648,7 +648,7 @@ def calibrate(workdir: str, cpus: tuple) -> dict | None:
                                   server_pid=server.pid)
     finally:
         server.stop()
-    print(f"{_loadgen.fmt_row(result.label, result, 44)}\n  (README figure on a quiet machine: ~4,950 req/s; a much "
+    print(f"{_loadgen.fmt_row(result.label, result, 44)}\n  (docs/performance.md figure on a quiet machine: ~4,950 req/s; a much "
           "lower figure means the CPU is shared with other work)", flush=True)
     return result.as_dict()
 

@@ -175,7 +175,7 @@ with_configured_tokens = schemathesis.pytest.from_fixture("token_schema")
 # ---------------------------------------------------------------------------------------------- fix-ups
 # The document types some fields as plain strings or numbers although the server needs more (a scope name
 # from the catalogue, an email, a well-formed ODIN access key, a whole peer count); narrowing the upstream
-# types is not allowed, and the rules are in the descriptions and the README. Positive cases are mapped to
+# types is not allowed, and the rules are in the descriptions and docs/api-usage.md. Positive cases are mapped to
 # values of that kind so that positive_data_acceptance stays strict; negative cases stay as generated.
 
 
