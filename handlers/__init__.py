@@ -1,1 +1,1 @@
-"""One module per OpenAPI tag; each function is the snake_case operationId it serves (see cortex.routing)."""
+"""One module per OpenAPI tag; each function is the snake_case operationId it serves (see cortex.http.routing)."""

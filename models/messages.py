@@ -1,6 +1,6 @@
 """Transcripts: the messages of a session (transcribed speech and system join/leave lines).
 
-Rows are written by signed ingest (``cortex/ingest.py``): ``message.created`` makes a ``user`` message,
+Rows are written by signed ingest (``cortex/events/ingest.py``): ``message.created`` makes a ``user`` message,
 ``participant.joined``/``participant.left`` a ``system`` one (sender ``[System]``, "Alice joined"). Every message
 is recorded together with its ``message.created`` event in the caller's transaction; the event's ``seq`` is kept
 on the row (``event_seq``) and orders messages that share a timestamp, so a transcript reads in timestamp order,
@@ -8,10 +8,10 @@ then in the order Cortex recorded the lines. ``external_id`` is the sender's own
 ``message.created``): unique per session, so a re-sent message never creates a second row, and ``event_id``
 lets a re-send be answered with the id of the event that recorded the original.
 
-Debug audio (a WAV file) lives on disk (``cortex/debug_audio.py``: ``<data dir>/debug-audio/<project id>/<message
+Debug audio (a WAV file) lives on disk (``cortex/integrations/debug_audio.py``: ``<data dir>/debug-audio/<project id>/<message
 id>.wav``); ``debug_audio_file`` names it relative to that directory while it is kept, and
 ``debug_audio_expires_at`` is 24 hours after ingest. After expiry it is unavailable (404) even before the cleanup
-job (``cortex.debug_audio.DebugAudioCleanupJob``) has deleted the file and cleared both columns.
+job (``cortex.engines.debug_audio.DebugAudioCleanupJob``) has deleted the file and cleared both columns.
 """
 
 from __future__ import annotations

@@ -15,7 +15,7 @@ The flow (see ARCHITECTURE.md "Webhooks"):
    scheduled retry, or failed) and emits ``webhook.delivery.updated``, in one transaction.
 
 Secrets (the signing secret, an API key, a basic-auth password, custom header values) are encrypted at rest
-with the server key (``cortex.crypto``) and never returned by the API.
+with the server key (``cortex.lib.crypto``) and never returned by the API.
 """
 
 from __future__ import annotations

@@ -46,7 +46,7 @@ class LiveEvent:
     """One item of the live fan-out: an envelope and, beside it, its log position ``seq``.
 
     ``seq`` is None for envelopes published without one (``LiveFanout.publish``). ``frame`` is a cache for
-    the rendered Server-Sent Event (``cortex.sse`` fills it once per event and process, not per subscriber).
+    the rendered Server-Sent Event (``cortex.events.sse`` fills it once per event and process, not per subscriber).
     """
 
     __slots__ = ("seq", "envelope", "frame")
@@ -327,13 +327,19 @@ class LiveFanout:
 
 
 def start_event_pipeline(settings, *, poll_interval: float = LIVE_POLL_INTERVAL) -> tuple[Dispatcher, LiveFanout]:
+    """Start this process's live fan-out (Redis when ``settings.redis_url``) and the (non-persisted) live
+    dispatcher publishing into it; see :func:`start_live`."""
+    return start_live(getattr(settings, "redis_url", None), poll_interval=poll_interval)
+
+
+def start_live(redis_url: str | None, *, poll_interval: float = LIVE_POLL_INTERVAL) -> tuple[Dispatcher, LiveFanout]:
     """Start this process's live fan-out and the (non-persisted) live dispatcher publishing into it.
 
     The dispatcher's cursor starts at the newest event now; every event committed afterwards (by any process)
     reaches the fan-out's subscribers. It polls every ``poll_interval`` seconds, and at once when
     ``fanout.nudge()`` is called. Stop both with ``dispatcher.stop()`` then ``fanout.stop()``.
     """
-    fanout = LiveFanout(getattr(settings, "redis_url", None))
+    fanout = LiveFanout(redis_url)
     fanout.start()
     dispatcher = Dispatcher(LIVE_CONSUMER, fanout.publish_events, persist=False, poll_interval=poll_interval,
                             interested=fanout.wants_events)
@@ -364,7 +370,7 @@ class LivePipeline:
 
     def start(self) -> None:
         """Start the fan-out and the dispatcher publishing into it (at the newest event)."""
-        self.dispatcher, self.fanout = start_event_pipeline(self, poll_interval=self.poll_interval)
+        self.dispatcher, self.fanout = start_live(self.redis_url, poll_interval=self.poll_interval)
 
     def stop(self) -> None:
         """Stop the dispatcher, then the fan-out (which closes every open subscription)."""

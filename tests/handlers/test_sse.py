@@ -1,4 +1,4 @@
-"""The SSE streams (GET /api/events/stream, GET /api/projects/{projectId}/events/stream), cortex/sse.py.
+"""The SSE streams (GET /api/events/stream, GET /api/projects/{projectId}/events/stream), cortex/events/sse.py.
 
 Most tests run twice: ``push`` (the live pipeline of ``cortex serve``: dispatcher → LiveFanout → subscription)
 and ``poll`` (an app without a fan-out: each stream reads the log). Streams are read through the Flask test
