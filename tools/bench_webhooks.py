@@ -13,7 +13,7 @@ and drops, see ``--database-url``):
 - **Data**: one user, ``--subscriptions`` (10) projects with ONE subscription each (``events: ["*"]``), so every
   event is one delivery: ``--events`` (5,000) events round-robin over the projects = 5,000 deliveries, 500 per
   endpoint. Seeded with the models in this process (``create_app`` + ``upgrade``), like the API would.
-- **Worker**: ``python -m cortex.cli worker`` (the real command) with ``CORTEX_WEBHOOK_ALLOW_PRIVATE=true`` and
+- **Worker**: ``python -m cortex.cli worker`` (the real command) with ``CORTEX_OUTBOUND_ALLOW_PRIVATE=true`` and
   every other ``CORTEX_WEBHOOK_*`` setting at its default, except ``CORTEX_WEBHOOK_TIMEOUT=2`` in the hang run.
   It polls the event log every ``CORTEX_WEBHOOK_POLL_INTERVAL`` (0.05 s): nothing in another process wakes it.
 - **Events**: ``message.created`` written by this process with ``models.events.emit`` inside
@@ -387,7 +387,7 @@ class Run:
         env = {key: value for key, value in os.environ.items()
                if not key.startswith("CORTEX_") and key not in ("DATABASE_URL", "REDIS_URL")}
         env.update(DATABASE_URL=url, CORTEX_DATA_DIR=data_dir, CORTEX_SECRET_KEY=SECRET_KEY,
-                   CORTEX_LOG_LEVEL="WARNING", CORTEX_WEBHOOK_ALLOW_PRIVATE="true")
+                   CORTEX_LOG_LEVEL="WARNING", CORTEX_OUTBOUND_ALLOW_PRIVATE="true")
         if self.hang:
             env["CORTEX_WEBHOOK_TIMEOUT"] = str(HANG_TIMEOUT)
         if self.args.redis_url:
@@ -707,7 +707,7 @@ def run_bench(args, workdir: str) -> tuple[int, dict]:
           f"endpoints on distinct ports of one receiver process (gevent pywsgi, keep-alive, 204 at once, "
           f"signatures verified); {args.events} {EVENT_TYPE} events per phase, round-robin over the projects = "
           f"{args.events} deliveries ({args.events // args.subscriptions} per endpoint)")
-    print(f"worker    python -m cortex.cli worker, CORTEX_WEBHOOK_ALLOW_PRIVATE=true, other CORTEX_WEBHOOK_* at "
+    print(f"worker    python -m cortex.cli worker, CORTEX_OUTBOUND_ALLOW_PRIVATE=true, other CORTEX_WEBHOOK_* at "
           f"their defaults (CONCURRENCY 100, SUBSCRIPTION_CONCURRENCY 10, TIMEOUT 15, POLL_INTERVAL 0.05); "
           f"hang run: CORTEX_WEBHOOK_TIMEOUT={HANG_TIMEOUT}, endpoint 0 holds each request {args.hang_seconds:g} s"
           + "".join(f"; set {name}={value}" for name, value in args.worker_settings.items())
