@@ -27,7 +27,7 @@ def _database(migrate: bool = True):
     HTTP need (worker, db, admin). No HTTP stack is loaded (`cortex db upgrade`: 0.97 s → 0.15 s)."""
     import logging
 
-    from cortex.lib import crypto
+    from cortex.lib import addresses, crypto
     from cortex.settings import Settings
     from models.database import init_database, upgrade
 
@@ -36,6 +36,7 @@ def _database(migrate: bool = True):
     logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     init_database(settings.database_url, settings.db_pool_size)
     crypto.init_encryption(settings.secret_key)
+    addresses.set_allow_private(settings.outbound_allow_private)
     if migrate:
         upgrade()
     return settings

@@ -49,6 +49,7 @@ from dataclasses import dataclass  # noqa: E402
 from urllib.parse import urlsplit  # noqa: E402
 
 from cortex.lib import crypto, odin  # noqa: E402
+from cortex.lib.addresses import NOT_CALLED, refused_literal  # noqa: E402
 from models.base import invalid, is_sqlite, not_found, rfc3339, transaction  # noqa: E402
 from models.identity import project_secret  # noqa: E402
 
@@ -173,6 +174,9 @@ def _webservice_url(url) -> str:
         raise invalid("webserviceConfig.url must be an http(s) URL with a host, e.g. https://example.com/token")
     if parts.username is not None or parts.password is not None:
         raise invalid("webserviceConfig.url must not contain credentials; send them in webserviceConfig.headers")
+    refused = refused_literal(url)
+    if refused is not None:
+        raise invalid(f"webserviceConfig.url: {refused}; {NOT_CALLED}")
     if len(url) > MAX_URL or not url.isascii() or any(ch.isspace() or ord(ch) < 32 for ch in url):
         raise invalid(
             f"webserviceConfig.url must be at most {MAX_URL} ASCII characters without spaces (percent-encode others)"

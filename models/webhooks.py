@@ -28,6 +28,7 @@ from datetime import datetime, timedelta
 import orjson
 import peewee as pw
 
+from cortex.lib.addresses import NOT_CALLED, refused_literal
 from cortex.lib.crypto import decrypt, encrypt
 from cortex.lib.webhook_signing import signing_key
 from models.base import (
@@ -207,6 +208,9 @@ def check_url(url: str) -> str:
     if parts.username is not None or parts.password is not None:
         raise DomainError("invalid", "url must not contain credentials (they would be stored and shown in the "
                                       "clear): use authType basic_auth")
+    refused = refused_literal(url)
+    if refused is not None:
+        raise DomainError("invalid", f"url: {refused}; {NOT_CALLED}")
     return url
 
 

@@ -125,7 +125,10 @@ def suite(tmp_path_factory) -> Suite:
 @pytest.fixture
 def settings(tmp_path):
     """Settings for one test: its own data dir and database."""
-    return Settings.from_env(data_dir=tmp_path, database_url=database_url(tmp_path), secret_key=SECRET_KEY)
+    # The tests' receivers and token services listen on loopback: the outbound address policy is off here, as
+    # CORTEX_OUTBOUND_ALLOW_PRIVATE=true turns it off for development; the policy's own tests turn it on.
+    return Settings.from_env(data_dir=tmp_path, database_url=database_url(tmp_path), secret_key=SECRET_KEY,
+                             outbound_allow_private=True)
 
 
 @pytest.fixture

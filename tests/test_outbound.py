@@ -27,7 +27,8 @@ from pathlib import Path
 
 import pytest
 
-from cortex.integrations.outbound import Outcome, Sender, forbidden_reason
+from cortex.integrations.outbound import Outcome, Sender
+from cortex.lib.addresses import forbidden_reason
 from cortex.lib.webhook_signing import sign, signing_key, verify
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -257,6 +258,16 @@ def test_verify_accepts_any_of_several_signatures():
         ("::ffff:169.254.169.254", "metadata"),
         ("2002:7f00:1::1", "loopback"),  # 6to4 of 127.0.0.1
         ("64:ff9b::a00:1", "private"),  # NAT64 of 10.0.0.1
+        ("64:ff9b:1::a00:1", "private"),  # local-use NAT64 (RFC 8215) of 10.0.0.1
+        ("::127.0.0.1", "loopback"),  # IPv4-compatible
+        ("127.1", "loopback"),  # the spellings inet_aton accepts
+        ("2130706433", "loopback"),
+        ("0x7f000001", "loopback"),
+        ("0x7f.0.0.1", "loopback"),
+        ("0177.0.0.1", "loopback"),
+        ("0251.0376.0251.0376", "metadata"),  # 169.254.169.254 in octal
+        ("10.1", "private"),
+        ("0", "unspecified"),
         ("0.0.0.0", "unspecified"),
         ("::", "unspecified"),
         ("100.64.0.1", "shared address space"),
@@ -276,6 +287,8 @@ def test_forbidden_addresses(ip, words):
     assert words in reason
     if ip == "127.0.0.1":
         assert reason == "127.0.0.1 is a loopback address"
+    if ip == "2130706433":
+        assert reason == "2130706433 (127.0.0.1) is a loopback address"
 
 
 @pytest.mark.parametrize(
@@ -430,10 +443,13 @@ def test_loopback_refused_by_default(server):
             out = s.post(server.url("/echo", host=host), b"{}", {})
             assert out.status is None and not out.ok
             assert out.error.startswith("refused: ")
-            assert out.error.endswith("(set CORTEX_OUTBOUND_ALLOW_PRIVATE=true to allow)")
+            assert out.error.endswith("; set CORTEX_OUTBOUND_ALLOW_PRIVATE=true to allow)")
         assert s.post(server.url("/echo"), b"{}", {}).error == (
-            "refused: 127.0.0.1 is a loopback address (set CORTEX_OUTBOUND_ALLOW_PRIVATE=true to allow)"
+            "refused: address not allowed (a loopback address; set CORTEX_OUTBOUND_ALLOW_PRIVATE=true to allow)"
         )
+        for spelling in ("127.1", "2130706433", "0x7f000001", "0177.0.0.1"):  # never resolved: read as addresses
+            out = s.post(f"http://{spelling}:{server.port}/echo", b"{}", {})
+            assert out.error.startswith("refused: address not allowed (a loopback address"), spelling
     assert server.seen == []
 
 
@@ -454,16 +470,17 @@ def test_dns_answer_with_a_private_address_is_refused(server):
         out = s.post("https://hooks.example.com/in", b"{}", {})
     assert calls == [("hooks.example.com", 443)]
     assert out.status is None
-    assert (
-        out.error == "refused: 10.0.0.7 is a private address (set CORTEX_OUTBOUND_ALLOW_PRIVATE=true to allow)"
+    assert (  # the kind of address, never the address a name resolved to
+        out.error == "refused: address not allowed (a private address; set CORTEX_OUTBOUND_ALLOW_PRIVATE=true to allow)"
     )
+    assert "10.0.0.7" not in out.error
 
 
 def test_any_forbidden_address_in_the_answer_refuses(server):
     # one public and one loopback answer: refused before any connection (so no network here either)
     with Sender(resolver=lambda host, port: ["93.184.215.14", "127.0.0.1"]) as s:
         out = s.post(f"http://rebind.example.com:{server.port}/echo", b"{}", {})
-    assert out.error.startswith("refused: 127.0.0.1 is a loopback address")
+    assert out.error.startswith("refused: address not allowed (a loopback address") and "127.0.0.1" not in out.error
     with Sender(resolver=lambda host, port: ["::ffff:169.254.169.254"]) as s:
         out = s.post("http://metadata.example.com/latest", b"{}", {})
     assert "metadata" in out.error and out.error.startswith("refused: ")

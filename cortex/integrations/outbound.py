@@ -7,10 +7,11 @@ most ``max_body`` bytes of a response and bounds the whole exchange by ``timeout
 ``gevent.Timeout`` when sockets are monkey-patched, urllib3's socket timeouts plus a deadline otherwise).
 
 Server-side request forgery: before a new connection is made the host name is resolved here, every
-resolved address is checked with :func:`forbidden_reason` (loopback, private, link-local, cloud metadata,
-multicast, reserved, shared address space and IPv6 forms embedding any of them), and the socket connects
-to a checked address itself — the name is not resolved a second time, so DNS rebinding cannot slip in
-between check and connect. The ``Host`` header and TLS (SNI, certificate host name) still use the name.
+resolved address is checked with the address policy of ``cortex.lib.addresses`` (loopback, private,
+link-local, cloud metadata, multicast, reserved, shared address space, in every spelling and in IPv6 forms
+embedding any of them), and the socket connects to a checked address itself — the name is not resolved a
+second time, so DNS rebinding cannot slip in between check and connect. A refusal names the kind of address,
+never the address. The ``Host`` header and TLS (SNI, certificate host name) still use the name.
 ``allow_private=True`` (``CORTEX_OUTBOUND_ALLOW_PRIVATE``, alias ``CORTEX_WEBHOOK_ALLOW_PRIVATE``) turns the
 check off, e.g. for local receivers; a Sender for an operator-configured URL is built with it too (the
 operator's own services may live on a private network).
@@ -47,13 +48,13 @@ from urllib3.exceptions import (
 )
 from urllib3.util import connection as urllib3_connection
 
+from cortex.lib.addresses import address_kind, literal_ip
 from cortex.lib.background import gevent_patched
 
 __all__ = [
     "Outcome",
     "RefusedDestination",
     "Sender",
-    "forbidden_reason",
 ]
 
 USER_AGENT = "Cortex-Webhooks/1.0"
@@ -62,82 +63,14 @@ MAX_RETRY_AFTER = 86400.0
 _CHUNK = 16384
 _MAX_ERROR = 300
 
-_METADATA = {ipaddress.ip_address("169.254.169.254"), ipaddress.ip_address("fd00:ec2::254")}
-_SHARED = ipaddress.ip_network("100.64.0.0/10")
-_NAT64 = ipaddress.ip_network("64:ff9b::/96")
-
-
-# --- destination checks ----------------------------------------------------------------------------
-
-
-def _kind(addr: ipaddress.IPv4Address | ipaddress.IPv6Address) -> str | None:
-    """Why ``addr`` is not a public destination (``None`` if it is); IPv6 forms embedding IPv4 excluded."""
-    if addr in _METADATA:
-        return "the cloud metadata address"
-    if addr.is_unspecified:
-        return "an unspecified address"
-    if addr.is_loopback:
-        return "a loopback address"
-    if addr.is_link_local:
-        return "a link-local address"
-    if addr.version == 6 and addr.is_site_local:  # fec0::/10: deprecated, still routed inside some networks
-        return "a site-local address"
-    if addr.is_multicast:
-        return "a multicast address"
-    if addr.version == 4 and addr in _SHARED:
-        return "a shared address space (100.64.0.0/10) address"
-    if addr.is_reserved:
-        return "a reserved address"
-    if addr.is_private:
-        return "a private address"
-    if not addr.is_global:
-        return "not a publicly routable address"
-    return None
-
-
-def _embedded_ipv4(addr: ipaddress.IPv6Address) -> ipaddress.IPv4Address | None:
-    """The IPv4 address inside an IPv4-mapped, 6to4 or NAT64 (64:ff9b::/96) IPv6 address."""
-    if addr.ipv4_mapped is not None:
-        return addr.ipv4_mapped
-    if addr.sixtofour is not None:
-        return addr.sixtofour
-    if addr in _NAT64:
-        return ipaddress.IPv4Address(int(addr) & 0xFFFFFFFF)
-    return None
-
-
-def forbidden_reason(ip: str) -> str | None:
-    """``None`` if ``ip`` is a public address, else why not (e.g. ``"127.0.0.1 is a loopback address"``)."""
-    text = ip.strip().strip("[]")
-    try:
-        addr = ipaddress.ip_address(text.split("%", 1)[0])
-    except ValueError:
-        return f"{ip} is not an IP address"
-    if isinstance(addr, ipaddress.IPv6Address):
-        if addr in _METADATA:
-            return f"{text} is the cloud metadata address"
-        inner = _embedded_ipv4(addr)
-        if inner is not None:
-            kind = _kind(inner)
-            return None if kind is None else f"{text} embeds {inner}, which is {kind}"
-    kind = _kind(addr)
-    return None if kind is None else f"{text} is {kind}"
-
-
 class RefusedDestination(Exception):
-    """A new connection was refused: a resolved address of the host is not a permitted destination."""
+    """A new connection was refused: an address of the host is not a permitted destination. Its message is
+    the kind of address (``cortex.lib.addresses.address_kind``), never the address: a tenant must not learn
+    what an internal name resolves to."""
 
 
 class _ResolveError(Exception):
     """The host name could not be resolved (or resolved to nothing)."""
-
-
-def _is_ip_literal(host: str) -> bool:
-    try:
-        ipaddress.ip_address(host.split("%", 1)[0])
-    except ValueError:
-        return False
-    return True
 
 
 def _default_resolver(host: str, port: int) -> list[str]:
@@ -154,8 +87,9 @@ class _Guard:
 
     def addresses(self, host: str, port: int) -> list[str]:
         host = host.strip("[]")
-        if _is_ip_literal(host):
-            found = [host]  # nothing to resolve
+        literal = literal_ip(host)
+        if literal is not None:
+            found = [str(literal)]  # nothing to resolve (any spelling: 127.1, 2130706433, 0x7f.0.0.1 …)
         else:
             try:
                 found = list(dict.fromkeys(str(a) for a in self.resolver(host, port)))
@@ -165,9 +99,9 @@ class _Guard:
                 raise _ResolveError(host)
         if not self.allow_private:
             for address in found:
-                reason = forbidden_reason(address)
-                if reason is not None:
-                    raise RefusedDestination(reason)
+                kind = address_kind(ipaddress.ip_address(address.split("%", 1)[0]))
+                if kind is not None:
+                    raise RefusedDestination(kind)
         return found
 
 
@@ -436,7 +370,7 @@ class Sender:
     def _describe(self, exc: Exception, host: str) -> str:
         """A short human message for a failed exchange."""
         if isinstance(exc, RefusedDestination):
-            return f"refused: {exc} ({ALLOW_PRIVATE_HINT})"
+            return f"refused: address not allowed ({exc}; {ALLOW_PRIVATE_HINT})"
         if isinstance(exc, _ResolveError | NameResolutionError):
             return f"cannot resolve {host}"
         if isinstance(exc, _HardTimeout | ReadTimeoutError | TimeoutError):

@@ -4,7 +4,8 @@ A token-provider webservice URL is chosen by a tenant: it goes through :class:`c
 Sender` with the outbound address policy (``CORTEX_OUTBOUND_ALLOW_PRIVATE`` turns it off). The Rooms token API
 (``CORTEX_ROOMS_API_URL``) is the operator's: trusted, no address policy. Either way: no redirects, a hard
 timeout (``CORTEX_TOKEN_PROVIDER_TIMEOUT``), at most 1 MiB read, and a failure is answered by a 502 that names
-the provider and the kind of failure, never a secret.
+the provider and the kind of failure ("address not allowed", "no answer within 10 s", "it answered HTTP 503",
+"could not connect"), never a secret, a resolved address, a port state or an exception text.
 """
 
 from __future__ import annotations
@@ -56,13 +57,12 @@ class HttpTokenFetcher:
             raise upstream_failed(what, "its reply is not valid JSON") from None
 
     def _failure(self, error: str) -> str:
-        """What went wrong without a request (never an address or a secret)."""
+        """The kind of failure of an exchange that got no response: never an address, a port state (refused vs.
+        unreachable) or an exception text."""
         if error.startswith("timed out"):
             return f"no answer within {self.timeout:g} s"
         if error.startswith("refused:"):
-            return "its address is not allowed (loopback, private, link-local or metadata addresses are refused)"
-        if error.startswith("cannot resolve"):
-            return "could not connect (its host name cannot be resolved)"
-        if error.startswith("invalid URL") or error.startswith("unsupported URL"):
+            return "address not allowed"
+        if error.startswith(("invalid URL", "unsupported URL")):
             return "its URL is not usable"
-        return f"could not connect ({error})"
+        return "could not connect"

@@ -493,3 +493,25 @@ def test_api_key_scopes(client, owner, api_key_headers):
     writer = api_key_headers(["settings:read", "settings:write"], project_id=owner.project.id)
     response = client.patch(url(owner), json={"botUserData": {"via": "key"}}, headers=writer)
     assert response.status_code == 200 and response.get_json()["botUserData"] == {"via": "key"}
+
+
+@pytest.mark.parametrize("url", ["http://127.0.0.1/token", "http://2130706433/token", "http://[::ffff:169.254.169.254]/x",
+                                 "https://0xa000001/token"])
+def test_a_webservice_url_written_as_a_refused_address_is_not_stored(client, owner, url):
+    """With the outbound address policy on (production; the suite runs with it off), a literal refused address
+    in any spelling is a 400 when the settings are saved; a host name is checked when the token is fetched."""
+    from cortex.lib import addresses
+
+    addresses.set_allow_private(False)
+    try:
+        body = {"tokenProviderType": "webservice",
+                "webserviceConfig": {"url": url, "method": "POST", "responseTokenPath": "token"}}
+        response = put(client, owner, body)
+        assert response.status_code == 400
+        assert response.get_json()["detail"].startswith("webserviceConfig.url: ")
+        assert "Cortex does not call loopback" in response.get_json()["detail"]
+        assert AppSettings.select().count() == 0
+        body["webserviceConfig"]["url"] = "https://tokens.example.com/token"
+        assert put(client, owner, body).status_code == 200
+    finally:
+        addresses.set_allow_private(True)

@@ -222,3 +222,29 @@ def test_retry_is_refused_while_pending_and_requeues_a_finished_event(client, ow
     assert (body["status"], body["attemptsCount"], body["id"]) == ("pending", 0, row.id)
     assert "lastError" not in body
     assert client.post(BASE.format(owner.project.id) + "/events/nope/retry", headers=owner.headers).status_code == 404
+
+
+@pytest.fixture
+def address_policy_on():
+    """The outbound address policy as it is in production (the suite runs with it off: its receivers are local)."""
+    from cortex.lib import addresses
+
+    addresses.set_allow_private(False)
+    yield
+    addresses.set_allow_private(True)
+
+
+@pytest.mark.parametrize("url", [
+    "http://127.0.0.1:8080/hook", "http://127.1/hook", "http://2130706433/hook", "http://0x7f000001/hook",
+    "http://0177.0.0.1/hook", "http://[::1]/hook", "http://[::ffff:10.0.0.1]/hook", "http://[64:ff9b::a9fe:a9fe]/x",
+    "http://169.254.169.254/latest/meta-data", "http://100.64.0.1/x", "http://0.0.0.0/x", "http://10.1/x",
+])
+def test_a_url_written_as_a_refused_address_is_not_stored(client, owner, address_policy_on, url):
+    response = create(client, owner, url=url)
+    assert response.status_code == 400
+    assert "Cortex does not call loopback, private" in response.get_json()["detail"]
+    assert WebhookSubscription.select().count() == 0
+    good = create(client, owner).get_json()  # a host name is checked when it is called, not when it is stored
+    response = client.put(subs_url(owner, f"/{good['id']}"), json={"url": url}, headers=owner.headers)
+    assert response.status_code == 400
+    assert WebhookSubscription.get_by_id(good["id"]).url == "https://hooks.example.com/cortex"

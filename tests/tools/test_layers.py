@@ -35,20 +35,21 @@ def tree(tmp_path_factory) -> Path:
 def test_the_contracts_hold_and_catch_wrong_way_imports(tree):
     clean = lint(tree)
     assert clean.returncode == 0, clean.stdout + clean.stderr
-    assert "Contracts: 3 kept, 0 broken." in clean.stdout
+    assert "Contracts: 4 kept, 0 broken." in clean.stdout
     base = tree / "models" / "base.py"
     original = base.read_text()
     cases = {
         "import flask  # noqa: F401\n": "Models never load the HTTP stack or the application layers",
         "from cortex.http import problems  # noqa: F401\n": "Layers point down",
         "from cortex.engines import REGISTRY  # noqa: F401\n": "Layers point down",
+        "import urllib3  # noqa: F401\n": "Only the outbound client opens HTTP connections",
     }
     try:
         for line, contract in cases.items():
             base.write_text(original + line)
             broken = lint(tree)
             assert broken.returncode != 0, line
-            assert f"{contract} BROKEN" in broken.stdout, broken.stdout
+            assert contract in broken.stdout and "BROKEN" in broken.stdout, broken.stdout
         base.write_text(original)
         sessions = tree / "models" / "sessions.py"
         kept = sessions.read_text()
@@ -89,3 +90,28 @@ def test_every_module_imports_on_its_own():
     assert done.returncode == 0, done.stderr
     count, *failed = done.stdout.strip().split("\n")
     assert int(count) > 60 and not [line for line in failed if line], failed
+
+
+def test_no_module_but_the_outbound_client_speaks_http_with_the_standard_library():
+    """urllib.request, http.client and raw socket connections are as able to reach a tenant's URL as urllib3 (which
+    an import-linter contract reserves for the outbound client): no module of the three packages uses them."""
+    import ast
+
+    offenders = []
+    for package in PACKAGES:
+        for path in sorted((ROOT / package).rglob("*.py")):
+            if path == ROOT / "cortex" / "integrations" / "outbound.py":
+                continue
+            tree = ast.parse(path.read_text(), str(path))
+            for node in ast.walk(tree):
+                names = []
+                if isinstance(node, ast.Import):
+                    names = [alias.name for alias in node.names]
+                elif isinstance(node, ast.ImportFrom) and node.module:
+                    names = [node.module] + [f"{node.module}.{alias.name}" for alias in node.names]
+                elif isinstance(node, ast.Attribute) and node.attr in ("create_connection", "urlopen"):
+                    names = [node.attr]
+                for name in names:
+                    if name.startswith(("urllib.request", "http.client")) or name in ("create_connection", "urlopen"):
+                        offenders.append(f"{path.relative_to(ROOT)}:{node.lineno}: {name}")
+    assert offenders == []
