@@ -8,19 +8,19 @@ from models import settings
 from models.base import deleted_body
 
 
-def get_app_settings(project):
+def get_app_settings(principal, project):
     """GET /settings: the project's settings (404 when none)."""
-    return settings.app_settings_body(settings.load_app_settings(project))
+    return settings.app_settings_body(settings.load_app_settings(project), principal)
 
 
-def upsert_app_settings(project, body):
+def upsert_app_settings(principal, project, body):
     """PUT /settings: create or fully replace the settings."""
-    return settings.app_settings_body(settings.replace_app_settings(project, body))
+    return settings.app_settings_body(settings.replace_app_settings(project, body), principal)
 
 
-def patch_app_settings(project, body):
+def patch_app_settings(principal, project, body):
     """PATCH /settings: change only the given fields (404 when none)."""
-    return settings.app_settings_body(settings.update_app_settings(project, body))
+    return settings.app_settings_body(settings.update_app_settings(project, body), principal)
 
 
 def delete_app_settings(project):
@@ -28,14 +28,14 @@ def delete_app_settings(project):
     return deleted_body(settings.remove_app_settings(project))
 
 
-def update_debug_audio(project, body):
+def update_debug_audio(principal, project, body):
     """PATCH /settings/debug-audio: toggle debug audio storage."""
-    return settings.app_settings_body(settings.set_debug_audio(project, body["enabled"]))
+    return settings.app_settings_body(settings.set_debug_audio(project, body["enabled"]), principal)
 
 
-def update_e2e_encryption(project, body):
+def update_e2e_encryption(principal, project, body):
     """PATCH /settings/e2e-encryption: set the e2e mode (manual needs a password, given or stored)."""
-    return settings.app_settings_body(settings.set_e2e_encryption(project, body["mode"], body.get("password")))
+    return settings.app_settings_body(settings.set_e2e_encryption(project, body["mode"], body.get("password")), principal)
 
 
 def get_secret(project):

@@ -49,6 +49,24 @@ def role_at_least(role: str, minimum: str | None) -> bool:
     return minimum is None or ROLES.index(role) >= ROLES.index(minimum)
 
 
+#: Every kind of secret an answer may carry, and who may see it: the project role and API-key scope of the
+#: operation that reads it (``GET …/settings/secret``, ``GET …/settings``). The one rule: an answer fills a
+#: secret-bearing field only for a principal that could call that operation; for anyone else it is blank.
+SECRET_READERS = {
+    "project secret": ("admin", "settings:read"),
+    "settings secrets": ("developer", "settings:read"),  # the e2e password (manual mode)
+}
+
+
+def may_read_secret(principal: Principal, role: str | None, kind: str) -> bool:
+    """Whether ``principal``, holding ``role`` in the project, may see a secret of this kind in an answer: the
+    role of the operation that reads it, and — for an API key — that operation's scope (``SECRET_READERS``)."""
+    minimum, scope = SECRET_READERS[kind]
+    if role is None or not role_at_least(role, minimum):
+        return False
+    return principal.scopes is None or scope in principal.scopes
+
+
 _PROJECT_COLUMNS = tuple(Project._meta.sorted_fields)
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import peewee as pw
 
-from models.access import Principal, forget_resolved_projects, visible_projects
+from models.access import Principal, forget_resolved_projects, may_read_secret, visible_projects
 from models.base import conflict, invalid, is_sqlite, not_found, rfc3339, transaction
 from models.identity import ROLES, Project, ProjectMember, User, normalise_email, project_secret
 from models.permissions import permissions_for
@@ -35,7 +35,8 @@ def _product_body(project_id: str, slug: str, activated_at) -> dict:
 
 def app_body(project: Project, role: str, principal: Principal, user_count: int, configured: bool,
              voice: VoiceConfig | None) -> dict:
-    """App: a project as the caller sees it (the secret only for admins)."""
+    """App: a project as the caller sees it (the secret only for those who may read it: admins, and an admin's
+    API key only with ``settings:read``; see ``models.access.SECRET_READERS``)."""
     products = [_product_body(project.id, "cortex", project.created_at)]
     if voice is not None:
         products.append(_product_body(project.id, "voice", voice.created_at))
@@ -44,7 +45,7 @@ def app_body(project: Project, role: str, principal: Principal, user_count: int,
         "name": project.name,
         "description": project.description or "",
         "type": project.type,
-        "secret": (project_secret(project) or "") if role == "admin" else "",
+        "secret": (project_secret(project) or "") if may_read_secret(principal, role, "project secret") else "",
         "appId": project.app_id,
         "created": rfc3339(project.created_at),
         "updated": rfc3339(project.updated_at or project.created_at),

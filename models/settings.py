@@ -50,6 +50,7 @@ from urllib.parse import urlsplit  # noqa: E402
 
 from cortex.lib import crypto, odin  # noqa: E402
 from cortex.lib.addresses import NOT_CALLED, refused_literal  # noqa: E402
+from models.access import Principal, may_read_secret  # noqa: E402
 from models.base import invalid, is_sqlite, not_found, rfc3339, transaction  # noqa: E402
 from models.identity import project_secret  # noqa: E402
 
@@ -421,9 +422,14 @@ def cached_project_secret(project: Project) -> str | None:
 # ---------------------------------------------------------------- bodies
 
 
-def app_settings_body(state: SettingsState) -> dict:
-    """AppSettingsResponse; None-valued optionals omitted, secrets never (but the manual e2e password)."""
+def app_settings_body(state: SettingsState, principal: Principal) -> dict:
+    """AppSettingsResponse for ``principal``; None-valued optionals omitted. Secrets never, but the e2e password
+    in manual mode — and that only for a principal that may read settings (``models.access.SECRET_READERS``:
+    an API key needs ``settings:read``, also when it changed the settings)."""
     row, project = state.settings, state.project
+    password = state.e2e_password
+    if password is not None and not may_read_secret(principal, principal.roles.get(project.id), "settings secrets"):
+        password = None
     body = {
         "id": row.id,
         "appId": project.app_id,
@@ -437,7 +443,7 @@ def app_settings_body(state: SettingsState) -> dict:
         "debugAudioEnabled": bool(row.debug_audio_enabled),
         "projectName": project.name,
         "e2eEncryptionMode": row.e2e_encryption_mode,
-        "e2eEncryptionPassword": state.e2e_password,
+        "e2eEncryptionPassword": password,
     }
     return {name: value for name, value in body.items() if value is not None}
 
