@@ -11,6 +11,14 @@ from pathlib import Path
 from cortex import ROOT
 
 
+class ConfigurationError(ValueError):
+    """A setting has a value Cortex cannot run with; the message names the variable."""
+
+
+#: The shortest CORTEX_SECRET_KEY accepted (it signs access tokens and derives the key of every stored secret).
+MIN_SECRET_KEY = 32
+
+
 def _bool(value: str | None, default: bool = False) -> bool:
     """Parse a boolean environment value (1/true/yes/on)."""
     if value is None or value == "":
@@ -26,9 +34,9 @@ def _positive_seconds(env: dict, name: str, default: float) -> float:
     try:
         value = float(raw)
     except ValueError:
-        raise ValueError(f"{name} must be a number of seconds, not {raw!r}") from None
+        raise ConfigurationError(f"{name} must be a number of seconds, not {raw!r}") from None
     if not math.isfinite(value) or value <= 0:
-        raise ValueError(f"{name} must be a positive number of seconds, not {raw!r}")
+        raise ConfigurationError(f"{name} must be a positive number of seconds, not {raw!r}")
     return value
 
 
@@ -40,9 +48,9 @@ def _positive_int(env: dict, name: str, default: int) -> int:
     try:
         value = int(raw)
     except ValueError:
-        raise ValueError(f"{name} must be a whole number, not {raw!r}") from None
+        raise ConfigurationError(f"{name} must be a whole number, not {raw!r}") from None
     if value < 1:
-        raise ValueError(f"{name} must be at least 1, not {raw!r}")
+        raise ConfigurationError(f"{name} must be at least 1, not {raw!r}")
     return value
 
 
@@ -58,9 +66,9 @@ def _schedule(env: dict, name: str, default: tuple[float, ...]) -> tuple[float, 
         try:
             value = float(part)
         except ValueError:
-            raise ValueError(f"{name} must be comma-separated seconds (e.g. 5,300,1800), not {raw!r}") from None
+            raise ConfigurationError(f"{name} must be comma-separated seconds (e.g. 5,300,1800), not {raw!r}") from None
         if not math.isfinite(value) or value < 0:
-            raise ValueError(f"{name}: {part.strip()!r} is not a non-negative number of seconds")
+            raise ConfigurationError(f"{name}: {part.strip()!r} is not a non-negative number of seconds")
         values.append(value)
     return tuple(values)
 
@@ -72,6 +80,7 @@ class Settings:
     data_dir: Path
     database_url: str
     secret_key: str
+    secret_key_previous: tuple[str, ...] = ()  # older keys whose stored secrets stay readable (rotation)
     redis_url: str | None = None
     spec_path: Path = ROOT / "openapi" / "cortex.json"
     access_token_ttl: int = 3600
@@ -107,11 +116,17 @@ class Settings:
         database_url = overrides.pop("database_url", None) or env.get("DATABASE_URL") or (
             f"sqlite:///{data_dir / 'cortex.db'}"
         )
+        if not database_url.startswith(("sqlite:///", "postgres://", "postgresql://")):
+            raise ConfigurationError("DATABASE_URL must be sqlite:///relative.db, sqlite:////absolute.db or "
+                                     f"postgresql://user:pass@host:5432/db, not {database_url[:80]!r}")
         secret_key = overrides.pop("secret_key", None) or env.get("CORTEX_SECRET_KEY") or ""
         values = dict(
             data_dir=data_dir,
             database_url=database_url,
             secret_key=secret_key,
+            secret_key_previous=tuple(
+                key.strip() for key in (env.get("CORTEX_SECRET_KEY_PREVIOUS") or "").split(",") if key.strip()
+            ),
             redis_url=env.get("REDIS_URL") or None,
             access_token_ttl=int(env.get("CORTEX_ACCESS_TOKEN_TTL", 3600)),
             fusion_session_ttl=int(env.get("CORTEX_SESSION_TTL", 30 * 24 * 3600)),
@@ -146,7 +161,14 @@ class Settings:
         return cls(**values)
 
     def with_secret_key(self) -> Settings:
-        """Return settings whose secret key is set, generating and persisting one in the data dir."""
+        """Return settings whose secret key is set, generating and persisting one in the data dir. ValueError
+        naming the variable for a CORTEX_SECRET_KEY (or a previous key) shorter than MIN_SECRET_KEY characters."""
+        for name, key in (("CORTEX_SECRET_KEY", self.secret_key),
+                          *(("CORTEX_SECRET_KEY_PREVIOUS", old) for old in self.secret_key_previous)):
+            if key and len(key) < MIN_SECRET_KEY:
+                raise ConfigurationError(f"{name} must be at least {MIN_SECRET_KEY} characters (a long random string, e.g. "
+                                 "python -c 'import secrets; print(secrets.token_urlsafe(48))'); this one has "
+                                 f"{len(key)}")
         if self.secret_key:
             return self
         self.data_dir.mkdir(parents=True, exist_ok=True)
@@ -165,9 +187,19 @@ class Settings:
             finally:
                 os.unlink(temporary)
         key = key_file.read_text().strip()
-        if len(key) < 32:
-            raise ValueError(f"{key_file} holds no usable secret key (need 32+ characters); delete it or set CORTEX_SECRET_KEY")
+        if len(key) < MIN_SECRET_KEY:
+            raise ConfigurationError(f"{key_file} holds no usable secret key (need {MIN_SECRET_KEY}+ characters); delete it "
+                             "or set CORTEX_SECRET_KEY")
         return _replace(self, secret_key=key)
+
+
+def apply_to_process(settings: Settings) -> None:
+    """Hand the settings to the process-wide pure modules: the encryption keys (current and previous) and the
+    outbound address policy. The app factory and every CLI command call it."""
+    from cortex.lib import addresses, crypto
+
+    crypto.init_encryption(settings.secret_key, settings.secret_key_previous)
+    addresses.set_allow_private(settings.outbound_allow_private)
 
 
 def _replace(settings: Settings, **changes) -> Settings:

@@ -8,8 +8,9 @@ from urllib.parse import unquote, urlparse
 import peewee as pw
 from playhouse.pool import PooledPostgresqlDatabase, PooledSqliteDatabase
 
-from models.base import db, is_sqlite, utcnow
-from models.migrations import MIGRATIONS
+from cortex.lib import crypto
+from models.base import db, is_sqlite, transaction, utcnow
+from models.migrations import ALL_MODELS, MIGRATIONS
 
 log = logging.getLogger(__name__)
 
@@ -107,3 +108,35 @@ def upgrade() -> list[int]:
             if not is_sqlite():
                 db.execute_sql("SELECT pg_advisory_unlock(7415001)")
     return applied
+
+
+def rotate_secrets(batch: int = 500) -> dict[str, int]:
+    """Encrypt every stored secret (every ``*_encrypted`` column of every table) again with the current key:
+    ``{"table.column": values re-encrypted}``. Run after CORTEX_SECRET_KEY changed, with the old key in
+    CORTEX_SECRET_KEY_PREVIOUS; afterwards the previous keys can be dropped. Idempotent; one short transaction per
+    batch of rows, so a running server is not held up."""
+    counts: dict[str, int] = {}
+    for model in ALL_MODELS:
+        fields = [field for field in model._meta.sorted_fields if field.name.endswith("_encrypted")]
+        if not fields:
+            continue
+        key = model._meta.primary_key
+        after = None
+        while True:
+            with transaction():
+                query = model.select(key, *fields).order_by(key).limit(batch)
+                if after is not None:
+                    query = query.where(key > after)
+                rows = list(query.tuples())
+                for row_key, *values in rows:
+                    changes = {field: crypto.reencrypt(value) for field, value in zip(fields, values, strict=True)
+                               if value}
+                    if changes:
+                        model.update(changes).where(key == row_key).execute()
+                    for field in changes:
+                        name = f"{model._meta.table_name}.{field.column_name}"
+                        counts[name] = counts.get(name, 0) + 1
+            if len(rows) < batch:
+                break
+            after = rows[-1][0]
+    return counts

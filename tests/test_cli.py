@@ -299,3 +299,56 @@ def test_demo_prints_credentials_serves_and_seeds_once(app, tmp_path, settings):
     assert len(projects) == 1
     assert project_ids == [projects[0].id, projects[0].id]
     assert ProjectMember.get(ProjectMember.project == projects[0].id).role == "admin"
+
+
+# ----------------------------------------------------------------------------------------------- secret keys
+
+
+@pytest.mark.parametrize("command", [["serve"], ["worker"], ["db", "upgrade"]])
+def test_a_short_secret_key_stops_the_command_naming_the_variable(settings, tmp_path, command):
+    result = run_cli(cli_env(tmp_path / "data", settings.database_url, secret_key="too-short"), *command)
+    assert result.returncode == 2
+    assert result.stderr.strip().startswith("cortex: configuration error: CORTEX_SECRET_KEY must be at least 32")
+    assert "Traceback" not in result.stderr
+
+
+def test_rotate_secrets_reencrypts_every_stored_secret_under_the_new_key(app, settings, tmp_path, owner):
+    """Rotation: start with the new key and the old one in CORTEX_SECRET_KEY_PREVIOUS, run `cortex rotate-secrets`,
+    then the old key can go — every stored secret reads with the new key alone."""
+    from models.settings import AppSettings, replace_app_settings, set_e2e_encryption
+    from models.webhooks import WebhookSubscription, create_subscription
+
+    replace_app_settings(owner.project, {"tokenProviderType": "webservice", "webserviceConfig": {
+        "url": "https://tokens.example.com/t", "method": "POST", "responseTokenPath": "token",
+        "headers": {"Authorization": "Bearer header-secret"}}})
+    set_e2e_encryption(owner.project, "manual", "e2e-secret")
+    create_subscription(owner.project, {"url": "https://hooks.example.com/x", "secret": "whook-secret", "events": ["*"],
+                                        "authType": "basic_auth", "basicAuthUsername": "u",
+                                        "basicAuthPassword": "basic-secret"}, ["session.created"])
+    new_key = "the-new-secret-key-0123456789abcdef-xyz"
+    env = cli_env(tmp_path / "data", settings.database_url, secret_key=new_key)
+    env["CORTEX_SECRET_KEY_PREVIOUS"] = SECRET_KEY
+    result = one_json_object(run_cli(env, "rotate-secrets"))
+    assert result["reencrypted"] == {  # every stored secret this project has, one each
+        "project.secret_encrypted": 1, "app_settings.webservice_headers_encrypted": 1,
+        "app_settings.e2e_password_encrypted": 1, "webhook_subscription.secret_encrypted": 1,
+        "webhook_subscription.basic_auth_password_encrypted": 1}
+    assert result["total"] == 5
+
+    crypto.init_encryption(new_key)  # the old key is gone
+    try:
+        project = Project.get_by_id(owner.project.id)
+        assert crypto.decrypt(project.secret_encrypted) == owner.secret
+        row = AppSettings.get(AppSettings.project == owner.project.id)
+        assert crypto.decrypt(row.e2e_password_encrypted) == "e2e-secret"
+        assert "header-secret" in crypto.decrypt(row.webservice_headers_encrypted)
+        sub = WebhookSubscription.get()
+        assert crypto.decrypt(sub.secret_encrypted) == "whook-secret"
+        assert crypto.decrypt(sub.basic_auth_password_encrypted) == "basic-secret"
+        again = one_json_object(run_cli(env, "rotate-secrets"))  # idempotent
+        assert again["total"] == result["total"]
+        crypto.init_encryption(SECRET_KEY)
+        with pytest.raises(RuntimeError, match="cannot be decrypted"):
+            crypto.decrypt(Project.get_by_id(owner.project.id).secret_encrypted)
+    finally:
+        crypto.init_encryption(SECRET_KEY)

@@ -67,3 +67,37 @@ def test_webhook_settings_parse_and_refuse_bad_values(tmp_path):
                         ("CORTEX_WEBHOOK_CONCURRENCY", "0"), ("CORTEX_WEBHOOK_TIMEOUT", "0")]:
         with pytest.raises(ValueError, match=name):
             Settings.from_env({name: value}, data_dir=tmp_path)
+
+
+def test_secret_keys_must_be_long_and_previous_keys_are_a_list(tmp_path):
+    from cortex.settings import ConfigurationError
+
+    with pytest.raises(ConfigurationError, match="CORTEX_SECRET_KEY must be at least 32 characters"):
+        Settings.from_env({"CORTEX_SECRET_KEY": "x" * 31}, data_dir=tmp_path).with_secret_key()
+    env = {"CORTEX_SECRET_KEY": "k" * 32, "CORTEX_SECRET_KEY_PREVIOUS": " " + "a" * 40 + " ,, " + "b" * 32}
+    settings = Settings.from_env(env, data_dir=tmp_path).with_secret_key()
+    assert settings.secret_key_previous == ("a" * 40, "b" * 32)
+    env["CORTEX_SECRET_KEY_PREVIOUS"] = "short"
+    with pytest.raises(ConfigurationError, match="CORTEX_SECRET_KEY_PREVIOUS must be at least 32"):
+        Settings.from_env(env, data_dir=tmp_path).with_secret_key()
+    with pytest.raises(ConfigurationError, match="DATABASE_URL must be"):
+        Settings.from_env({"DATABASE_URL": "mysql://root@localhost/cortex"}, data_dir=tmp_path)
+
+
+def test_previous_keys_still_decrypt_and_new_secrets_use_the_current_key():
+    from cortex.lib import crypto
+
+    old, new = "o" * 40, "n" * 40
+    try:
+        crypto.init_encryption(old)
+        stored = crypto.encrypt("the secret")
+        crypto.init_encryption(new, (old,))
+        assert crypto.decrypt(stored) == "the secret"
+        fresh = crypto.encrypt("another")
+        rotated = crypto.reencrypt(stored)
+        crypto.init_encryption(new)  # the previous key dropped
+        assert crypto.decrypt(fresh) == "another" and crypto.decrypt(rotated) == "the secret"
+        with pytest.raises(RuntimeError):
+            crypto.decrypt(stored)
+    finally:
+        crypto.init_encryption("test-secret-key-0123456789abcdef")

@@ -20,8 +20,7 @@ from cortex.integrations.debug_audio import DebugAudioStore
 from cortex.integrations.identity import IdentityProvider, make_identity_provider
 from cortex.integrations.mail import Mailer
 from cortex.integrations.tokens import HttpTokenFetcher
-from cortex.lib import addresses, crypto
-from cortex.settings import Settings
+from cortex.settings import Settings, apply_to_process
 from models.access import forget_resolved_projects
 from models.base import DomainError, db
 from models.database import init_database
@@ -171,8 +170,7 @@ def configure_app(app: flask.Flask, settings: Settings) -> Runtime:
     logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     init_database(settings.database_url, settings.db_pool_size)
     forget_resolved_projects()  # what was resolved belongs to the database bound before
-    crypto.init_encryption(settings.secret_key)
-    addresses.set_allow_private(settings.outbound_allow_private)
+    apply_to_process(settings)
     security.configure(settings.secret_key, settings.access_token_ttl, settings.api_key_touch_interval)
     raw_spec, paths = _document(spec_bytes)
     services = Runtime(

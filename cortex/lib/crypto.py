@@ -9,23 +9,29 @@ import secrets
 
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
-from cryptography.fernet import Fernet, InvalidToken
+from cryptography.fernet import Fernet, InvalidToken, MultiFernet
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from cortex.lib.background import gevent_patched
 
 _hasher = PasswordHasher()  # Argon2id, memory-hard (64 MiB, t=3) per RFC 9106 defaults
-_fernet: Fernet | None = None
+_fernet: MultiFernet | None = None
 
 
-def init_encryption(secret_key: str) -> None:
-    """Derive the data-encryption key from the server secret (HKDF-SHA256)."""
-    global _fernet
+def _fernet_for(secret_key: str) -> Fernet:
+    """The Fernet key derived from a server secret (HKDF-SHA256)."""
     derived = HKDF(algorithm=hashes.SHA256(), length=32, salt=b"cortex-at-rest-v1", info=b"fernet").derive(
         secret_key.encode()
     )
-    _fernet = Fernet(base64.urlsafe_b64encode(derived))
+    return Fernet(base64.urlsafe_b64encode(derived))
+
+
+def init_encryption(secret_key: str, previous: tuple[str, ...] | list[str] = ()) -> None:
+    """Derive the data-encryption key from the server secret; ``previous`` keys (CORTEX_SECRET_KEY_PREVIOUS)
+    still decrypt what was stored under them — new secrets are always encrypted with the current key."""
+    global _fernet
+    _fernet = MultiFernet([_fernet_for(secret_key), *(_fernet_for(key) for key in previous)])
 
 
 def encrypt(plaintext: str) -> str:
@@ -33,6 +39,16 @@ def encrypt(plaintext: str) -> str:
     if _fernet is None:
         raise RuntimeError("encryption is not initialised (cortex.lib.crypto.init_encryption)")
     return _fernet.encrypt(plaintext.encode()).decode()
+
+
+def reencrypt(token: str) -> str:
+    """A stored secret encrypted again with the current key (read with the current or a previous one)."""
+    if _fernet is None:
+        raise RuntimeError("encryption is not initialised (cortex.lib.crypto.init_encryption)")
+    try:
+        return _fernet.rotate(token.encode()).decode()
+    except InvalidToken as exc:
+        raise RuntimeError("stored secret cannot be decrypted with the configured secret keys") from exc
 
 
 def decrypt(token: str) -> str:
