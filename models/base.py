@@ -136,7 +136,7 @@ def insert_rows(model, fields, rows: list, returning: str = ""):
     rows; ``returning`` e.g. ``RETURNING "id"``."""
     columns = ", ".join(f'"{field.column_name}"' for field in fields)
     row = "(" + ", ".join(["%s"] * len(fields)) + ")"
-    sql = f'INSERT INTO "{model._meta.table_name}" ({columns}) VALUES {", ".join([row] * len(rows))} {returning}'
+    sql = f'INSERT INTO "{model._meta.table_name}" ({columns}) VALUES {", ".join([row] * len(rows))} {returning}'  # nosec B608 - only column names from the models and placeholders are interpolated; values are bound
     return db.execute_sql(sql, [field.db_value(item.__data__.get(field.name)) for item in rows for field in fields])
 
 

@@ -365,7 +365,7 @@ def _fail_pending(subscription_id: str, reason: str, now: datetime, chunk: int =
     for start in range(0, len(ids), chunk):
         part = ids[start:start + chunk]
         rows = db.execute_sql(
-            f'UPDATE "webhook_event" SET "status" = \'failed\', "last_error" = {mark}, "lease_until" = NULL, '
+            f'UPDATE "webhook_event" SET "status" = \'failed\', "last_error" = {mark}, "lease_until" = NULL, '  # nosec B608 - only column names from the models and placeholders are interpolated; values are bound
             f'"updated_at" = {mark} WHERE "status" = \'pending\' AND "id" IN ({", ".join([mark] * len(part))}) '
             'RETURNING "id", "tenant_id", "project_id", "event_type", "attempts_count"',
             [reason, field.db_value(now), *part]).fetchall()
@@ -530,7 +530,7 @@ def claim(limit: int, *, lease: float, per_subscription: int, busy: dict[str, in
         if not ids:
             return []
         rows = db.execute_sql(
-            f'SELECT {_CLAIM_COLUMNS} FROM "webhook_event" e JOIN "webhook_subscription" s '
+            f'SELECT {_CLAIM_COLUMNS} FROM "webhook_event" e JOIN "webhook_subscription" s '  # nosec B608 - only column names from the models and placeholders are interpolated; values are bound
             f'ON s."id" = e."subscription_id" WHERE e."id" IN ({", ".join([mark] * len(ids))})', ids).fetchall()
     claimed = []
     for (event_id, sub_id, tenant_id, project_id, event_type, body, attempts, url, secret_enc, auth_type,
@@ -548,7 +548,7 @@ def _claim_postgres(limit, now_db, until_db, per_subscription, free) -> list[str
     not_full = f' AND r.sid NOT IN ({", ".join(["%s"] * len(full))})' if full else ""
     slots = ("CASE r.sid " + "WHEN %s THEN %s::int " * len(partial) + "ELSE %s::int END") if partial else "%s::int"
     sql = (
-        _READY + ', picked AS (SELECT x."id", x."next_attempt_at" FROM ready r '
+        _READY + ', picked AS (SELECT x."id", x."next_attempt_at" FROM ready r '  # nosec B608 - only column names from the models and placeholders are interpolated; values are bound
         'JOIN "webhook_subscription" s ON s."id" = r.sid AND s."is_active" AND s."deleted_at" IS NULL '
         f'CROSS JOIN LATERAL (SELECT e."id", e."next_attempt_at" FROM "webhook_event" e '
         f'WHERE e."subscription_id" = r.sid AND {_DUE} ORDER BY e."next_attempt_at" LIMIT {slots} '
@@ -561,7 +561,7 @@ def _claim_postgres(limit, now_db, until_db, per_subscription, free) -> list[str
 
 def _claim_sqlite(limit, now_db, until_db, per_subscription, free) -> list[str]:
     ready = [sid for (sid,) in db.execute_sql(
-        _READY + 'SELECT r.sid FROM ready r JOIN "webhook_subscription" s ON s."id" = r.sid '
+        _READY + 'SELECT r.sid FROM ready r JOIN "webhook_subscription" s ON s."id" = r.sid '  # nosec B608 - only column names from the models and placeholders are interpolated; values are bound
         'WHERE r.sid IS NOT NULL AND s."is_active" AND s."deleted_at" IS NULL').fetchall()]
     due = _DUE.replace("%s", "?")
     picked = []
@@ -569,11 +569,11 @@ def _claim_sqlite(limit, now_db, until_db, per_subscription, free) -> list[str]:
         slots = free.get(sid, per_subscription)
         if slots > 0:
             picked += db.execute_sql(
-                f'SELECT e."next_attempt_at", e."id" FROM "webhook_event" e WHERE e."subscription_id" = ? '
+                f'SELECT e."next_attempt_at", e."id" FROM "webhook_event" e WHERE e."subscription_id" = ? '  # nosec B608 - only column names from the models and placeholders are interpolated; values are bound
                 f'AND {due} ORDER BY e."next_attempt_at" LIMIT ?', (sid, now_db, now_db, slots)).fetchall()
     ids = [event_id for _at, event_id in sorted(picked)[:limit]]
     if ids:
-        db.execute_sql(f'UPDATE "webhook_event" SET "lease_until" = ? WHERE "id" IN ({", ".join("?" * len(ids))})',
+        db.execute_sql(f'UPDATE "webhook_event" SET "lease_until" = ? WHERE "id" IN ({", ".join("?" * len(ids))})',  # nosec B608 - only column names from the models and placeholders are interpolated; values are bound
                        [until_db, *ids])
     return ids
 
@@ -700,7 +700,7 @@ def _update_events_bulk(attempts: list[Attempt], plans: list) -> set[str]:
     for a, (status, next_at, error, _ok, _gone) in zip(attempts, plans, strict=True):
         params += [a.claimed.id, status, a.claimed.attempts_count + 1, error, field.db_value(next_at),
                    field.db_value(a.at), a.claimed.attempts_count, field.db_value(a.claimed.lease_until)]
-    sql = ('UPDATE "webhook_event" AS e SET "status" = v.status, "attempts_count" = v.attempts, '
+    sql = ('UPDATE "webhook_event" AS e SET "status" = v.status, "attempts_count" = v.attempts, '  # nosec B608 - only column names from the models and placeholders are interpolated; values are bound
            '"last_error" = v.error, "next_attempt_at" = v.next_at, "lease_until" = NULL, "updated_at" = v.at '
            f'FROM (VALUES {", ".join([row] * len(attempts))}) '
            'AS v(id, status, attempts, error, next_at, at, expected, lease) '

@@ -602,7 +602,7 @@ class ContextReads(ConnectionCoalescer):
         m_session, m_external, m_event = _columns(Message, "session", "external_id", "event_id")
         values = ", ".join(["(%s::int, %s::text, %s::text, %s::text, %s::text)"] * len(items))
         sql = (
-            f"SELECT q.i, s.{s_id}, s.{s_project}, s.{s_tenant}, s.{s_status}, p.{p_id}, m.{m_event} "
+            f"SELECT q.i, s.{s_id}, s.{s_project}, s.{s_tenant}, s.{s_status}, p.{p_id}, m.{m_event} "  # nosec B608 - only column names from the models and placeholders are interpolated; values are bound
             f"FROM (VALUES {values}) AS q(i, session, project, usr, ext) "
             f'JOIN "{Session._meta.table_name}" s ON s.{s_id} = q.session AND s.{s_project} = q.project '
             f'LEFT JOIN "{Participant._meta.table_name}" p ON p.{p_project} = s.{s_project} AND p.{p_user} = q.usr '
