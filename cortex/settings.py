@@ -54,6 +54,20 @@ def _positive_int(env: dict, name: str, default: int) -> int:
     return value
 
 
+def _non_negative_int(env: dict, name: str, default: int) -> int:
+    """A whole number ≥ 0 from ``env[name]`` (``default`` when unset); ConfigurationError naming it."""
+    raw = env.get(name)
+    if raw is None or raw.strip() == "":
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ConfigurationError(f"{name} must be a whole number, not {raw!r}") from None
+    if value < 0:
+        raise ConfigurationError(f"{name} must be 0 or more, not {raw!r}")
+    return value
+
+
 def _schedule(env: dict, name: str, default: tuple[float, ...]) -> tuple[float, ...]:
     """Comma-separated non-negative seconds (e.g. ``1,1,1``); an empty list means no retries ("none")."""
     raw = env.get(name)
@@ -107,6 +121,10 @@ class Settings:
     webhook_disable_after: float = 5 * 24 * 3600.0  # a subscription failing this long without a success is disabled
     webhook_log_retention_days: float = 30.0  # delivered/failed webhook events and their attempts are kept this long
     webhook_poll_interval: float = 0.05  # how often a worker looks for new events written by other processes
+    login_max_failures: int = 10  # failed logins of one account within login_window before it answers 429
+    login_max_failures_per_address: int = 50  # failed logins from one client address within login_window
+    login_window: float = 900.0  # seconds a failed login counts
+    trusted_proxies: int = 0  # reverse proxies in front whose X-Forwarded-For is believed (the client address)
 
     @classmethod
     def from_env(cls, env: dict | None = None, **overrides) -> Settings:
@@ -153,6 +171,10 @@ class Settings:
             webhook_subscription_concurrency=_positive_int(env, "CORTEX_WEBHOOK_SUBSCRIPTION_CONCURRENCY", 10),
             webhook_disable_after=_positive_seconds(env, "CORTEX_WEBHOOK_DISABLE_AFTER", 5 * 24 * 3600.0),
             webhook_poll_interval=_positive_seconds(env, "CORTEX_WEBHOOK_POLL_INTERVAL", 0.05),
+            login_max_failures=_positive_int(env, "CORTEX_LOGIN_MAX_FAILURES", 10),
+            login_max_failures_per_address=_positive_int(env, "CORTEX_LOGIN_MAX_FAILURES_PER_ADDRESS", 50),
+            login_window=_positive_seconds(env, "CORTEX_LOGIN_WINDOW", 900.0),
+            trusted_proxies=_non_negative_int(env, "CORTEX_TRUSTED_PROXIES", 0),
             webhook_log_retention_days=_positive_seconds(env, "CORTEX_WEBHOOK_LOG_RETENTION_DAYS", 30.0),
         )
         if env.get("CORTEX_SPEC_PATH"):

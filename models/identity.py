@@ -91,6 +91,7 @@ from models.base import (  # noqa: E402
     conflict,
     invalid,
     new_id,
+    release_connection,
     transaction,
     utcnow,
 )
@@ -140,8 +141,10 @@ def profile_body(user_id: str | None) -> dict | None:
 
 
 def authenticate(email: str, password: str) -> User | None:
-    """The user whose credentials these are, or None."""
+    """The user whose credentials these are, or None. The pooled database connection goes back before the
+    password work: a login waiting for an Argon2 slot holds none."""
     user = User.get_or_none(User.email == normalise_email(email))
+    release_connection()
     if user is None:
         crypto.burn_password_check(password)
         return None

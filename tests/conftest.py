@@ -30,6 +30,7 @@ from werkzeug.wrappers import Request
 from cortex import ROOT
 from cortex.http import security
 from cortex.http.app import configure_app, create_app
+from cortex.http.logins import KEY_PREFIX as LOGIN_KEYS
 from cortex.lib import crypto
 from cortex.lib.crypto import hash_password as real_hash_password
 from cortex.settings import Settings
@@ -96,6 +97,22 @@ def reset_database() -> None:
     db.execute_sql("; ".join(f'DELETE FROM "{table}"' for table in EMPTY_ORDER))
 
 
+def forget_login_failures(redis_url: str | None) -> None:
+    """Failed-login counters live in Redis when it is configured: every test starts without any (in process they
+    go with the app's per-test LoginThrottle)."""
+    if not redis_url:
+        return
+    import redis
+
+    client = redis.Redis.from_url(redis_url)
+    try:
+        keys = list(client.scan_iter(match=f"{LOGIN_KEYS}*", count=1000))
+        if keys:
+            client.delete(*keys)
+    finally:
+        client.close()
+
+
 @dataclass
 class Suite:
     """What every test of the session shares: one app built from the document, and (SQLite) a migrated
@@ -139,6 +156,7 @@ def app(suite, settings, tmp_path):
     configure_app(suite.app, settings)
     with db.connection_context():
         reset_database()
+    forget_login_failures(settings.redis_url)
     with suite.app.app_context():
         yield suite.app
     db.close_all() if hasattr(db.obj, "close_all") else db.close()

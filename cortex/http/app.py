@@ -11,8 +11,10 @@ import swagger_ui_bundle
 from connexion.exceptions import ProblemException
 from connexion.spec import Specification
 from werkzeug.exceptions import HTTPException, MethodNotAllowed
+from werkzeug.middleware.proxy_fix import ProxyFix
 
 from cortex.http import security
+from cortex.http.logins import LoginThrottle
 from cortex.http.problems import domain_problem, problem_response, render_problem
 from cortex.http.routing import CortexApi, DocumentedPaths, HandlerResolver, event_types
 from cortex.integrations.bots import bot_driver
@@ -47,6 +49,7 @@ class Runtime:
     mailer: Mailer
     tokens: HttpTokenFetcher
     debug_audio: DebugAudioStore
+    logins: LoginThrottle
     #: cortex.events.fanout.LiveFanout, set by `cortex serve`: the event streams subscribe to it. Without one (an
     #: app built by create_app and served otherwise, the test client) each stream polls the log (cortex/events/sse.py).
     fanout: object | None = None
@@ -84,6 +87,16 @@ def mailer() -> Mailer:
 def identity_provider() -> IdentityProvider:
     """The configured identity provider."""
     return runtime().identity
+
+
+def login_throttle() -> LoginThrottle:
+    """The failed-login counters (per account, per client address)."""
+    return runtime().logins
+
+
+def client_address() -> str:
+    """The client's address (``X-Forwarded-For`` of ``CORTEX_TRUSTED_PROXIES`` trusted proxies, else the peer's)."""
+    return flask.request.remote_addr or "unknown"
 
 
 def token_fetcher() -> HttpTokenFetcher:
@@ -134,6 +147,7 @@ def create_app(settings: Settings | None = None) -> flask.Flask:
     api = CortexApi(load_specification(spec_bytes), base_path="", resolver=HandlerResolver())
     app.register_blueprint(api.blueprint)
     app.extensions["cortex_document"] = spec_bytes
+    app.extensions["cortex_wsgi"] = app.wsgi_app  # configure_app puts ProxyFix in front when proxies are trusted
     _add_documentation_routes(app)
     _add_error_handlers(app)
 
@@ -182,8 +196,11 @@ def configure_app(app: flask.Flask, settings: Settings) -> Runtime:
         mailer=Mailer.from_settings(settings.smtp_url, settings.mail_from, settings.data_dir),
         tokens=HttpTokenFetcher.from_settings(settings),
         debug_audio=DebugAudioStore(settings.data_dir),
+        logins=LoginThrottle.from_settings(settings),
     )
     app.extensions["cortex"] = services
+    plain = app.extensions["cortex_wsgi"]
+    app.wsgi_app = ProxyFix(plain, x_for=settings.trusted_proxies) if settings.trusted_proxies else plain
     return services
 
 

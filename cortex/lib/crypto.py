@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
+import os
 import secrets
 
 from argon2 import PasswordHasher
@@ -71,7 +72,31 @@ def _off_the_event_loop(function, *args):
         return function(*args)
     from gevent import get_hub
 
-    return get_hub().threadpool.apply(function, args)
+    with _argon2_slots():  # a greenlet waits here, not in the pool, while as many hashes run as there are cores
+        return get_hub().threadpool.apply(function, args)
+
+
+_slots = None
+
+
+def _argon2_slots():
+    """A greenlet-aware semaphore with one slot per core this process may use: a flood of logins cannot run more
+    Argon2 computations at once than there are cores (each takes ~100 ms of CPU and 64 MiB), so the event loop
+    keeps its share and memory stays bounded."""
+    global _slots
+    if _slots is None:
+        import threading  # monkey-patched by then: gevent's semaphore
+
+        _slots = threading.BoundedSemaphore(argon2_concurrency())
+    return _slots
+
+
+def argon2_concurrency() -> int:
+    """How many Argon2 computations may run at once: the cores this process may use."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # pragma: no cover - not Linux
+        return max(1, os.cpu_count() or 1)
 
 
 def hash_password(password: str) -> str:

@@ -1,5 +1,6 @@
 """Auth tag: credential login, Fusion session exchange, profile."""
 
+import os
 from datetime import timedelta
 
 import jwt
@@ -134,3 +135,123 @@ def test_a_present_credential_header_must_be_valid_even_beside_a_valid_one(clien
 def test_api_key_is_not_accepted_for_profile(client, api_key_headers):
     response = client.get("/api/auth/me", headers=api_key_headers(["sessions:read"]))
     assert response.status_code == 401
+
+
+# ---------------------------------------------------------------- failed logins (cortex/http/logins.py)
+
+
+def try_login(client, email, password, forwarded_for=None, **kwargs):
+    headers = {"X-Forwarded-For": forwarded_for} if forwarded_for else {}
+    return client.post("/api/auth/login-credentials", json={"email": email, "password": password}, headers=headers,
+                       **kwargs)
+
+
+def test_an_account_is_blocked_after_too_many_failures_whatever_the_password(client, owner, settings):
+    email = owner.user.email
+    for _ in range(settings.login_max_failures):
+        assert try_login(client, email, "wrong password").status_code == 401
+    blocked = try_login(client, email, PASSWORD)  # the right password, too late
+    assert blocked.status_code == 429 and blocked.mimetype == "application/problem+json"
+    assert 0 < int(blocked.headers["Retry-After"]) <= settings.login_window
+    assert try_login(client, email.upper(), PASSWORD).status_code == 429  # emails compare case-insensitively
+
+
+def test_a_success_resets_the_account_count(client, owner, settings):
+    email = owner.user.email
+    for _round in range(2):
+        for _ in range(settings.login_max_failures - 1):
+            assert try_login(client, email, "wrong password").status_code == 401
+        assert try_login(client, email, PASSWORD).status_code == 201
+
+
+def test_an_address_is_blocked_after_too_many_failures_across_accounts(app, client, owner, monkeypatch):
+    from cortex.http.logins import LoginThrottle
+
+    monkeypatch.setattr(app.extensions["cortex"], "logins", LoginThrottle(max_failures=10, max_per_address=5))
+    for number in range(5):
+        assert try_login(client, f"nobody{number}@example.com", "wrong-guess").status_code == 401
+    assert try_login(client, owner.user.email, PASSWORD).status_code == 429  # a fresh account, the same address
+    other = try_login(client, owner.user.email, PASSWORD, environ_base={"REMOTE_ADDR": "198.51.100.7"})
+    assert other.status_code == 201
+
+
+def test_the_client_address_comes_from_trusted_proxies_only(app, client, owner, settings, monkeypatch):
+    from dataclasses import replace
+
+    from cortex.http.app import configure_app
+    from cortex.http.logins import LoginThrottle
+
+    def flood(forwarded_for):
+        for number in range(3):
+            try_login(client, f"nobody{number}@example.com", "wrong-guess", forwarded_for)
+
+    configure_app(app, replace(settings, login_max_failures_per_address=3))
+    flood("203.0.113.9")  # not trusted: the peer's address counts (127.0.0.1)
+    assert try_login(client, owner.user.email, PASSWORD, "203.0.113.10").status_code == 429
+    configure_app(app, replace(settings, login_max_failures_per_address=3, trusted_proxies=1))
+    monkeypatch.setattr(app.extensions["cortex"], "logins", LoginThrottle(max_per_address=3))
+    flood("203.0.113.9")  # one trusted proxy: the address it saw counts
+    assert try_login(client, owner.user.email, PASSWORD, "203.0.113.9").status_code == 429
+    assert try_login(client, owner.user.email, PASSWORD, "203.0.113.10").status_code == 201
+
+
+def test_attempts_count_within_their_window():
+    from cortex.http.logins import LoginThrottle
+
+    now = [1000.0]
+    throttle = LoginThrottle(max_failures=2, max_per_address=3, window=60, clock=lambda: now[0])
+    assert throttle.attempt("a@example.com", "10.0.0.1") is None
+    now[0] += 30
+    assert throttle.attempt("A@example.com ", "10.0.0.1") is None  # the same account
+    assert throttle.attempt("a@example.com", "10.0.0.2") == 30  # its third attempt: 60 s from the first
+    now[0] += 31
+    assert throttle.attempt("a@example.com", "10.0.0.2") is None  # a new window
+    throttle.succeeded("a@example.com")
+    for email in ("b@example.com", "c@example.com", "d@example.com"):
+        assert throttle.attempt(email, "10.0.0.9") is None
+        throttle.failed(email, "10.0.0.9")
+    assert throttle.attempt("e@example.com", "10.0.0.9") == 60  # three failures from 10.0.0.9
+    for _ in range(5):  # successes from one address are never refused for it
+        assert throttle.attempt("f@example.com", "10.0.0.10") is None
+        throttle.succeeded("f@example.com")
+
+
+def test_a_burst_of_concurrent_guesses_cannot_slip_under_the_limit():
+    """Attempts are counted before the password is checked: of 40 simultaneous guesses, exactly the limit get
+    through to the password check."""
+    import threading
+
+    from cortex.http.logins import LoginThrottle
+
+    throttle = LoginThrottle(max_failures=10, max_per_address=1000)
+    admitted = []
+    start = threading.Barrier(40)
+
+    def guess():
+        start.wait()
+        admitted.append(throttle.attempt("target@example.com", "192.0.2.1") is None)
+
+    threads = [threading.Thread(target=guess) for _ in range(40)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert sum(admitted) == 10
+
+
+@pytest.mark.skipif(not os.environ.get("REDIS_URL"), reason="needs REDIS_URL")
+def test_processes_share_the_counts_through_redis():
+    from cortex.http.logins import LoginThrottle
+
+    url = os.environ["REDIS_URL"]
+    one, two = LoginThrottle(max_failures=2, redis_url=url), LoginThrottle(max_failures=2, redis_url=url)
+    email = f"shared-{os.getpid()}@example.com"
+    try:
+        assert one.attempt(email, "192.0.2.1") is None
+        assert two.attempt(email, "192.0.2.2") is None
+        wait = one.attempt(email, "192.0.2.3")
+        assert wait is not None and 0 < wait <= 900
+        two.succeeded(email)
+        assert one.attempt(email, "192.0.2.3") is None
+    finally:
+        one.succeeded(email)
