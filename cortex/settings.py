@@ -125,6 +125,9 @@ class Settings:
     login_max_failures_per_address: int = 50  # failed logins from one client address within login_window
     login_window: float = 900.0  # seconds a failed login counts
     trusted_proxies: int = 0  # reverse proxies in front whose X-Forwarded-For is believed (the client address)
+    max_connections: int = 1000  # connections one serving process serves at once (a gevent pool)
+    sse_max_streams_per_principal: int = 100  # open event streams of one user or API key
+    max_webhooks_per_project: int = 100  # live webhook subscriptions of one project
 
     @classmethod
     def from_env(cls, env: dict | None = None, **overrides) -> Settings:
@@ -175,6 +178,9 @@ class Settings:
             login_max_failures_per_address=_positive_int(env, "CORTEX_LOGIN_MAX_FAILURES_PER_ADDRESS", 50),
             login_window=_positive_seconds(env, "CORTEX_LOGIN_WINDOW", 900.0),
             trusted_proxies=_non_negative_int(env, "CORTEX_TRUSTED_PROXIES", 0),
+            max_connections=_positive_int(env, "CORTEX_MAX_CONNECTIONS", 1000),
+            sse_max_streams_per_principal=_positive_int(env, "CORTEX_SSE_MAX_STREAMS_PER_PRINCIPAL", 100),
+            max_webhooks_per_project=_positive_int(env, "CORTEX_MAX_WEBHOOKS_PER_PROJECT", 100),
             webhook_log_retention_days=_positive_seconds(env, "CORTEX_WEBHOOK_LOG_RETENTION_DAYS", 30.0),
         )
         if env.get("CORTEX_SPEC_PATH"):

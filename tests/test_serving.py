@@ -180,3 +180,23 @@ def test_a_client_that_neither_sends_nor_reads_is_disconnected_after_the_client_
     with socket.create_connection(("127.0.0.1", strict_server), timeout=5) as fresh:
         fresh.sendall(b"GET /api HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
         assert fresh.recv(64).startswith(b"HTTP/1.1 200")
+
+
+@pytest.mark.parametrize("size", [512 * 1024, 100 * 1024 * 1024])  # within CORTEX_MAX_BODY_BYTES, and beyond
+@pytest.mark.parametrize("path,headers", [
+    ("/api/api-keys", b""),  # no credentials
+    ("/api/api-keys", b"Authorization: Bearer not-a-token\r\n"),  # a bad one
+    ("/api/events/ingest", b""),  # signed ingest without its signature headers
+])
+def test_credentials_are_checked_before_the_body_is_read(server, path, headers, size):
+    """A request that announces a large body without valid credentials is answered 401 at once — not 413, and
+    without the server waiting for the body (one byte of it is sent) or buffering it."""
+    with socket.create_connection(("127.0.0.1", server), timeout=5) as sock:
+        sock.sendall(f"POST {path} HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\n"
+                     f"Content-Length: {size}\r\n".encode() + headers + b"\r\n" + b"{")
+        answer = b""
+        while b"\r\n\r\n" not in answer:  # a server waiting for the body would time out here
+            chunk = sock.recv(65536)
+            assert chunk, f"connection closed without an answer: {answer!r}"
+            answer += chunk
+    assert answer.startswith(b"HTTP/1.1 401"), answer[:200]

@@ -24,7 +24,7 @@ read back: the number of stored messages must equal the number of 201s.
 
 Usage:
     tools/bench_ingest.py [--duration 10] [--rate 1000] [--projects 20] [--connections 40] [--event message.created]
-                          [--no-saturate] [--no-engines] [--no-calibrate] [--json]
+                          [--no-saturate] [--no-engines] [--no-calibrate] [--json] [--delete-backlog 50000]
                           [--profile server.pstats]
                           [--database-url postgresql://postgres@127.0.0.1:5432/bench] [--redis-url redis://127.0.0.1:6379/0]
 """
@@ -49,6 +49,30 @@ COMMIT_STATS = "group-commit.json"  # the server's group-commit counters, rewrit
 
 
 # ----------------------------------------------------------------- server subprocess
+
+
+def seed_backlog(app, user, project_id: str, count: int) -> str:
+    """A webhook subscription of the project with ``count`` pending deliveries (due in a day: the webhook engine
+    leaves them alone); its id."""
+    from datetime import timedelta
+
+    from cortex.http.routing import event_types
+    from models.base import new_id, transaction, utcnow
+    from models.identity import Project
+    from models.webhooks import WebhookEvent, create_subscription
+
+    project = Project.get_by_id(project_id)
+    sub = create_subscription(project, {"url": "https://hooks.bench.invalid/in", "secret": "bench-secret",
+                                        "events": ["*"]}, event_types(app.extensions["cortex"].spec))
+    due = utcnow() + timedelta(days=1)
+    for start in range(0, count, 1000):
+        with transaction():
+            WebhookEvent.insert_many([
+                {"id": new_id(), "subscription_id": sub.id, "event_seq": number, "event_id": new_id(),
+                 "tenant_id": user.tenant_id, "project_id": project_id, "event_type": "bench.event", "body": "{}",
+                 "status": "pending", "next_attempt_at": due, "created_at": due, "updated_at": due}
+                for number in range(start + 1, min(count, start + 1000) + 1)]).execute()
+    return sub.id
 
 
 def write_commit_stats(path: str) -> None:
@@ -121,6 +145,9 @@ def serve(args) -> int:
                                      title=f"Bench session {number:02d}", created_by_user_id=user.id, status="active")
             seeded.append({"id": project.id, "appId": project.app_id, "secret": cached_project_secret(project),
                            "session": session.id})
+        backlog = int(os.environ.get(f"{ENV_PREFIX}DELETE_BACKLOG", "0"))
+        if backlog:
+            seeded[0]["subscription"] = seed_backlog(app, user, seeded[0]["id"], backlog)
     token = security.issue_access_token(user.id, user.tenant_id)
     engines = None
     if os.environ.get(f"{ENV_PREFIX}ENGINES", "1") == "1":
@@ -282,6 +309,41 @@ def run_row(label, port, projects, args, *, rate, server_pid, counter):
     return result
 
 
+DELETE_P99_TARGET_MS = 250.0
+
+
+def delete_row(server, projects, token, args, counter, row):
+    """Paced ingest while ``DELETE …/webhooks/subscriptions/{id}`` fails a backlog of ``--delete-backlog`` pending
+    deliveries (started at the beginning of the measured window); the row's result, with the DELETE's answer and
+    duration in ``extra``."""
+    from time import perf_counter
+
+    import _loadgen
+    import gevent
+
+    project = projects[0]
+    path = f"/api/projects/{project['id']}/webhooks/subscriptions/{project['subscription']}"
+    raw = (f"DELETE {path} HTTP/1.1\r\nHost: {HOST}\r\nAuthorization: Bearer {token}\r\n"
+           f"User-Agent: cortex-bench\r\n\r\n").encode()
+    outcome = {}
+
+    def delete():
+        began = perf_counter()
+        status, body = _loadgen.fetch(server.port, raw, 600.0)
+        outcome.update(status=status, seconds=round(perf_counter() - began, 2), body=body[:200].decode())
+
+    deleter = gevent.spawn_later(_loadgen.WARMUP, delete)
+    result = row(f"paced ({args.rate:g}/s) while a backlog of {args.delete_backlog} is deleted", args.rate)
+    deleter.join(600)
+    result.extra["delete"] = outcome
+    print(row_line(result), flush=True)
+    print(f"  DELETE …/subscriptions/{{id}} answered {outcome.get('status')} after {outcome.get('seconds')} s "
+          f"(the backlog failed in batches of 500, each its own transaction)", flush=True)
+    if outcome.get("status") != 200:
+        raise _loadgen.BenchError(f"the DELETE answered {outcome}")
+    return result
+
+
 def row_line(result) -> str:
     import _loadgen
 
@@ -320,6 +382,7 @@ def run_bench(args, workdir: str, cpus: tuple, pinning: str) -> tuple[int, dict]
     os.environ[f"{ENV_PREFIX}PROJECTS"] = str(args.projects)
     os.environ[f"{ENV_PREFIX}REDIS_URL"] = args.redis_url or ""
     os.environ[f"{ENV_PREFIX}ENGINES"] = "0" if args.no_engines else "1"
+    os.environ[f"{ENV_PREFIX}DELETE_BACKLOG"] = str(args.delete_backlog)
     os.environ[f"{ENV_PREFIX}PROFILE"] = os.path.abspath(args.profile) if args.profile else ""
     server = _loadgen.ServerProcess("cortex", os.path.abspath(__file__), workdir, cpus[0], args.database_url)
     rows, failures = [], []
@@ -349,6 +412,14 @@ def run_bench(args, workdir: str, cpus: tuple, pinning: str) -> tuple[int, dict]
             failures.append(f"paced row: errors {dict(paced.errors)}")
         if paced.rps < min(TARGET, args.rate) * 0.98:
             failures.append(f"paced row: {paced.rps:.0f} events/s accepted, below {min(TARGET, args.rate):g}/s")
+        if args.delete_backlog:
+            deleted = delete_row(server, projects, token, args, counter, row)
+            rows.append(deleted)
+            if deleted.errors or deleted.extra["limited_429"]:
+                failures.append(f"delete row: errors {dict(deleted.errors)}, 429: {deleted.extra['limited_429']}")
+            if (deleted.percentile(99) or 0) * 1000 >= DELETE_P99_TARGET_MS:
+                failures.append(f"delete row: ingest p99 {deleted.percentile(99) * 1000:.0f} ms while the backlog "
+                                f"was failed (target < {DELETE_P99_TARGET_MS:g} ms)")
         if args.saturate:
             saturated = row("saturation (unpaced)", 0.0)
             rows.append(saturated)
@@ -392,6 +463,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--database-url", help="default: SQLite in a temporary directory")
     parser.add_argument("--redis-url", help="share the rate-limit counter through Redis (as REDIS_URL does)")
     parser.add_argument("--no-saturate", dest="saturate", action="store_false", help="skip the unpaced row")
+    parser.add_argument("--delete-backlog", type=int, default=0, metavar="N",
+                        help="also: a paced row while a webhook subscription with N pending deliveries is deleted "
+                             f"(target: ingest p99 < {DELETE_P99_TARGET_MS:g} ms meanwhile)")
     parser.add_argument("--no-engines", action="store_true", help="serve without the live event dispatcher")
     parser.add_argument("--no-calibrate", dest="calibrate", action="store_false",
                         help="skip the GET /api row that shows how much CPU the machine gives the server")

@@ -85,7 +85,10 @@ def serve(args) -> int:
 
     os.makedirs(args.data_dir, exist_ok=True)
     settings = Settings.from_env(
-        env={"CORTEX_LOG_LEVEL": "WARNING", "CORTEX_SSE_MAX_SECONDS": "3600"},  # not os.environ
+        # not os.environ. Every subscriber is the same user, and thousands of them are the point: the per-principal
+        # stream cap and the connection bound of `cortex serve` are raised for this bench.
+        env={"CORTEX_LOG_LEVEL": "WARNING", "CORTEX_SSE_MAX_SECONDS": "3600", "CORTEX_MAX_CONNECTIONS": "100000",
+             "CORTEX_SSE_MAX_STREAMS_PER_PRINCIPAL": "100000"},
         data_dir=args.data_dir,
         database_url=args.database_url or None,
         secret_key=secrets.token_urlsafe(48),

@@ -21,6 +21,7 @@ from cortex.http import security
 from cortex.http.problems import ApiProblem
 from cortex.http.validation import SchemaValidator
 from models.access import project_for
+from models.base import release_connection
 
 JSON_MIMETYPE = "application/json"
 
@@ -83,11 +84,14 @@ class OperationGate:
         for pattern in self.shadows:  # the URL is a more concrete resource without this method
             if pattern.match(request.path):
                 flask.abort(405)
-        # The body is read before any database work: a slow client must not hold a pooled connection.
-        raw = read_body(request) if self.body_validator is not None else None
+        # Credentials first (and the parameters, signature headers included): an unauthenticated request is answered
+        # 401 without its body being waited for or buffered. Then the body, before any other database work — and
+        # without a pooled connection (an API-key lookup may have taken one): a slow client must not hold it.
         principal = security.authenticate(request, self.schemes, self.scope) if self.schemes else None
-        kwargs = self._parameters(request, view_args)
+        kwargs = self._parameters(request, view_args)  # signature headers (x-cortex-credential) included
         if self.body_validator is not None:
+            release_connection()
+            raw = read_body(request)
             body = self._body(request, raw)
             if self.wants("body"):
                 kwargs["body"] = body

@@ -45,13 +45,17 @@ def _make_psycopg2_green() -> None:
     extensions.set_wait_callback(wait)
 
 
-def make_server(app, host: str, port: int, backlog: int = 2048, client_timeout: float | None = None):
+def make_server(app, host: str, port: int, backlog: int = 2048, client_timeout: float | None = None,
+                max_connections: int | None = None):
     """A gevent WSGIServer bound to host:port with TCP_NODELAY on every accepted connection.
 
     ``client_timeout``: a connection whose client neither sends nor accepts data for this many seconds is
     closed (an idle keep-alive connection, or a stream reader that stopped reading and would otherwise block
     its greenlet in a write forever). Event streams send a heartbeat every 15 s, so live readers never hit it.
+    ``max_connections`` (``CORTEX_MAX_CONNECTIONS``): at most this many connections are served at once (a gevent
+    pool); further ones wait in the listen backlog until one closes. None: unbounded.
     """
+    from gevent.pool import Pool
     from gevent.pywsgi import WSGIHandler, WSGIServer
 
     class NoDelayHandler(WSGIHandler):
@@ -67,13 +71,17 @@ def make_server(app, host: str, port: int, backlog: int = 2048, client_timeout: 
             super().__init__(sock, address, server, rfile)
 
     listener = (host, port)
-    server = WSGIServer(listener, app, handler_class=NoDelayHandler, backlog=backlog, log=None, error_log=log)
+    spawn = Pool(max_connections) if max_connections else "default"
+    server = WSGIServer(listener, app, handler_class=NoDelayHandler, backlog=backlog, log=None, error_log=log,
+                        spawn=spawn)
     return server
 
 
 def serve(app, host: str, port: int) -> None:
     """Serve until interrupted."""
-    server = make_server(app, host, port, client_timeout=app.extensions["cortex"].settings.client_timeout)
+    settings = app.extensions["cortex"].settings
+    server = make_server(app, host, port, client_timeout=settings.client_timeout,
+                         max_connections=settings.max_connections)
     log.info("Cortex listening on http://%s:%s (API docs: /api/docs/)", host, server.server_port)
     try:
         server.serve_forever()
