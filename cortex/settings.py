@@ -40,8 +40,8 @@ def _positive_seconds(env: dict, name: str, default: float) -> float:
     return value
 
 
-def _positive_int(env: dict, name: str, default: int) -> int:
-    """A positive integer from ``env[name]`` (``default`` when unset); ValueError naming it."""
+def _whole_number(env: dict, name: str, default: int, minimum: int = 1) -> int:
+    """A whole number ≥ ``minimum`` from ``env[name]`` (``default`` when unset); ConfigurationError naming it."""
     raw = env.get(name)
     if raw is None or raw.strip() == "":
         return default
@@ -49,22 +49,9 @@ def _positive_int(env: dict, name: str, default: int) -> int:
         value = int(raw)
     except ValueError:
         raise ConfigurationError(f"{name} must be a whole number, not {raw!r}") from None
-    if value < 1:
-        raise ConfigurationError(f"{name} must be at least 1, not {raw!r}")
-    return value
-
-
-def _non_negative_int(env: dict, name: str, default: int) -> int:
-    """A whole number ≥ 0 from ``env[name]`` (``default`` when unset); ConfigurationError naming it."""
-    raw = env.get(name)
-    if raw is None or raw.strip() == "":
-        return default
-    try:
-        value = int(raw)
-    except ValueError:
-        raise ConfigurationError(f"{name} must be a whole number, not {raw!r}") from None
-    if value < 0:
-        raise ConfigurationError(f"{name} must be 0 or more, not {raw!r}")
+    if value < minimum:
+        bound = "0 or more" if minimum == 0 else f"at least {minimum}"
+        raise ConfigurationError(f"{name} must be {bound}, not {raw!r}")
     return value
 
 
@@ -170,17 +157,17 @@ class Settings:
             webhook_timeout=_positive_seconds(env, "CORTEX_WEBHOOK_TIMEOUT", 15.0),
             # CORTEX_WEBHOOK_ALLOW_PRIVATE is the older name of the same switch
             outbound_allow_private=_bool(env.get("CORTEX_OUTBOUND_ALLOW_PRIVATE") or env.get("CORTEX_WEBHOOK_ALLOW_PRIVATE")),
-            webhook_concurrency=_positive_int(env, "CORTEX_WEBHOOK_CONCURRENCY", 100),
-            webhook_subscription_concurrency=_positive_int(env, "CORTEX_WEBHOOK_SUBSCRIPTION_CONCURRENCY", 10),
+            webhook_concurrency=_whole_number(env, "CORTEX_WEBHOOK_CONCURRENCY", 100),
+            webhook_subscription_concurrency=_whole_number(env, "CORTEX_WEBHOOK_SUBSCRIPTION_CONCURRENCY", 10),
             webhook_disable_after=_positive_seconds(env, "CORTEX_WEBHOOK_DISABLE_AFTER", 5 * 24 * 3600.0),
             webhook_poll_interval=_positive_seconds(env, "CORTEX_WEBHOOK_POLL_INTERVAL", 0.05),
-            login_max_failures=_positive_int(env, "CORTEX_LOGIN_MAX_FAILURES", 10),
-            login_max_failures_per_address=_positive_int(env, "CORTEX_LOGIN_MAX_FAILURES_PER_ADDRESS", 50),
+            login_max_failures=_whole_number(env, "CORTEX_LOGIN_MAX_FAILURES", 10),
+            login_max_failures_per_address=_whole_number(env, "CORTEX_LOGIN_MAX_FAILURES_PER_ADDRESS", 50),
             login_window=_positive_seconds(env, "CORTEX_LOGIN_WINDOW", 900.0),
-            trusted_proxies=_non_negative_int(env, "CORTEX_TRUSTED_PROXIES", 0),
-            max_connections=_positive_int(env, "CORTEX_MAX_CONNECTIONS", 1000),
-            sse_max_streams_per_principal=_positive_int(env, "CORTEX_SSE_MAX_STREAMS_PER_PRINCIPAL", 100),
-            max_webhooks_per_project=_positive_int(env, "CORTEX_MAX_WEBHOOKS_PER_PROJECT", 100),
+            trusted_proxies=_whole_number(env, "CORTEX_TRUSTED_PROXIES", 0, minimum=0),
+            max_connections=_whole_number(env, "CORTEX_MAX_CONNECTIONS", 1000),
+            sse_max_streams_per_principal=_whole_number(env, "CORTEX_SSE_MAX_STREAMS_PER_PRINCIPAL", 100),
+            max_webhooks_per_project=_whole_number(env, "CORTEX_MAX_WEBHOOKS_PER_PROJECT", 100),
             webhook_log_retention_days=_positive_seconds(env, "CORTEX_WEBHOOK_LOG_RETENTION_DAYS", 30.0),
         )
         if env.get("CORTEX_SPEC_PATH"):
