@@ -115,6 +115,9 @@ class Settings:
     max_connections: int = 1000  # connections one serving process serves at once (a gevent pool)
     sse_max_streams_per_principal: int = 100  # open event streams of one user or API key
     max_webhooks_per_project: int = 100  # live webhook subscriptions of one project
+    max_api_keys_per_user: int = 100  # live (unrevoked) API keys of one user
+    max_access_keys_per_project: int = 100  # ODIN access keys of one project
+    max_members_per_project: int = 1000  # active and pending members of one project
 
     @classmethod
     def from_env(cls, env: dict | None = None, **overrides) -> Settings:
@@ -168,6 +171,9 @@ class Settings:
             max_connections=_whole_number(env, "CORTEX_MAX_CONNECTIONS", 1000),
             sse_max_streams_per_principal=_whole_number(env, "CORTEX_SSE_MAX_STREAMS_PER_PRINCIPAL", 100),
             max_webhooks_per_project=_whole_number(env, "CORTEX_MAX_WEBHOOKS_PER_PROJECT", 100),
+            max_api_keys_per_user=_whole_number(env, "CORTEX_MAX_API_KEYS_PER_USER", 100),
+            max_access_keys_per_project=_whole_number(env, "CORTEX_MAX_ACCESS_KEYS_PER_PROJECT", 100),
+            max_members_per_project=_whole_number(env, "CORTEX_MAX_MEMBERS_PER_PROJECT", 1000),
             webhook_log_retention_days=_positive_seconds(env, "CORTEX_WEBHOOK_LOG_RETENTION_DAYS", 30.0),
         )
         if env.get("CORTEX_SPEC_PATH"):

@@ -1,6 +1,6 @@
 """API Keys tag: create (key shown once), list, revoke, and the scope catalogue."""
 
-from cortex.http.app import current_spec
+from cortex.http.app import current_settings, current_spec
 from models import api_keys
 
 
@@ -17,7 +17,8 @@ def list_keys(principal):
 def create_key(principal, body):
     """POST /api/api-keys: issue a key acting for the caller; the full key is in this response only."""
     return api_keys.issue_key(principal, body["name"], body["scopes"], current_spec()["x-cortex-scopes"],
-                              body.get("projectId"), body.get("expiresAt")), 201
+                              body.get("projectId"), body.get("expiresAt"),
+                              limit=current_settings().max_api_keys_per_user), 201
 
 
 def revoke_key(principal, id_):

@@ -10,9 +10,10 @@ from cortex.http.app import debug_audio_store
 from models import messages
 
 
-def get_messages(project, id_):
-    """GET …/sessions/{id}/messages: the transcript in timestamp order; 404 for another project's session."""
-    return messages.session_message_bodies(project, id_, debug_audio_store().exists)
+def get_messages(project, id_, limit=None, offset=None):
+    """GET …/sessions/{id}/messages: the transcript in timestamp order (at most 10000 lines per page); 404 for
+    another project's session."""
+    return messages.session_message_bodies(project, id_, debug_audio_store().exists, limit, offset)
 
 
 def download_debug_audio(project, id_, message_id):

@@ -23,9 +23,9 @@ def create_session(principal, project, body):
     return sessions.session_body(session), 201
 
 
-def list_sessions(project):
-    """GET …/sessions: every session of the project, newest first."""
-    return sessions.list_session_bodies(project)
+def list_sessions(project, limit=None, offset=None):
+    """GET …/sessions: the project's sessions, newest first (at most 1000 per page)."""
+    return sessions.list_session_bodies(project, limit, offset)
 
 
 def get_session(project, id_):

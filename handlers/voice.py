@@ -1,6 +1,7 @@
 """Voice tag: activation, peer limit, ODIN access keys (the key shown once, public halves kept), JWKS, analytics
 (concurrent peers and active rooms over time, from presence spans)."""
 
+from cortex.http.app import current_settings
 from models import presence, voice
 from models.base import deleted_body
 
@@ -32,7 +33,8 @@ def list_access_keys(project):
 
 def create_access_key(project, body):
     """POST …/voice/access-keys: a new ODIN access key, returned in this response only; 409 before activation."""
-    row, access_key = voice.create_access_key(project, body["name"], body.get("description"))
+    row, access_key = voice.create_access_key(project, body["name"], body.get("description"),
+                                              limit=current_settings().max_access_keys_per_project)
     return {**voice.access_key_body(row), "accessKey": access_key}, 201
 
 

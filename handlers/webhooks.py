@@ -3,13 +3,15 @@
 Delivery itself is the engine's (``cortex/engines/webhooks.py``): these handlers only read and change rows.
 """
 
-from cortex.http.app import document_event_types
+from cortex.http.app import current_settings, document_event_types
 from models import webhooks
 
 
 def create_subscription(project, body):
     """POST …/webhooks/subscriptions: a new active subscription; it receives events logged from now on."""
-    return webhooks.subscription_body(webhooks.create_subscription(project, body, document_event_types())), 201
+    sub = webhooks.create_subscription(project, body, document_event_types(),
+                                       current_settings().max_webhooks_per_project)
+    return webhooks.subscription_body(sub), 201
 
 
 def list_subscriptions(project):

@@ -58,6 +58,18 @@ SECRET_READERS = {
 }
 
 
+#: Events whose content an operation with its own read scope serves: a principal limited by scopes that lacks
+#: the scope receives none of them on an event stream (``message.*`` is transcript text: ``transcripts:read``).
+CONTENT_SCOPES = {"message.": "transcripts:read"}
+
+
+def hidden_event_prefixes(principal: Principal) -> tuple[str, ...]:
+    """Type prefixes of the events ``principal``'s streams leave out: content its scopes may not read."""
+    if principal.scopes is None:
+        return ()
+    return tuple(prefix for prefix, scope in CONTENT_SCOPES.items() if scope not in principal.scopes)
+
+
 def may_read_secret(principal: Principal, role: str | None, kind: str) -> bool:
     """Whether ``principal``, holding ``role`` in the project, may see a secret of this kind in an answer: the
     role of the operation that reads it, and — for an API key — that operation's scope (``SECRET_READERS``)."""

@@ -7,8 +7,18 @@ The table, hashing and the low-level operations are ``models.identity`` (``creat
 from __future__ import annotations
 
 from models.access import Principal, project_for
-from models.base import invalid, not_found, parse_timestamp, rfc3339, rfc3339_raw, split_names, utcnow
-from models.identity import LIVE_API_KEY_ROWS, ApiKey, create_api_key, revoke_api_key
+from models.base import (
+    check_cap,
+    invalid,
+    not_found,
+    parse_timestamp,
+    rfc3339,
+    rfc3339_raw,
+    split_names,
+    transaction,
+    utcnow,
+)
+from models.identity import LIVE_API_KEY_ROWS, ApiKey, User, create_api_key, live_api_keys, revoke_api_key
 
 
 def _api_key_body(key_id, name, prefix, scopes, project_id, last_used_at, expires_at, created_at) -> dict:
@@ -39,12 +49,12 @@ def list_key_bodies(principal: Principal) -> list[dict]:
 
 
 def issue_key(principal: Principal, name: str, scopes: list[str], known_scopes, project_ref: str | None = None,
-              expires_at: str | None = None) -> dict:
+              expires_at: str | None = None, *, limit: int) -> dict:
     """Issue a key acting for the caller: CreateApiKeyResponse, the full key in it (and nowhere else, ever).
 
     400: a blank name, no scope or an unknown one (``known_scopes``: the document's catalogue), an
     ``expiresAt`` that is not an ISO 8601 date-time in the future; 404: ``project_ref`` names no project the
-    caller may use.
+    caller may use; 409: the caller holds ``limit`` live keys already (``CORTEX_MAX_API_KEYS_PER_USER``).
     """
     name = name.strip()
     if not name:
@@ -63,7 +73,10 @@ def issue_key(principal: Principal, name: str, scopes: list[str], known_scopes, 
             raise invalid("expiresAt must be an ISO 8601 date-time, e.g. 2030-12-31T23:59:59Z") from None
         if expires <= utcnow():
             raise invalid("expiresAt must be in the future")
-    row, key = create_api_key(principal.tenant_id, principal.user_id, name, scopes, project_id, expires)
+    with transaction():
+        check_cap(User, principal.user_id, live_api_keys(principal.tenant_id, principal.user_id), limit,
+                  "live API keys per user", "CORTEX_MAX_API_KEYS_PER_USER")
+        row, key = create_api_key(principal.tenant_id, principal.user_id, name, scopes, project_id, expires)
     return {**api_key_body(row), "key": key}
 
 

@@ -61,6 +61,18 @@ def forbidden(detail: str) -> DomainError:
     return DomainError("forbidden", detail)
 
 
+def check_cap(owner: type[pw.Model], owner_id: str, rows: pw.ModelSelect, limit: int, what: str, setting: str) -> None:
+    """Inside the creating transaction: conflict (409) when ``rows`` already counts ``limit`` — one more of
+    ``what`` would pass the cap the operator set with ``setting``. On PostgreSQL the ``owner`` row (the
+    project or user the rows belong to: its model and id) is locked first, so concurrent creations are counted one after the
+    other and cannot overshoot together; SQLite's write transaction is exclusive already."""
+    if not is_sqlite():
+        key = owner._meta.primary_key
+        owner.select(key).where(key == owner_id).for_update().execute()
+    if rows.count() >= limit:
+        raise conflict(f"at most {limit} {what} are allowed ({setting}); delete one before creating another")
+
+
 def new_id() -> str:
     """A new random UUID string (the id format of every resource)."""
     return str(uuid.uuid4())

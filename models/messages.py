@@ -76,6 +76,7 @@ from models.base import (  # noqa: E402
     is_sqlite,
     new_id,
     not_found,
+    page_bounds,
     rfc3339,
     rfc3339_raw,
     transaction,
@@ -265,13 +266,20 @@ def _audio_kept(file: str | None, expires_at, now: datetime, available: Callable
     return as_utc(expires_at) > now and available(file)
 
 
-def list_messages(session: Session, audio_available: Callable[[str], bool] = lambda _file: True) -> list[dict]:
-    """The session's transcript (Message dicts): timestamp order, then the order Cortex recorded the lines.
+#: At most this many transcript lines per answer of ``GET …/messages`` (its ``limit`` default and ceiling).
+MAX_LISTED_MESSAGES = 10000
+
+
+def list_messages(session: Session, audio_available: Callable[[str], bool] = lambda _file: True,
+                  limit=None, offset=None) -> list[dict]:
+    """The session's transcript (Message dicts): timestamp order, then the order Cortex recorded the lines; a
+    page of at most ``MAX_LISTED_MESSAGES`` (``limit``/``offset`` read leniently: ``models.base.page_bounds``).
 
     ``audio_available(file)`` tells whether a kept debug-audio file exists (``cortex.integrations.debug_audio``);
     only then, and before its expiry, is ``hasDebugAudio`` true.
     """
     now = utcnow()
+    limit, offset = page_bounds(limit, offset, default=MAX_LISTED_MESSAGES, maximum=MAX_LISTED_MESSAGES)
     rows = (
         Message.select(
             Message.id, Message.type, Message.sender_name, Message.content, Message.timestamp,
@@ -279,6 +287,8 @@ def list_messages(session: Session, audio_available: Callable[[str], bool] = lam
         )
         .where(Message.session == session.id)
         .order_by(Message.timestamp, Message.event_seq)
+        .limit(limit)
+        .offset(offset)
         .tuples()
     )
     return [
@@ -287,9 +297,10 @@ def list_messages(session: Session, audio_available: Callable[[str], bool] = lam
     ]
 
 
-def session_message_bodies(project, session_id: str, audio_available: Callable[[str], bool]) -> list[dict]:
+def session_message_bodies(project, session_id: str, audio_available: Callable[[str], bool],
+                           limit=None, offset=None) -> list[dict]:
     """The transcript of the project's session (:func:`list_messages`); 404 for another project's session."""
-    return list_messages(get_session(project, session_id), audio_available)
+    return list_messages(get_session(project, session_id), audio_available, limit, offset)
 
 
 def kept_debug_audio(project, session_id: str, message_id: str) -> str:

@@ -97,6 +97,7 @@ from models.base import (  # noqa: E402
     invalid,
     is_sqlite,
     not_found,
+    page_bounds,
     rfc3339,
     rfc3339_raw,
     transaction,
@@ -170,20 +171,28 @@ def session_body(session: Session) -> dict:
 
 #: The listing, newest first; raw rows in _body's argument order (see models.base.Prepared).
 SESSION_ROWS = Prepared(
-    lambda project: Session.select(
+    lambda project, limit, offset: Session.select(
         Session.id, Session.tenant_id, Session.external_room_id, Session.project, Session.gateway, Session.title,
         Session.created_by_user_id, Session.created_at, Session.status, Session.idle_timeout,
     )
     .where(Session.project == project)
     .order_by(Session.created_at.desc(), Session.id.desc())
+    .limit(limit)
+    .offset(offset)
 )
 
+#: At most this many sessions per answer of ``GET …/sessions`` (its ``limit`` default and ceiling).
+MAX_LISTED_SESSIONS = 1000
 
-def list_session_bodies(project: Project) -> list[dict]:
-    """SessionResponse of every session of the project, newest first (hot path: raw rows, no instances)."""
+
+def list_session_bodies(project: Project, limit=None, offset=None) -> list[dict]:
+    """SessionResponse of the project's sessions, newest first, a page of at most ``MAX_LISTED_SESSIONS``
+    (``limit``/``offset`` read leniently, as every list: ``models.base.page_bounds``; hot path: raw rows)."""
+    limit, offset = page_bounds(limit, offset, default=MAX_LISTED_SESSIONS, maximum=MAX_LISTED_SESSIONS)
     return [
         _body(i, t, room, pid, gw, title, creator, rfc3339_raw(created), status, idle)
-        for i, t, room, pid, gw, title, creator, created, status, idle in SESSION_ROWS.rows(project=project.id)
+        for i, t, room, pid, gw, title, creator, created, status, idle
+        in SESSION_ROWS.rows(project=project.id, limit=limit, offset=offset)
     ]
 
 

@@ -39,7 +39,7 @@ from dataclasses import dataclass  # noqa: E402
 from datetime import datetime, timedelta  # noqa: E402
 
 from cortex.lib import odin  # noqa: E402
-from models.base import conflict, invalid, not_found, rfc3339, transaction  # noqa: E402
+from models.base import check_cap, conflict, invalid, not_found, rfc3339, transaction  # noqa: E402
 from models.permissions import permissions_for  # noqa: E402
 from models.presence import project_present_count  # noqa: E402
 
@@ -144,12 +144,16 @@ def access_keys(project: Project):
     )
 
 
-def create_access_key(project: Project, name: str, description: str | None = None) -> tuple[OdinAccessKey, str]:
-    """Generate an ODIN access key; returns the row (public key and key id only) and the key, shown once."""
+def create_access_key(project: Project, name: str, description: str | None = None, *,
+                      limit: int) -> tuple[OdinAccessKey, str]:
+    """Generate an ODIN access key; returns the row (public key and key id only) and the key, shown once. A
+    project holds at most ``limit`` access keys (``CORTEX_MAX_ACCESS_KEYS_PER_PROJECT``): one more is a conflict."""
     name, description = _check_name(name), _clean_description(description)
     with transaction():
         if not VoiceConfig.select().where(VoiceConfig.project == project.id).exists():
             raise _not_activated()
+        check_cap(Project, project.id, access_keys(project), limit, "access keys per project",
+                  "CORTEX_MAX_ACCESS_KEYS_PER_PROJECT")
         newest = access_keys(project).order_by(OdinAccessKey.created_at.desc()).first()
         created = _later_than(newest.created_at if newest else None)
         access_key = odin.generate_access_key()

@@ -36,6 +36,7 @@ from models.base import (
     DomainError,
     JSONField,
     UTCDateTimeField,
+    check_cap,
     db,
     is_sqlite,
     new_id,
@@ -278,8 +279,9 @@ def _apply_auth(sub: WebhookSubscription, state: dict) -> None:
     sub.custom_headers_encrypted = encrypt(orjson.dumps(custom).decode()) if custom else None
 
 
-def create_subscription(project, body: dict, known_types: list[str]) -> WebhookSubscription:
-    """A new active subscription of ``project``; it receives the events logged from now on."""
+def create_subscription(project, body: dict, known_types: list[str], limit: int) -> WebhookSubscription:
+    """A new active subscription of ``project``; it receives the events logged from now on. A project holds
+    at most ``limit`` live subscriptions (``CORTEX_MAX_WEBHOOKS_PER_PROJECT``): one more is a conflict."""
     now = utcnow()
     sub = WebhookSubscription(
         id=new_id(), tenant_id=project.tenant_id, project_id=project.id, url=check_url(body["url"]),
@@ -288,6 +290,8 @@ def create_subscription(project, body: dict, known_types: list[str]) -> WebhookS
     )
     _apply_auth(sub, {name: body.get(name) for name in _AUTH_FIELDS})
     with transaction():
+        check_cap(type(project), project.id, live_subscriptions(project.id), limit, "webhook subscriptions per project",
+                  "CORTEX_MAX_WEBHOOKS_PER_PROJECT")
         sub.start_seq = newest_seq()
         sub.save(force_insert=True)
     return sub
@@ -342,37 +346,59 @@ def update_subscription(project_id: str, subscription_id: str, body: dict,
 
 def delete_subscription(project_id: str, subscription_id: str) -> WebhookSubscription:
     """Delete: nothing more is sent to it; its pending events become ``failed`` ("subscription deleted"), each
-    with a ``webhook.delivery.updated`` event. The delivery log stays readable."""
+    with a ``webhook.delivery.updated`` event. The delivery log stays readable.
+
+    The subscription is marked deleted in one short transaction (no claim or fan-out takes its rows after
+    that); its backlog is then failed in batches of ``DELETE_BATCH``, each its own transaction, so a backlog of
+    50,000 never holds the event-log lock for long. Should the process die midway, the webhook log-retention
+    job finishes the rest (:func:`finish_deleted`)."""
     with transaction():
         sub = get_subscription(project_id, subscription_id)
         now = utcnow()
         sub.deleted_at = now
         sub.is_active = False
         sub.updated_at = now
-        sub.save()  # the row lock waits for a fan-out or retry holding it (FOR SHARE), then the backlog below
-        _fail_pending(sub.id, "subscription deleted", now)
+        sub.save()  # the row lock waits for a fan-out or retry holding it (FOR SHARE)
+    _fail_pending(sub.id, "subscription deleted", now)
     return sub
 
 
-def _fail_pending(subscription_id: str, reason: str, now: datetime, chunk: int = 500) -> int:
-    """Set every pending event of a subscription ``failed`` with ``reason`` — conditional UPDATEs in chunks, so
-    a record that committed first is not overwritten — and append their status events in multi-row chunks."""
-    ids = [i for (i,) in WebhookEvent.select(WebhookEvent.id).where(
-        (WebhookEvent.subscription_id == subscription_id) & (WebhookEvent.status == "pending")).tuples()]
+#: Pending events failed per transaction when a subscription is deleted.
+DELETE_BATCH = 500
+
+
+def finish_deleted() -> int:
+    """Fail the pending events left behind by deleted subscriptions (a delete interrupted midway); how many."""
+    subs = (WebhookSubscription.select(WebhookSubscription.id)
+            .where(WebhookSubscription.deleted_at.is_null(False)
+                   & pw.fn.EXISTS(WebhookEvent.select(WebhookEvent.id).where(
+                       (WebhookEvent.subscription_id == WebhookSubscription.id)
+                       & (WebhookEvent.status == "pending")))))
+    return sum(_fail_pending(sub_id, "subscription deleted", utcnow()) for (sub_id,) in subs.tuples())
+
+
+def _fail_pending(subscription_id: str, reason: str, now: datetime, batch: int | None = None) -> int:
+    """Set every pending event of a subscription ``failed`` with ``reason`` and append their status events,
+    ``batch`` rows per transaction (conditional UPDATEs: a record that committed first is not overwritten)."""
+    batch = batch or DELETE_BATCH
     mark = "%s" if not is_sqlite() else "?"
     field = WebhookEvent.updated_at
     done = 0
-    for start in range(0, len(ids), chunk):
-        part = ids[start:start + chunk]
-        rows = db.execute_sql(
-            f'UPDATE "webhook_event" SET "status" = \'failed\', "last_error" = {mark}, "lease_until" = NULL, '  # nosec B608 - only column names from the models and placeholders are interpolated; values are bound
-            f'"updated_at" = {mark} WHERE "status" = \'pending\' AND "id" IN ({", ".join([mark] * len(part))}) '
-            'RETURNING "id", "tenant_id", "project_id", "event_type", "attempts_count"',
-            [reason, field.db_value(now), *part]).fetchall()
-        append([_status_event(event_id, tenant, project, kind, "failed", attempts, reason)
-                for event_id, tenant, project, kind, attempts in rows])
-        done += len(rows)
-    return done
+    while True:
+        with transaction():
+            part = [i for (i,) in WebhookEvent.select(WebhookEvent.id).where(
+                (WebhookEvent.subscription_id == subscription_id) & (WebhookEvent.status == "pending"))
+                .limit(batch).tuples()]
+            if not part:
+                return done
+            rows = db.execute_sql(
+                f'UPDATE "webhook_event" SET "status" = \'failed\', "last_error" = {mark}, "lease_until" = NULL, '  # nosec B608 - only column names from the models and placeholders are interpolated; values are bound
+                f'"updated_at" = {mark} WHERE "status" = \'pending\' AND "id" IN ({", ".join([mark] * len(part))}) '
+                'RETURNING "id", "tenant_id", "project_id", "event_type", "attempts_count"',
+                [reason, field.db_value(now), *part]).fetchall()
+            append([_status_event(event_id, tenant, project, kind, "failed", attempts, reason)
+                    for event_id, tenant, project, kind, attempts in rows])
+            done += len(rows)
 
 
 def subscription_body(sub: WebhookSubscription) -> dict:

@@ -261,7 +261,7 @@ def free_port() -> int:
 class Server:
     """One `cortex serve` subprocess on a free loopback port."""
 
-    def __init__(self, tmp_path, name: str, settings, redis_url: str | None):
+    def __init__(self, tmp_path, name: str, settings, redis_url: str | None, extra_env: dict | None = None):
         self.port = free_port()
         data_dir = tmp_path / name
         data_dir.mkdir()
@@ -279,6 +279,7 @@ class Server:
         )
         if redis_url:
             env["REDIS_URL"] = redis_url
+        env.update(extra_env or {})
         self.log = open(tmp_path / f"{name}.log", "w+")  # noqa: SIM115 (closed in stop)
         self.process = subprocess.Popen(
             [sys.executable, "-m", "cortex.cli", "serve", "--host", "127.0.0.1", "--port", str(self.port)],
@@ -343,11 +344,12 @@ class Server:
 
 @pytest.fixture
 def servers(request, tmp_path, settings, app):
-    """Factory: servers(count, redis_url) → started, ready servers; all stopped afterwards."""
+    """Factory: servers(count, redis_url, **env) → started, ready servers (``env``: more environment variables);
+    all stopped afterwards."""
     started: list[Server] = []
 
-    def start(count: int, redis_url: str | None) -> list[Server]:
-        new = [Server(tmp_path, f"server{len(started) + i}", settings, redis_url) for i in range(count)]
+    def start(count: int, redis_url: str | None, **env: str) -> list[Server]:
+        new = [Server(tmp_path, f"server{len(started) + i}", settings, redis_url, env) for i in range(count)]
         started.extend(new)
         for server in new:
             server.wait_ready()

@@ -324,7 +324,7 @@ def test_rotate_secrets_reencrypts_every_stored_secret_under_the_new_key(app, se
     set_e2e_encryption(owner.project, "manual", "e2e-secret")
     create_subscription(owner.project, {"url": "https://hooks.example.com/x", "secret": "whook-secret", "events": ["*"],
                                         "authType": "basic_auth", "basicAuthUsername": "u",
-                                        "basicAuthPassword": "basic-secret"}, ["session.created"])
+                                        "basicAuthPassword": "basic-secret"}, ["session.created"], limit=100)
     new_key = "the-new-secret-key-0123456789abcdef-xyz"
     env = cli_env(tmp_path / "data", settings.database_url, secret_key=new_key)
     env["CORTEX_SECRET_KEY_PREVIOUS"] = SECRET_KEY

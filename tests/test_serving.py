@@ -200,3 +200,28 @@ def test_credentials_are_checked_before_the_body_is_read(server, path, headers, 
             assert chunk, f"connection closed without an answer: {answer!r}"
             answer += chunk
     assert answer.startswith(b"HTTP/1.1 401"), answer[:200]
+
+
+def test_max_connections_bounds_the_connections_one_process_serves_at_once(servers):
+    """CORTEX_MAX_CONNECTIONS: with 2 connections held open (keep-alive), a third is not served until one of them
+    closes; then it is, at once."""
+    [cortex] = servers(1, None, CORTEX_MAX_CONNECTIONS="2")
+    request = b"GET /api HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"
+    held = []
+    for _ in range(2):
+        sock = socket.create_connection(("127.0.0.1", cortex.port), timeout=5)
+        sock.sendall(request)
+        assert sock.recv(64).startswith(b"HTTP/1.1 200")
+        held.append(sock)  # kept alive: the server waits for its next request
+    waiting = socket.create_connection(("127.0.0.1", cortex.port), timeout=1)
+    try:
+        waiting.sendall(request)
+        with pytest.raises(TimeoutError):
+            waiting.recv(64)  # the pool is full: nobody reads this connection yet
+        held.pop().close()
+        waiting.settimeout(5)
+        assert waiting.recv(64).startswith(b"HTTP/1.1 200")
+    finally:
+        waiting.close()
+        for sock in held:
+            sock.close()

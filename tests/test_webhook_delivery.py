@@ -512,8 +512,7 @@ def test_deleting_a_subscription_fails_its_backlog_in_chunks(client, owner, rece
     make_engine().dispatcher.run_once()
     delivered = WebhookEvent.select().order_by(WebhookEvent.event_seq).first()
     WebhookEvent.update(status="delivered").where(WebhookEvent.id == delivered.id).execute()
-    with transaction():
-        assert _fail_pending(sub["id"], "subscription deleted", utcnow(), chunk=2) == 6
+    assert _fail_pending(sub["id"], "subscription deleted", utcnow(), batch=2) == 6
     assert WebhookEvent.get_by_id(delivered.id).status == "delivered"  # settled rows are left alone
     assert WebhookEvent.select().where(WebhookEvent.status == "failed").count() == 6
     assert [u["status"] for u in updates()] == ["failed"] * 6

@@ -63,7 +63,7 @@ def seed_backlog(app, user, project_id: str, count: int) -> str:
 
     project = Project.get_by_id(project_id)
     sub = create_subscription(project, {"url": "https://hooks.bench.invalid/in", "secret": "bench-secret",
-                                        "events": ["*"]}, event_types(app.extensions["cortex"].spec))
+                                        "events": ["*"]}, event_types(app.extensions["cortex"].spec), limit=100)
     due = utcnow() + timedelta(days=1)
     for start in range(0, count, 1000):
         with transaction():

@@ -52,7 +52,7 @@ def main(argv=None) -> int:
     user = create_user(f"{new_id()}@bench.local", "bench-password-1", None, None)
     project, _secret = create_project(user, "Claims bench")
     subs = [create_subscription(project, {"url": "https://hooks.example.com/h", "secret": "s", "events": ["*"]},
-                                ["session.created"]) for _ in range(10)]
+                                ["session.created"], limit=100) for _ in range(10)]
     slow = subs[0]
     print(f"database {url.split('@')[-1]}; claim(20) with 9 subscriptions of 100 due rows, one full subscription")
     for backlog in [int(v) for v in args.backlogs.split(",")]:

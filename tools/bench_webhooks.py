@@ -380,7 +380,7 @@ class Run:
                 project, _secret = create_project(user, f"Webhook bench {index:02d}")
                 sub = create_subscription(project, {"url": f"http://{HOST}:{self.ports[index]}/hook/{index}",
                                                     "events": ["*"], "secret": secrets[index],
-                                                    "description": f"bench endpoint {index}"}, known)
+                                                    "description": f"bench endpoint {index}"}, known, limit=100)
                 self.sub_index[sub.id] = index
                 self.projects.append(project)
         self.tenant_id = user.tenant_id

@@ -40,6 +40,7 @@ from models.webhooks import (
     any_active,
     claim,
     fan_out,
+    finish_deleted,
     prune_log,
     record,
     record_many,
@@ -239,7 +240,8 @@ class WebhookEngine:
 
 class WebhookLogRetentionJob(PeriodicJob):
     """Deletes settled webhook events and their attempts older than ``CORTEX_WEBHOOK_LOG_RETENTION_DAYS``,
-    hourly (run by every webhook engine; concurrent runs delete disjoint or already-deleted rows)."""
+    hourly (run by every webhook engine; concurrent runs delete disjoint or already-deleted rows), and fails
+    the pending events a deleted subscription left behind when its delete was interrupted."""
 
     label = "webhook log retention"
 
@@ -250,7 +252,10 @@ class WebhookLogRetentionJob(PeriodicJob):
     def run_once(self) -> int:
         """Prune once; the number of webhook events deleted."""
         with own_connection():
+            finished = finish_deleted()
             deleted = prune_log(self.retention_days)
+        if finished:
+            log.info("webhook log retention: failed %d pending events of deleted subscriptions", finished)
         if deleted:
             log.info("webhook log retention: deleted %d webhook events older than %s days", deleted,
                      self.retention_days)

@@ -39,14 +39,17 @@ event and process (cached on the ``LiveEvent``), not once per subscriber.
 from __future__ import annotations
 
 import logging
+import math
 import time
+import uuid
 from dataclasses import dataclass
 
 import orjson
 import peewee as pw
 from flask_sse import Message
 
-from models.access import Principal, member_projects
+from cortex.integrations.shared_state import RedisLink
+from models.access import Principal, hidden_event_prefixes, member_projects
 from models.base import release_connection, utcnow
 from models.events import DomainEvent, event_body, newest_seq
 from models.identity import ApiKey
@@ -141,6 +144,7 @@ class EventFilter:
     types: frozenset[str] | None = None  # exact types; None: no type filter
     prefixes: tuple[str, ...] = ()
     resources: frozenset[str] | None = None  # None: no resource filter
+    hidden: tuple[str, ...] = ()  # type prefixes never sent: content the principal's scopes may not read
 
     def accepts(self, item: dict) -> bool:
         """Does the envelope pass the filter?"""
@@ -152,8 +156,10 @@ class EventFilter:
                 return False
         elif project is None and not self.tenant_level:
             return False
+        kind = item.get("type") or ""
+        if self.hidden and kind.startswith(self.hidden):
+            return False
         if self.types is not None:
-            kind = item.get("type") or ""
             if kind not in self.types and not (self.prefixes and kind.startswith(self.prefixes)):
                 return False
         return self.resources is None or item.get("resourceId") in self.resources
@@ -178,6 +184,8 @@ class EventFilter:
             query = query.where(condition)
         if self.resources is not None:
             query = query.where(DomainEvent.resource_id.in_(sorted(self.resources)))
+        for prefix in self.hidden:
+            query = query.where(pw.fn.SUBSTR(DomainEvent.type, 1, len(prefix)) != prefix)
         return query
 
 
@@ -306,8 +314,10 @@ class EventStream:
         max_seconds: float = 300.0,
         heartbeat: float = HEARTBEAT_SECONDS,
         poll: float = POLL_SECONDS,
+        on_close=None,
     ):
         self.filter = event_filter
+        self.on_close = on_close  # called once when the stream ends (frees the caller's stream slot)
         self.access = access
         self.fanout = fanout
         self.last_event_id = (last_event_id or "").strip() or None
@@ -335,6 +345,9 @@ class EventStream:
         subscription, self.subscription = self.subscription, None
         if subscription is not None:
             self.fanout.unsubscribe(subscription)
+        on_close, self.on_close = self.on_close, None
+        if on_close is not None:
+            on_close()
         release_connection()
 
     def _run(self):
@@ -457,12 +470,14 @@ def event_filter(principal: Principal, project, types: str | None, resources: st
         types=None if parsed_types is None else parsed_types[0],
         prefixes=() if parsed_types is None else parsed_types[1],
         resources=parse_resources(resources),
+        hidden=hidden_event_prefixes(principal),
     )
 
 
 def open_stream(principal: Principal, project, types: str | None, resources: str | None,
-                last_event_id: str | None, *, fanout, max_seconds: float) -> EventStream:
-    """The body of a stream response (see the module documentation); nothing happens before it is iterated."""
+                last_event_id: str | None, *, fanout, max_seconds: float, on_close=None) -> EventStream:
+    """The body of a stream response (see the module documentation); nothing happens before it is iterated
+    (``on_close`` is called once when it ends, also if it never started)."""
     chosen = event_filter(principal, project, types, resources)
     return EventStream(
         chosen,
@@ -472,4 +487,91 @@ def open_stream(principal: Principal, project, types: str | None, resources: str
         max_seconds=max_seconds,
         heartbeat=HEARTBEAT_SECONDS,
         poll=POLL_SECONDS,
+        on_close=on_close,
     )
+
+
+# ----------------------------------------------------------------- stream slots
+
+
+#: Keeps "at most N open streams per principal" in Redis: drop slots whose time ran out (a process that died
+#: without releasing them), refuse when N remain, else take one. KEYS[1] the principal's sorted set; ARGV: now,
+#: limit, expiry of the new slot, its token, the key's time to live.
+_ACQUIRE_SCRIPT = """
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', ARGV[1])
+if redis.call('ZCARD', KEYS[1]) >= tonumber(ARGV[2]) then return 0 end
+redis.call('ZADD', KEYS[1], ARGV[3], ARGV[4])
+redis.call('EXPIRE', KEYS[1], ARGV[5])
+return 1
+"""
+SLOT_KEY_PREFIX = "cortex:sse:streams:"
+SLOT_GRACE_SECONDS = 60.0  # a slot outlives its stream's longest life by this much (then Redis forgets it)
+
+
+class StreamSlots:
+    """Open event streams per principal (``CORTEX_SSE_MAX_STREAMS_PER_PRINCIPAL``): :meth:`acquire` takes a slot
+    before a stream starts and returns the function that frees it (the stream calls it when it ends, also when
+    the client goes away), or None when the principal holds ``limit`` streams already.
+
+    With ``REDIS_URL`` the slots are counted across every serving process (a sorted set per principal,
+    ``cortex:sse:streams:<principal>``: one member per open stream, scored with the time it ends at the latest,
+    so the slots of a process that died run out on their own); without it, or while Redis fails, per process.
+    """
+
+    def __init__(self, redis_url: str | None = None, clock=time.time):
+        self.redis = RedisLink(redis_url, "event-stream slots")
+        self.clock = clock
+        self._local: dict[str, int] = {}
+        self._script = None
+
+    @staticmethod
+    def owner(principal: Principal) -> str:
+        """Whose slots a stream takes: the API key's, or the user's."""
+        return f"key:{principal.api_key_id}" if principal.kind == "api_key" else f"user:{principal.user_id}"
+
+    def acquire(self, principal: Principal, limit: int, max_seconds: float):
+        """A slot for one more stream of ``principal`` (its release function), or None at ``limit``."""
+        owner = self.owner(principal)
+        client = self.redis.client()
+        if client is not None:
+            try:
+                return self._acquire_shared(client, owner, limit, max_seconds)
+            except Exception:
+                self.redis.failed()
+        return self._acquire_local(owner, limit)
+
+    def held(self, principal: Principal) -> int:
+        """How many slots this process holds for ``principal`` without Redis (tests, diagnostics)."""
+        return self._local.get(self.owner(principal), 0)
+
+    def _acquire_local(self, owner: str, limit: int):
+        if self._local.get(owner, 0) >= limit:
+            return None
+        self._local[owner] = self._local.get(owner, 0) + 1  # no yield in between: greenlet-safe
+
+        def release() -> None:
+            left = self._local.get(owner, 1) - 1
+            if left > 0:
+                self._local[owner] = left
+            else:
+                self._local.pop(owner, None)
+
+        return release
+
+    def _acquire_shared(self, client, owner: str, limit: int, max_seconds: float):
+        if self._script is None:
+            self._script = client.register_script(_ACQUIRE_SCRIPT)
+        key = SLOT_KEY_PREFIX + owner
+        token = uuid.uuid4().hex
+        now = self.clock()
+        life = max_seconds + SLOT_GRACE_SECONDS
+        if not self._script(keys=[key], args=[now, limit, now + life, token, math.ceil(life)]):
+            return None
+
+        def release() -> None:
+            try:
+                client.zrem(key, token)
+            except Exception:  # the slot runs out on its own (SLOT_GRACE_SECONDS after the stream's longest life)
+                self.redis.failed()
+
+        return release

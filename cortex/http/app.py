@@ -13,6 +13,7 @@ from connexion.spec import Specification
 from werkzeug.exceptions import HTTPException, MethodNotAllowed
 from werkzeug.middleware.proxy_fix import ProxyFix
 
+from cortex.events.sse import StreamSlots
 from cortex.http import security
 from cortex.http.logins import LoginThrottle
 from cortex.http.problems import domain_problem, problem_response, render_problem
@@ -50,6 +51,7 @@ class Runtime:
     tokens: HttpTokenFetcher
     debug_audio: DebugAudioStore
     logins: LoginThrottle
+    streams: StreamSlots  # open event streams per principal (CORTEX_SSE_MAX_STREAMS_PER_PRINCIPAL)
     #: cortex.events.fanout.LiveFanout, set by `cortex serve`: the event streams subscribe to it. Without one (an
     #: app built by create_app and served otherwise, the test client) each stream polls the log (cortex/events/sse.py).
     fanout: object | None = None
@@ -197,6 +199,7 @@ def configure_app(app: flask.Flask, settings: Settings) -> Runtime:
         tokens=HttpTokenFetcher.from_settings(settings),
         debug_audio=DebugAudioStore(settings.data_dir),
         logins=LoginThrottle.from_settings(settings),
+        streams=StreamSlots(settings.redis_url),
     )
     app.extensions["cortex"] = services
     plain = app.extensions["cortex_wsgi"]

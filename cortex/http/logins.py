@@ -18,18 +18,15 @@ and past the limit every try answers 429 with ``Retry-After`` — whatever the p
 from __future__ import annotations
 
 import hashlib
-import logging
 import math
 import threading
 import time
 
 from cortex.http.problems import ApiProblem, unauthorized
+from cortex.integrations.shared_state import RedisLink
 from models.identity import User, normalise_email
 
-log = logging.getLogger("cortex.logins")
-
 KEY_PREFIX = "cortex:login:fail:"
-REDIS_PAUSE = 5.0  # seconds of in-process counting after a Redis failure
 
 
 class LoginThrottle:
@@ -44,8 +41,7 @@ class LoginThrottle:
         self.clock = clock
         self._local: dict[str, tuple[int, float]] = {}  # key → (failures, window end)
         self._lock = threading.Lock()
-        self._redis = None
-        self._redis_paused_until = 0.0
+        self._redis = RedisLink(redis_url, "login throttle", clock=clock)
 
     @classmethod
     def from_settings(cls, settings) -> LoginThrottle:
@@ -87,29 +83,16 @@ class LoginThrottle:
 
     # ---------------------------------------------------------------- storage: Redis, else in process
 
-    def _client(self):
-        if self.redis_url is None or self.clock() < self._redis_paused_until:
-            return None
-        if self._redis is None:
-            import redis
-
-            self._redis = redis.Redis.from_url(self.redis_url, socket_connect_timeout=1, socket_timeout=1)
-        return self._redis
-
-    def _redis_failed(self) -> None:
-        self._redis_paused_until = self.clock() + REDIS_PAUSE
-        log.warning("login throttle: Redis unavailable, counting per process for %s s", REDIS_PAUSE, exc_info=True)
-
     def _add(self, key: str) -> tuple[int, float]:
         """Count one more for ``key`` (its window starts with its first count); (count, seconds left)."""
-        client = self._client()
+        client = self._redis.client()
         if client is not None:
             try:
                 with client.pipeline() as pipe:
                     count, _new, ttl = pipe.incr(key).expire(key, math.ceil(self.window), nx=True).pttl(key).execute()
                 return int(count), max(ttl, 0) / 1000.0
             except Exception:
-                self._redis_failed()
+                self._redis.failed()
         with self._lock:
             now = self.clock()
             count, ends = self._local.get(key, (0, 0.0))
@@ -121,27 +104,27 @@ class LoginThrottle:
 
     def _read(self, key: str) -> tuple[int, float]:
         """(count, seconds left) of ``key``."""
-        client = self._client()
+        client = self._redis.client()
         if client is not None:
             try:
                 with client.pipeline() as pipe:
                     count, ttl = pipe.get(key).pttl(key).execute()
                 return int(count or 0), max(ttl, 0) / 1000.0
             except Exception:
-                self._redis_failed()
+                self._redis.failed()
         with self._lock:
             now = self.clock()
             count, ends = self._local.get(key, (0, 0.0))
             return (count, ends - now) if ends > now else (0, 0.0)
 
     def _delete(self, key: str) -> None:
-        client = self._client()
+        client = self._redis.client()
         if client is not None:
             try:
                 client.delete(key)
                 return
             except Exception:
-                self._redis_failed()
+                self._redis.failed()
         with self._lock:
             self._local.pop(key, None)
 

@@ -6,10 +6,12 @@ import flask
 
 from cortex.events import sse
 from cortex.http.app import runtime
+from cortex.http.problems import ApiProblem
 from models.access import Principal
 
 MIMETYPE = "text/event-stream"
 HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+SLOT_RETRY_SECONDS = 10  # Retry-After of a stream refused at the caller's limit
 
 
 def open_stream(principal: Principal, project, types: str | None, resources: str | None,
@@ -20,6 +22,16 @@ def open_stream(principal: Principal, project, types: str | None, resources: str
         sse.event_filter(principal, project, types, resources)
         return flask.Response(b"", mimetype=MIMETYPE, headers=HEADERS)
     services = runtime()
-    stream = sse.open_stream(principal, project, types, resources, last_event_id, fanout=services.fanout,
-                             max_seconds=services.settings.sse_max_seconds)
+    settings = services.settings
+    release = services.streams.acquire(principal, settings.sse_max_streams_per_principal, settings.sse_max_seconds)
+    if release is None:
+        raise ApiProblem(429, f"At most {settings.sse_max_streams_per_principal} open event streams per user or API "
+                              "key (CORTEX_SSE_MAX_STREAMS_PER_PRINCIPAL); close one, or retry after "
+                              f"{SLOT_RETRY_SECONDS} s", headers={"Retry-After": str(SLOT_RETRY_SECONDS)})
+    try:
+        stream = sse.open_stream(principal, project, types, resources, last_event_id, fanout=services.fanout,
+                                 max_seconds=settings.sse_max_seconds, on_close=release)
+    except BaseException:
+        release()
+        raise
     return flask.Response(stream, mimetype=MIMETYPE, headers=HEADERS)

@@ -2,6 +2,7 @@
 
 import hashlib
 import time
+from dataclasses import replace
 from datetime import timedelta
 
 import pytest
@@ -183,3 +184,19 @@ def test_a_removal_by_another_process_ends_access_within_the_access_ttl(client, 
 def test_empty_or_out_of_range_values_are_rejected(client, owner, body):
     assert create(client, owner, **body).status_code in (400, 404)
     assert client.get("/api/api-keys", headers=owner.headers).get_json() == []
+
+
+def test_a_user_holds_at_most_the_configured_number_of_live_keys(client, owner, stranger, app):
+    runtime = app.extensions["cortex"]
+    runtime.settings = replace(runtime.settings, max_api_keys_per_user=2)
+    first = create(client, owner).get_json()
+    assert create(client, owner).status_code == 201
+    response = create(client, owner)
+    assert response.status_code == 409
+    assert response.headers["Content-Type"].startswith("application/problem+json")
+    assert "at most 2 live API keys per user" in response.get_json()["detail"]
+    assert "CORTEX_MAX_API_KEYS_PER_USER" in response.get_json()["detail"]
+    assert len(client.get("/api/api-keys", headers=owner.headers).get_json()) == 2  # nothing stored
+    assert create(client, stranger).status_code == 201  # per user
+    assert client.delete(f"/api/api-keys/{first['id']}", headers=owner.headers).status_code == 200
+    assert create(client, owner).status_code == 201  # a revoked key frees its place

@@ -133,3 +133,17 @@ def test_debug_audio_needs_transcripts_read(client, owner, settings, api_key_hea
     response = client.get(url(owner, session.id, f"/{message.id}/debug-audio"), headers=api_key_headers(scopes),
                           buffered=True)
     assert response.status_code == status
+
+
+def test_the_transcript_is_paged_and_capped(client, owner, monkeypatch):
+    from models import messages as model
+
+    session = make_session(owner)
+    t = parse_timestamp("2026-03-20T12:00:00Z")
+    for n in range(5):
+        say(session, f"line {n}", t + timedelta(seconds=n))
+    page = client.get(url(owner, session.id), headers=owner.headers, query_string={"limit": 2, "offset": 1})
+    assert [m["content"] for m in page.get_json()] == ["line 1", "line 2"]
+    monkeypatch.setattr(model, "MAX_LISTED_MESSAGES", 3)
+    assert [m["content"] for m in client.get(url(owner, session.id), headers=owner.headers).get_json()] == [
+        "line 0", "line 1", "line 2"]

@@ -335,3 +335,19 @@ def test_any_non_negative_idle_timeout_round_trips(client, configured, local_dri
     fetched = client.get(f"/api/projects/{configured.project.id}/sessions/{response.get_json()['id']}",
                          headers=configured.headers)
     assert fetched.get_json()["idleTimeout"] == idle_timeout
+
+
+def test_the_list_is_paged_and_capped(client, configured, local_driver, monkeypatch):
+    from models import sessions as model
+
+    created = [create(client, configured, autoStart=False, title=f"s{i}").get_json() for i in range(4)]
+    listed = client.get(url(configured.project), headers=configured.headers, query_string={"limit": 2})
+    assert [s["id"] for s in listed.get_json()] == [created[3]["id"], created[2]["id"]]
+    page = client.get(url(configured.project), headers=configured.headers, query_string={"limit": 2, "offset": 2})
+    assert [s["id"] for s in page.get_json()] == [created[1]["id"], created[0]["id"]]
+    clamped = client.get(url(configured.project), headers=configured.headers, query_string={"limit": 0})
+    assert [s["id"] for s in clamped.get_json()] == [created[3]["id"]]  # read leniently, like every list
+    monkeypatch.setattr(model, "MAX_LISTED_SESSIONS", 3)
+    capped = client.get(url(configured.project), headers=configured.headers, query_string={"limit": 50})
+    assert len(capped.get_json()) == 3
+    assert len(client.get(url(configured.project), headers=configured.headers).get_json()) == 3

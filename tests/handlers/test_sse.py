@@ -656,3 +656,88 @@ def test_sse_max_seconds_setting(tmp_path):
     for bad in ("0", "-1", "abc", "inf", "nan"):
         with pytest.raises(ValueError, match="CORTEX_SSE_MAX_SECONDS"):
             Settings.from_env({"CORTEX_SSE_MAX_SECONDS": bad}, data_dir=tmp_path)
+
+
+# ----------------------------------------------------------------- bounds and scopes
+
+
+def test_a_principal_holds_at_most_the_configured_number_of_streams(bounded, app, client, owner, api_key_headers):
+    runtime = app.extensions["cortex"]
+    runtime.settings = replace(runtime.settings, sse_max_streams_per_principal=2)
+    first = open_stream(app, headers=owner.headers)
+    second = open_stream(app, f"/api/projects/{owner.project.id}/events/stream", headers=owner.headers)
+    refused = FlaskClient(app).get(STREAM, headers=owner.headers, buffered=False)
+    assert refused.status_code == 429
+    assert refused.headers["Content-Type"].startswith("application/problem+json")
+    assert int(refused.headers["Retry-After"]) >= 1
+    assert "CORTEX_SSE_MAX_STREAMS_PER_PRINCIPAL" in refused.get_json()["detail"]
+    key = api_key_headers(["events:read"])  # an API key is a principal of its own
+    keyed = open_stream(app, headers=key)
+    first.close()  # closing a stream frees its slot at once
+    third = open_stream(app, headers=owner.headers)
+    for reader in (second, keyed, third):
+        reader.close()
+    assert runtime.streams.held(_principal_of(owner)) == 0
+
+
+def test_a_stream_that_ends_on_its_own_frees_its_slot(app, client, owner):
+    set_max_seconds(app, REPLAY_SECONDS)
+    runtime = app.extensions["cortex"]
+    runtime.settings = replace(runtime.settings, sse_max_streams_per_principal=1)
+    reader = open_stream(app, headers=owner.headers)
+    assert reader.rest()[-1].comments == ["closed (max-duration)"]
+    open_stream(app, headers=owner.headers).close()
+
+
+def _principal_of(member):
+    from models.access import Principal
+
+    return Principal(kind="user", tenant_id=member.user.tenant_id, user_id=member.user.id)
+
+
+def test_message_events_need_the_transcripts_scope(mode, app, client, owner, api_key_headers):
+    mark = event("tenant.notice", owner.user.tenant_id, None)
+    without = api_key_headers(["events:read"])
+    with_scope = api_key_headers(["events:read", "transcripts:read"])
+    live = {"without": open_stream(app, headers=without), "with": open_stream(app, headers=with_scope),
+            "user": open_stream(app, headers=owner.headers)}
+    message = event("message.created", owner.user.tenant_id, owner.project.id, "message:m1")
+    other = event("participant.created", owner.user.tenant_id, owner.project.id, "participant:p1")
+    assert ids(live["without"].events(1)) == [other.id]  # the message is left out, the rest flows
+    assert ids(live["with"].events(2)) == [message.id, other.id]
+    assert ids(live["user"].events(2)) == [message.id, other.id]  # users are not limited by scopes
+    for reader in live.values():
+        reader.close()
+    set_max_seconds(app, REPLAY_SECONDS)
+    replayed = open_stream(app, headers={**without, "Last-Event-ID": mark.id}).rest()
+    assert ids([f for f in replayed if f.is_event]) == [other.id]
+    replayed = open_stream(app, headers={**without, "Last-Event-ID": mark.id},
+                           query_string={"types": "message.*"}).rest()
+    assert [f for f in replayed if f.is_event] == []
+
+
+def test_stream_slots_are_shared_through_redis():
+    import os
+
+    redis_url = os.environ.get("REDIS_URL")
+    if not redis_url:
+        pytest.skip("REDIS_URL is not set: slots are shared between processes through Redis")
+    from models.access import Principal
+
+    principal = Principal(kind="api_key", tenant_id="t", api_key_id=f"test-{uuid.uuid4().hex}")
+    one, two = sse.StreamSlots(redis_url), sse.StreamSlots(redis_url)  # two serving processes
+    first = one.acquire(principal, 2, 60)
+    second = two.acquire(principal, 2, 60)
+    assert first is not None and second is not None
+    assert one.acquire(principal, 2, 60) is None and two.acquire(principal, 2, 60) is None
+    first()
+    third = one.acquire(principal, 2, 60)
+    assert third is not None
+    second()
+    third()
+    # a slot whose process died runs out on its own: here one taken with a clock far in the past
+    stale = sse.StreamSlots(redis_url, clock=lambda: time.time() - 3600)
+    assert stale.acquire(principal, 1, 60) is not None
+    fresh = one.acquire(principal, 1, 60)
+    assert fresh is not None
+    fresh()

@@ -448,3 +448,18 @@ def test_the_legacy_token_endpoint_keeps_the_peer_limit_when_it_issues_tokens_it
     present(token_ready, "lobby", "ann")
     response = client.post("/api/projects/token", headers=token_ready.headers, json=body)
     assert response.status_code == 429 and "peer limit" in response.get_json()["detail"]
+
+
+def test_a_project_holds_at_most_the_configured_number_of_access_keys(client, owner, app):
+    from dataclasses import replace
+
+    runtime = app.extensions["cortex"]
+    runtime.settings = replace(runtime.settings, max_access_keys_per_project=1)
+    activate(client, owner)
+    first = create_key(client, owner).get_json()
+    response = create_key(client, owner)
+    assert response.status_code == 409
+    assert "CORTEX_MAX_ACCESS_KEYS_PER_PROJECT" in response.get_json()["detail"]
+    assert OdinAccessKey.select().count() == 1
+    assert client.delete(url(owner.project, f"/access-keys/{first['id']}"), headers=owner.headers).status_code == 200
+    assert create_key(client, owner).status_code == 201

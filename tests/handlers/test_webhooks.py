@@ -1,9 +1,11 @@
 """Webhooks tag over HTTP: subscriptions (validation, write-only encrypted secrets, auth settings, pause,
 delete), tenancy and roles, the event log API and manual retry. Delivery itself: tests/test_webhook_delivery.py."""
 
+from dataclasses import replace
+
 import pytest
 
-from models.base import transaction
+from models.base import db, transaction, utcnow
 from models.events import DomainEvent, emit
 from models.webhooks import WebhookEvent, WebhookSubscription, fan_out
 
@@ -23,6 +25,10 @@ def log_event(project, event_type="session.created", resource="session:abc"):
     with transaction():
         return emit(event_type, tenant_id=project.tenant_id, project_id=project.id, resource_id=resource,
                     action="created", data={"id": resource.split(":")[1]})
+
+
+def transaction_depth() -> int:
+    return db.transaction_depth()
 
 
 def run_fan_out():
@@ -248,3 +254,59 @@ def test_a_url_written_as_a_refused_address_is_not_stored(client, owner, address
     response = client.put(subs_url(owner, f"/{good['id']}"), json={"url": url}, headers=owner.headers)
     assert response.status_code == 400
     assert WebhookSubscription.get_by_id(good["id"]).url == "https://hooks.example.com/cortex"
+
+
+def test_a_project_holds_at_most_the_configured_number_of_subscriptions(client, owner, stranger, app):
+    runtime = app.extensions["cortex"]
+    runtime.settings = replace(runtime.settings, max_webhooks_per_project=2)
+    first = create(client, owner).get_json()
+    assert create(client, owner).status_code == 201
+    response = create(client, owner)
+    assert response.status_code == 409
+    assert response.headers["Content-Type"].startswith("application/problem+json")
+    problem = response.get_json()
+    assert "at most 2 webhook subscriptions" in problem["detail"]
+    assert "CORTEX_MAX_WEBHOOKS_PER_PROJECT" in problem["detail"]
+    assert len(client.get(subs_url(owner), headers=owner.headers).get_json()) == 2  # nothing stored on the 409
+    assert create(client, stranger).status_code == 201  # the cap is per project
+    assert client.delete(subs_url(owner, f"/{first['id']}"), headers=owner.headers).status_code == 200
+    assert create(client, owner).status_code == 201  # a deleted subscription frees its place
+
+
+def test_a_large_backlog_is_failed_in_batches_each_its_own_transaction(client, owner, monkeypatch):
+    import models.webhooks as webhooks
+
+    sub = create(client, owner).get_json()
+    for n in range(7):
+        log_event(owner.project, resource=f"session:s{n}")
+    run_fan_out()
+    monkeypatch.setattr(webhooks, "DELETE_BATCH", 3)
+    batches = []
+    real = webhooks.append
+
+    def counting_append(events):
+        assert transaction_depth() == 1  # each batch commits on its own, not inside the delete's transaction
+        batches.append(len(events))
+        return real(events)
+
+    monkeypatch.setattr(webhooks, "append", counting_append)
+    assert client.delete(subs_url(owner, f"/{sub['id']}"), headers=owner.headers).status_code == 200
+    assert batches == [3, 3, 1]
+    assert {row.status for row in WebhookEvent.select()} == {"failed"}
+
+
+def test_pending_events_a_deleted_subscription_left_behind_are_failed_by_the_retention_job(client, owner):
+    from cortex.engines.webhooks import WebhookLogRetentionJob
+
+    sub = create(client, owner).get_json()
+    log_event(owner.project)
+    run_fan_out()
+    # a delete interrupted after marking the subscription deleted (the process died before its batches)
+    WebhookSubscription.update(deleted_at=utcnow(), is_active=False).where(
+        WebhookSubscription.id == sub["id"]).execute()
+    assert WebhookEvent.get().status == "pending"
+    WebhookLogRetentionJob().run_once()
+    row = WebhookEvent.get()
+    assert (row.status, row.last_error) == ("failed", "subscription deleted")
+    updates = DomainEvent.select().where(DomainEvent.type == "webhook.delivery.updated")
+    assert [e.payload["data"]["status"] for e in updates] == ["failed"]

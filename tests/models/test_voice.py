@@ -21,13 +21,16 @@ from models.voice import (
     access_keys,
     activate_voice,
     check_peer_limit,
-    create_access_key,
     delete_access_key,
     edit_access_key,
     public_keys,
     set_peer_limit,
     voice_status,
 )
+
+
+def create_access_key(project, name, description=None, limit=100):
+    return voice.create_access_key(project, name, description, limit=limit)
 
 
 @pytest.fixture
@@ -241,3 +244,14 @@ def test_scopes_never_widen_a_role():
     assert permissions_for("developer", frozenset({"voice:write"})) == dict.fromkeys(FLAGS, False)
     maintainer = permissions_for("maintainer", frozenset({"projects:write"}))
     assert {flag for flag, allowed in maintainer.items() if allowed} == {"setProjectName"}
+
+
+def test_a_project_holds_at_most_limit_access_keys(active, project):
+    create_access_key(project, "one", limit=2)
+    create_access_key(project, "two", limit=2)
+    with pytest.raises(DomainError) as raised:
+        create_access_key(project, "three", limit=2)
+    assert raised.value.kind == "conflict"
+    assert "at most 2 access keys per project" in raised.value.detail
+    assert "CORTEX_MAX_ACCESS_KEYS_PER_PROJECT" in raised.value.detail
+    assert access_keys(project).count() == 2
