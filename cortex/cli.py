@@ -69,7 +69,7 @@ def cmd_serve(args) -> int:
 
 def cmd_worker(_args) -> int:
     """cortex worker: migrate, then run the engines of the registry that run in ``cortex worker`` (today the
-    webhook fan-out and delivery) until SIGTERM/SIGINT."""
+    webhook fan-out and delivery, and the mail outbox) until SIGTERM/SIGINT."""
     import signal
 
     from cortex.http.serve import patch

@@ -117,7 +117,7 @@ class Settings:
     max_webhooks_per_project: int = 100  # live webhook subscriptions of one project
     max_api_keys_per_user: int = 100  # live (unrevoked) API keys of one user
     max_access_keys_per_project: int = 100  # ODIN access keys of one project
-    max_members_per_project: int = 1000  # active and pending members of one project
+    max_members_per_project: int = 1000  # memberships (any status) of one project
 
     @classmethod
     def from_env(cls, env: dict | None = None, **overrides) -> Settings:

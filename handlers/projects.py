@@ -1,6 +1,6 @@
 """Projects tag: the caller's projects, members (invite, remove, change role), room tokens."""
 
-from cortex.http.app import current_settings, mailer, token_fetcher
+from cortex.http.app import current_settings, token_fetcher
 from models import projects, tokens
 
 
@@ -15,9 +15,9 @@ def get_project_users(project):
 
 
 def invite_project_user(project, body):
-    """POST …/users/invite: a pending membership and an invitation email."""
-    member, _new = projects.invite(project, body["email"], body["role"])
-    mailer().send(member.email, *projects.invitation_mail(project, member))
+    """POST …/users/invite: a pending membership and its invitation email, queued with it (the mail engine sends
+    it; an unreachable mail server delays the mail, never fails the invitation)."""
+    member, _new = projects.invite(project, body["email"], body["role"], current_settings().max_members_per_project)
     return projects.member_body(member), 201
 
 

@@ -9,6 +9,12 @@ A transaction takes that lock once (its first ``emit``), however many events it 
 :class:`GroupCommit` runs small event-writing units of work from concurrent requests in one shared transaction
 (group commit): signed ingest uses it, because one COMMIT per event — a WAL write on SQLite, a WAL flush while
 holding the event-log lock on PostgreSQL — was what limited it.
+
+**The log's clock is the server's.** ``timestamp`` (the column) is when Cortex wrote the event — its receive
+time — and it alone decides retention (:func:`prune_events`); ``seq`` alone orders the log. A time the event
+reports about itself (a signed-ingest sender's ``timestamp``, a transcript line's time) is kept beside it in
+``occurred_at`` and is what the envelope's ``timestamp`` shows (the document: "when the event occurred"), so an
+event that reports an old time is neither pruned early nor reordered.
 """
 
 from __future__ import annotations
@@ -49,7 +55,8 @@ class DomainEvent(pw.Model):
     type = pw.CharField(max_length=100)
     source = pw.CharField(max_length=100, default="cortex:api")
     payload = JSONField()
-    timestamp = UTCDateTimeField(default=utcnow, index=True)
+    timestamp = UTCDateTimeField(default=utcnow, index=True)  # receive time: the log's clock (retention)
+    occurred_at = UTCDateTimeField(null=True)  # the time the event reports (e.g. an ingest sender's), if any
 
     class Meta:
         database = db
@@ -92,7 +99,9 @@ def new_event(
     timestamp: datetime | None = None,
 ) -> DomainEvent:
     """An envelope not yet in the log (``append`` writes it); ``emit`` is both in one call. ``timestamp`` is
-    when the event occurred (default: now), e.g. the time a signed-ingest sender gave."""
+    when the event occurred as its reporter says (e.g. the time a signed-ingest sender gave): it is kept in
+    ``occurred_at`` and shown as the envelope's ``timestamp``; the log's own clock (the ``timestamp`` column,
+    retention) is always the time Cortex received it."""
     payload = {"action": action, "data": data}
     if changes:
         payload["changes"] = changes
@@ -105,7 +114,8 @@ def new_event(
         type=event_type,
         source=source,
         payload=payload,
-        timestamp=utcnow() if timestamp is None else timestamp,
+        timestamp=utcnow(),
+        occurred_at=timestamp,
     )
 
 
@@ -147,7 +157,8 @@ def _lock_log(statement: str = f"SELECT pg_advisory_xact_lock(%s); NOTIFY {EVENT
         _locked.add(outer)
 
 
-_INSERT_FIELDS = ("id", "tenant_id", "project_id", "resource_id", "type", "source", "payload", "timestamp")
+_INSERT_FIELDS = ("id", "tenant_id", "project_id", "resource_id", "type", "source", "payload", "timestamp",
+                  "occurred_at")
 _insert_sql = weakref.WeakKeyDictionary()  # bound database → INSERT statement
 
 
@@ -166,12 +177,13 @@ def _insert(event: DomainEvent) -> int:
 
 
 def event_body(event: DomainEvent) -> dict:
-    """The event envelope: the wire form of an event (the `*Event` schemas; one place)."""
+    """The event envelope: the wire form of an event (the `*Event` schemas; one place). Its ``timestamp`` is
+    when the event occurred: the time it reports (``occurred_at``) when it gave one, else when it was logged."""
     body = {
         "id": event.id,
         "tenantId": event.tenant_id,
         "resourceId": event.resource_id,
-        "timestamp": rfc3339(event.timestamp),
+        "timestamp": rfc3339(event.occurred_at or event.timestamp),
         "type": event.type,
         "source": event.source,
         "payload": event.payload,
@@ -223,6 +235,7 @@ DEFAULT_RETENTION_DAYS = 7.0
 def prune_events(older_than_days: float = DEFAULT_RETENTION_DAYS, *, batch: int = 5000) -> int:
     """Delete events older than the retention, never one after the smallest persisted cursor; how many.
 
+    Age is the log's clock (``timestamp``: when Cortex received the event), never a time the event reports.
     Deletes in batches (one short transaction each) so writers are never held up for long.
     """
     if older_than_days < 0:

@@ -2,7 +2,19 @@
 
 from playhouse.migrate import SchemaMigrator, migrate
 
-from models import events, identity, messages, participants, presence, sessions, settings, voice, webhooks
+from models import (
+    events,
+    identity,
+    ingest,
+    mail,
+    messages,
+    participants,
+    presence,
+    sessions,
+    settings,
+    voice,
+    webhooks,
+)
 from models.base import UTCDateTimeField
 
 
@@ -55,10 +67,22 @@ def _v6_webhooks(database):
     database.create_tables(webhooks.MODELS, safe=True)
 
 
+def _v7_mail_outbox(database):
+    """The durable mail outbox (queued messages, their attempts and state)."""
+    database.create_tables(mail.MODELS, safe=True)
+
+
+def _v8_ingest_replay_guard(database):
+    """Signed-ingest replay records; the time an event reports, kept beside the log's own clock (receive time)."""
+    database.create_tables(ingest.MODELS, safe=True)
+    add_column_if_missing(database, "domain_event", "occurred_at", UTCDateTimeField(null=True))
+
+
 #: Every table the migrations create, as models (tests empty them between cases in dependency order).
 ALL_MODELS = [
     *identity.MODELS, *settings.MODELS, *voice.MODELS, *events.MODELS, *sessions.MODELS, *participants.MODELS,
-    *messages.MODELS, *presence.MODELS, *webhooks.MODELS,
+    *messages.MODELS, *presence.MODELS, *webhooks.MODELS, *mail.MODELS,
+    *ingest.MODELS,
 ]
 
 #: Versioned migrations: (version, name, function(database)). Append only; never edit an applied one.
@@ -69,4 +93,6 @@ MIGRATIONS = [
     (4, "messages and presence", _v4_messages_presence),
     (5, "session idle clock and presence index", _v5_idle_clock_presence_index),
     (6, "webhooks", _v6_webhooks),
+    (7, "mail outbox", _v7_mail_outbox),
+    (8, "ingest replay guard", _v8_ingest_replay_guard),
 ]

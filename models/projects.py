@@ -5,8 +5,9 @@ from __future__ import annotations
 import peewee as pw
 
 from models.access import Principal, forget_resolved_projects, may_read_secret, visible_projects
-from models.base import conflict, invalid, is_sqlite, not_found, rfc3339, transaction
+from models.base import check_cap, conflict, invalid, is_sqlite, not_found, rfc3339, transaction
 from models.identity import ROLES, Project, ProjectMember, User, normalise_email, project_secret
+from models.mail import queue_mail
 from models.permissions import permissions_for
 from models.settings import AppSettings, is_configured
 from models.voice import VoiceConfig
@@ -93,9 +94,10 @@ def member_body(member: ProjectMember) -> dict:
 
 
 def invitation_mail(project: Project, member: ProjectMember) -> tuple[str, str]:
-    """(subject, text) of the mail that invites ``member`` to ``project``."""
+    """(subject, text) of the mail that invites ``member`` to ``project`` (the subject one line, whatever the
+    project's name holds)."""
     return (
-        f"You are invited to {project.name} on Cortex",
+        f"You are invited to {' '.join(project.name.split())} on Cortex",
         f"You have been invited to the project {project.name!r} as {member.role}.\n\n"
         f"Log in to Cortex with this email address (or ask an administrator to create your account) and the "
         f"invitation becomes active.\n",
@@ -155,8 +157,12 @@ def _is_last_admin(project: Project, member: ProjectMember) -> bool:
     return member.role == "admin" and member.status == ACTIVE and _other_active_admins(project, member) == 0
 
 
-def invite(project: Project, email: str, role: str) -> tuple[ProjectMember, bool]:
-    """Invite an email as ``role``: a pending membership until that user logs in. Returns (member, is_new)."""
+def invite(project: Project, email: str, role: str, limit: int) -> tuple[ProjectMember, bool]:
+    """Invite an email as ``role``: a pending membership until that user logs in, and the invitation mail queued
+    in the same transaction (the mail engine sends it; a mail server that is down delays it, never fails the
+    invitation). Returns (member, is_new). A project holds at most ``limit`` memberships of any status — the
+    rows ``GET …/users`` lists (``CORTEX_MAX_MEMBERS_PER_PROJECT``); inviting an email it holds already reuses
+    that row."""
     email = normalise_email(email)
     local, _, domain = email.partition("@")
     if not local or "." not in domain or len(email) > 320 or any(c.isspace() for c in email):
@@ -167,11 +173,17 @@ def invite(project: Project, email: str, role: str) -> tuple[ProjectMember, bool
         member = ProjectMember.get_or_none(ProjectMember.project == project.id, ProjectMember.email == email)
         if member is not None and member.status == ACTIVE:
             raise conflict(f"{email} is already an active member of this project")
-        if member is None:
-            return ProjectMember.create(project=project.id, email=email, role=role, status=PENDING), True
-        member.role, member.status, member.user = role, PENDING, None
-        member.save()
-    return member, False
+        is_new = member is None
+        if is_new:
+            check_cap(Project, project.id, ProjectMember.select().where(ProjectMember.project == project.id), limit,
+                      "memberships per project", "CORTEX_MAX_MEMBERS_PER_PROJECT")
+            member = ProjectMember.create(project=project.id, email=email, role=role, status=PENDING)
+        else:
+            member.role, member.status, member.user = role, PENDING, None
+            member.save()
+        subject, text = invitation_mail(project, member)
+        queue_mail(member.email, subject, text, project_id=project.id, kind="invitation")
+    return member, is_new
 
 
 def remove(project: Project, permission_id: str) -> ProjectMember:

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import random
 import re
+import time
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
@@ -399,6 +400,9 @@ def _fail_pending(subscription_id: str, reason: str, now: datetime, batch: int |
             append([_status_event(event_id, tenant, project, kind, "failed", attempts, reason)
                     for event_id, tenant, project, kind, attempts in rows])
             done += len(rows)
+        # Let the requests waiting for the writer take it before the next batch (under gevent a SQLite call
+        # never yields, and releasing the lock alone does not switch greenlets).
+        time.sleep(0)
 
 
 def subscription_body(sub: WebhookSubscription) -> dict:

@@ -16,10 +16,12 @@ def names(role, settings) -> list[str]:
 
 def test_each_engine_is_registered_once_with_the_processes_it_runs_in(settings):
     assert len({spec.name for spec in REGISTRY}) == len(REGISTRY)
-    assert names(SERVE, settings) == ["live", "event-retention", "idle-sessions", "debug-audio-cleanup", "webhooks"]
-    assert names(WORKER, settings) == ["webhooks"]
+    assert names(SERVE, settings) == ["live", "event-retention", "idle-sessions", "debug-audio-cleanup", "webhooks",
+                                      "mail"]
+    assert names(WORKER, settings) == ["webhooks", "mail"]
     dedicated = replace(settings, webhook_worker=False)  # CORTEX_WEBHOOK_WORKER=false: workers deliver
-    assert "webhooks" not in names(SERVE, dedicated) and names(WORKER, dedicated) == ["webhooks"]
+    assert "webhooks" not in names(SERVE, dedicated) and names(WORKER, dedicated) == ["webhooks", "mail"]
+    assert "mail" in names(SERVE, dedicated)  # mail goes out from every process (the claim leases each message)
 
 
 def test_serve_engines_start_in_order_share_the_fanout_and_stop_in_reverse(app, settings):
@@ -30,6 +32,7 @@ def test_serve_engines_start_in_order_share_the_fanout_and_stop_in_reverse(app, 
         webhooks = engines.get("webhooks")
         assert webhooks.events_committed in engines.fanout._wakers  # a write of this process wakes its fan-out
         assert webhooks.dispatcher._worker.alive and engines.get("idle-sessions").alive
+        assert engines.get("mail").events_committed in engines.fanout._wakers and engines.get("mail").alive
     finally:
         engines.stop()
     assert engines.started == [] and not webhooks.dispatcher._worker.alive

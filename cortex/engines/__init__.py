@@ -12,6 +12,7 @@ processes it runs in:
 | ``idle-sessions`` | serve | stops sessions idle past their timeout (``cortex.engines.idle``) |
 | ``debug-audio-cleanup`` | serve | deletes expired debug audio (``cortex.engines.debug_audio``) |
 | ``webhooks`` | serve (unless ``CORTEX_WEBHOOK_WORKER=false``), worker | fan-out + delivery (``cortex.engines.webhooks``) |
+| ``mail`` | serve, worker | sends the durable mail outbox, retrying (``cortex.engines.mail``); several at once are safe |
 
 A new engine (plugins, functions) is one more :class:`EngineSpec` line here.
 """
@@ -24,6 +25,7 @@ from dataclasses import dataclass
 
 from cortex.engines.debug_audio import DebugAudioCleanupJob
 from cortex.engines.idle import IdleSessionSweeper
+from cortex.engines.mail import MailEngine
 from cortex.engines.webhooks import WebhookEngine
 from cortex.events.fanout import LivePipeline
 from cortex.events.retention import RetentionJob
@@ -51,6 +53,10 @@ def _webhook_roles(role: str, settings) -> bool:
     return role == WORKER or settings.webhook_worker
 
 
+def _every_role(_role: str, _settings) -> bool:
+    return True
+
+
 #: Every engine, in start order (stopped in reverse).
 REGISTRY: tuple[EngineSpec, ...] = (
     EngineSpec("live", LivePipeline.from_settings, _serve_only),
@@ -58,6 +64,9 @@ REGISTRY: tuple[EngineSpec, ...] = (
     EngineSpec("idle-sessions", IdleSessionSweeper.from_settings, _serve_only),
     EngineSpec("debug-audio-cleanup", DebugAudioCleanupJob.from_settings, _serve_only),
     EngineSpec("webhooks", WebhookEngine.from_settings, _webhook_roles),
+    # Every process sends mail: each message is leased to one engine (models.mail.claim), so running several
+    # is safe, and mail goes out whichever processes run.
+    EngineSpec("mail", MailEngine.from_settings, _every_role),
 )
 
 

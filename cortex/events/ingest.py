@@ -7,6 +7,20 @@ project secret as cached by ``POST …/settings/sync-secret`` (:func:`sign`). Th
 time. Every failure — missing header, unknown project, project without a cached secret, stale or unparsable
 timestamp, wrong signature — answers the same 401 problem (``Authentication failed``).
 
+**Replays.** A request sent again byte for byte (same project, ``X-Timestamp`` string and body, hence the same
+signature) while it can still pass the window is answered 201 with the ``id`` of the event the first one
+recorded, and records nothing: no second event, no second state change. The guard remembers each recorded
+request by :func:`models.ingest.replay_key` (SHA-256 of the project and the verified signature) until its
+window has passed (+ :data:`REPLAY_MARGIN`): in Redis when ``REDIS_URL`` is set (``SET NX`` claim, then the event
+id; :class:`RedisReplays`), else in the database, in the event's own transaction (:class:`DatabaseReplays`,
+``models.ingest``). Two identical requests at once still make one event: the loser answers the winner's id
+(waiting for it to commit). A replay is answered before the rate limit, so a captured request replayed by a
+stranger spends no budget. A different body or timestamp is a new request; an old one fails the window (401).
+
+**Time.** The log's clock is the server's: the event's log time (retention, ``prune_events``) is when Cortex
+received it, and ``seq`` orders it; the body's ``timestamp`` is kept as the time the event reports
+(``occurred_at``, shown as the envelope's ``timestamp``), so an event reporting an old time is not pruned early.
+
 **Rate limit.** After authentication, at most :data:`RATE_LIMIT` events per project per one-second window
 (fixed windows: an ``INCR``/``EXPIRE`` counter per project and second in Redis when ``REDIS_URL`` is set, so every
 process shares it — one script call counts the hits of every ingest that arrived meanwhile; an in-process
@@ -14,8 +28,8 @@ counter otherwise, or while Redis is unreachable). Beyond it: 429 with
 ``Retry-After: 1``. Strangers cannot spend a project's budget: unauthenticated requests are not counted.
 
 **Materialisation.** The event is validated (400 with the field and the rule) and written with
-``models.events.emit`` (the body's ``type``, ``source``, ``resourceId``, ``payload`` and ``timestamp``) in one
-transaction with what it describes:
+``models.events.emit`` (the body's ``type``, ``source``, ``resourceId``, ``payload`` and ``timestamp`` — the time
+the event reports, beside the receive time) in one transaction with what it describes:
 
 - ``participant.joined`` / ``participant.left`` (``data {sessionId, userId, peerId?, displayName?, userData?}``):
   the participant is created or found by external user id (``participant.created``/``updated``), a presence
@@ -53,12 +67,13 @@ import math
 import os
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 
 import peewee as pw
 
 from cortex.integrations.debug_audio import DebugAudioStore
+from cortex.integrations.shared_state import RedisLink, redis_client
 from cortex.lib import crypto
 from models.base import (
     ConnectionCoalescer,
@@ -73,6 +88,7 @@ from models.base import (
 )
 from models.events import DomainEvent, GroupCommit, emit
 from models.identity import Project
+from models.ingest import ReplayConflict, prune_replays, recorded_event, remember, replay_key
 from models.messages import (
     DuplicateMessage,
     Message,
@@ -94,6 +110,15 @@ MAX_CLOCK_SKEW = timedelta(minutes=5)
 #: Events per project per one-second window.
 RATE_LIMIT = 100
 RATE_KEY_PREFIX = "cortex:ingest:rate:"
+#: How long a replay record outlives the window its signature can pass (process clocks may differ a little).
+REPLAY_MARGIN = timedelta(seconds=60)
+REPLAY_KEY_PREFIX = "cortex:ingest:seen:"
+#: Redis: how long a claim of a request in progress holds (a crashed process's claim frees the request again).
+REPLAY_LEASE = 30
+#: Redis: how long a request waits for an identical one in progress elsewhere before answering 429.
+REPLAY_WAIT = 5.0
+#: Database: at most this often per process an ingest deletes expired replay records (retention does too).
+REPLAY_SWEEP_INTERVAL = 60.0
 #: The one 401 detail (the gate answers missing credential headers with the same problem).
 AUTH_FAILED = "Authentication failed"
 #: ``payload.action`` values the event envelopes document (GenericEventPayload).
@@ -110,11 +135,22 @@ def sign(secret: str, timestamp: str, raw_body: bytes) -> str:
 
 
 @dataclass(frozen=True)
+class Replay:
+    """What identifies a verified request for the replay guard: its key (:func:`models.ingest.replay_key`) and
+    when a byte-identical copy can no longer pass the clock-skew window (plus :data:`REPLAY_MARGIN`)."""
+
+    key: str
+    expires_at: datetime
+
+
+@dataclass(frozen=True)
 class Target:
-    """The authenticated project and what ingest needs to know about it."""
+    """The authenticated project and what ingest needs to know about it. ``replay``: the request's replay
+    record, written with its event when the database is the replay guard (None: it is not, e.g. Redis is)."""
 
     project: Project
     debug_audio: bool
+    replay: Replay | None = None
 
 
 #: The project by id or appId with its cached secret (inner join: no cached secret, no row) and its debug-audio
@@ -187,7 +223,8 @@ def authenticate(project_ref: str, timestamp: str, signature: str, raw_body: byt
     if not (secret and matches and fresh):
         raise unauthorized()
     project_id, tenant_id, _encrypted, debug_audio = rows[0]
-    return Target(Project(id=project_id, tenant=tenant_id, __no_default__=True), bool(debug_audio))
+    replay = Replay(replay_key(project_id, expected.decode("ascii")), signed_at + MAX_CLOCK_SKEW + REPLAY_MARGIN)
+    return Target(Project(id=project_id, tenant=tenant_id, __no_default__=True), bool(debug_audio), replay)
 
 
 # ---------------------------------------------------------------- the rate limit
@@ -236,7 +273,7 @@ class RateLimiter:
         self._local: dict[str, tuple[int, int]] = {}
         self._lock = threading.Lock()
         self._redis = None
-        self._redis_paused_until = 0.0  # after a Redis failure, count locally for a few seconds
+        self._link = RedisLink(redis_url, "ingest rate limit")  # after a failure, count locally for a few seconds
 
     def retry_after(self, key: str) -> int | None:
         """Count one hit; None when within the limit, else the whole seconds until the next window."""
@@ -259,23 +296,19 @@ class RateLimiter:
             return count
 
     def _count_shared(self, key: str, window: int) -> int | None:
-        if time.monotonic() < self._redis_paused_until:
+        if self._link.client() is None:
             return None
         name = f"{RATE_KEY_PREFIX}{key}:{window}"
         try:
             return self._counts().submit(name)
         except Exception:  # Redis down: limit per process rather than fail or stall every ingest
-            self._redis_paused_until = time.monotonic() + 5
-            log.warning("ingest rate limit: Redis unavailable, counting per process for 5 s", exc_info=True)
+            self._link.failed()
             return None
 
     def _counts(self) -> SharedCounts:
         if self._redis is None:
-            import redis
-
-            client = redis.Redis.from_url(self.redis_url, socket_connect_timeout=1, socket_timeout=1)
             # EVALSHA, loading the script when Redis lacks it
-            self._redis = SharedCounts(client.register_script(_COUNT_SCRIPT))
+            self._redis = SharedCounts(redis_client(self.redis_url).register_script(_COUNT_SCRIPT))
         return self._redis
 
 
@@ -427,6 +460,13 @@ def _session_row(id_, project_id, tenant_id, status) -> Session:
     return Session(id=id_, project=project_id, tenant_id=tenant_id, status=status, __no_default__=True)
 
 
+def _remember(target: Target, event_id: str) -> None:
+    """Write the request's replay record with its event (inside the event's transaction), when the database is
+    the replay guard; ReplayConflict when an identical request's record committed first."""
+    if target.replay is not None:
+        remember(target.replay.key, target.project.id, event_id, target.replay.expires_at)
+
+
 def _log(project: Project, incoming: Incoming, data: dict | None = None, action: str | None = None) -> DomainEvent:
     """Write the ingested event itself (inside the caller's transaction)."""
     return emit(
@@ -474,6 +514,7 @@ def _presence(target: Target, incoming: Incoming, _audio_store: DebugAudioStore)
         if changed:  # a repeated join, or a leave without a join, changes no presence and adds no line
             name = participant.display_name or participant.external_user_id
             add_system_message(session, f"{name} {'joined' if joined else 'left'}", at)
+        _remember(target, event.id)
         return event.id
 
     return group_commit.run(write)
@@ -533,7 +574,7 @@ def _message(target: Target, incoming: Incoming, audio_store: DebugAudioStore) -
             resource_id=incoming.resource_id,
             extra_data=extra,
         )
-        event_id = message_commit.run((project, message, event))
+        event_id = message_commit.run((project, message, event, target))
     except DuplicateMessage:  # a re-send that raced the original (the unique index decided)
         if store is not None:
             store.discard(staged)
@@ -617,16 +658,22 @@ context_reads = ContextReads()
 
 
 def _write_messages(items: list) -> list[str]:
-    """A batch of prepared messages with their events: multi-row INSERTs (see GroupCommit)."""
-    insert_messages([(message, event) for _project, message, event in items])
-    return [event.id for _project, _message, event in items]
+    """A batch of prepared messages with their events: multi-row INSERTs (see GroupCommit). An item is
+    ``(project, message, event)`` or ``(project, message, event, target)`` (its replay record written too)."""
+    insert_messages([(item[1], item[2]) for item in items])
+    for item in items:
+        if len(item) > 3:
+            _remember(item[3], item[2].id)
+    return [item[2].id for item in items]
 
 
 def _write_message(item) -> str:
     """One prepared message alone, in the usual lock order: its session row first (400 if it is gone now)."""
-    project, message, event = item
+    project, message, event = item[:3]
     _session(project, message.session_id, "FOR KEY SHARE")
     insert_messages([(message, event)])
+    if len(item) > 3:
+        _remember(item[3], event.id)
     return event.id
 
 
@@ -648,7 +695,9 @@ def _bot_status(target: Target, incoming: Incoming, _audio_store: DebugAudioStor
         # The session row lock comes before the event-log lock (emit), the order every session write uses.
         if set_session_status(session_id, status, "cortex:ingest", project_id=project.id) is None:
             raise invalid(f"payload.data.sessionId: this project has no session {session_id[:64]!r}")
-        return _log(project, incoming).id
+        event_id = _log(project, incoming).id
+        _remember(target, event_id)
+        return event_id
 
     return group_commit.run(write)
 
@@ -661,17 +710,193 @@ MATERIALISED = {
 }
 
 
+def _logged(target: Target, incoming: Incoming) -> str:
+    """Any other type: the event as sent (and the replay record)."""
+    event_id = _log(target.project, incoming).id
+    _remember(target, event_id)
+    return event_id
+
+
 def record(target: Target, incoming: Incoming, audio_store: DebugAudioStore) -> str:
-    """Write the event (materialised where it describes Cortex resources); the id of the logged event."""
+    """Write the event (materialised where it describes Cortex resources); the id of the logged event.
+    With ``target.replay`` its replay record is written in the same transaction (ReplayConflict: an identical
+    request's record committed first; nothing of this one stays)."""
     materialise = MATERIALISED.get(incoming.type)
     if materialise is not None:
         return materialise(target, incoming, audio_store)
-    return group_commit.run(lambda: _log(target.project, incoming).id)
+    return group_commit.run(lambda: _logged(target, incoming))
+
+
+# ---------------------------------------------------------------- the replay guard
+
+
+class DatabaseReplays:
+    """The replay guard without Redis: the request's :class:`models.ingest.IngestReplay` row, written in its
+    event's transaction; the primary key lets one of two identical requests commit, the other reads its id."""
+
+    def __init__(self, sweep_interval: float = REPLAY_SWEEP_INTERVAL):
+        self.sweep_interval = sweep_interval
+        self._next_sweep = 0.0
+
+    def run(self, target: Target, accept) -> str:
+        """The event id of an identical request already recorded, else ``accept(target)``'s (it writes the
+        record with the event)."""
+        key = target.replay.key
+        for _attempt in range(3):
+            seen = recorded_event(key)
+            if seen is not None:
+                return seen
+            try:
+                event_id = accept(target)
+            except ReplayConflict:  # an identical request committed first (its row is visible now)
+                continue
+            self.sweep()
+            return event_id
+        raise DomainError("rate_limited", "An identical request is being recorded; retry after 1 s", retry_after=1)
+
+    def sweep(self) -> None:
+        """Delete expired replay records, at most once per ``sweep_interval`` per process (the table holds about
+        one window of ingests)."""
+        now = time.monotonic()
+        if now < self._next_sweep:
+            return
+        self._next_sweep = now + self.sweep_interval
+        try:
+            prune_replays()
+        except Exception:  # the next sweep (or the retention job) tries again
+            log.warning("signed ingest: deleting expired replay records failed", exc_info=True)
+
+
+#: One call per claim, result, release or look-up of any number of keys (``KEYS`` with ``ARGV`` triples
+#: op, value, seconds); each answer is '' or the key's value: ``claim`` SET NX EX — '' when claimed, else what
+#: the key holds (``pending:…`` while an identical request is in progress, else its event id); ``done`` SET EX
+#: the event id; ``release`` DEL when the key still holds our claim.
+_REPLAY_SCRIPT = """
+local out = {}
+for i, key in ipairs(KEYS) do
+  local op, value, seconds = ARGV[3 * i - 2], ARGV[3 * i - 1], ARGV[3 * i]
+  out[i] = ''
+  if op == 'claim' then
+    if not redis.call('SET', key, value, 'NX', 'EX', seconds) then out[i] = redis.call('GET', key) or '' end
+  elseif op == 'done' then
+    redis.call('SET', key, value, 'EX', seconds)
+  elseif op == 'release' then
+    if redis.call('GET', key) == value then redis.call('DEL', key) end
+  end
+end
+return out
+"""
+PENDING = "pending:"
+
+
+class SharedReplays(ConnectionCoalescer):
+    """The Redis side of the replay guard: the operations of concurrent requests in ONE script call."""
+
+    def __init__(self, script):
+        super().__init__(max_batch=500)
+        self.script = script
+
+    def direct(self, item):
+        return self.serve_many([item])[0]
+
+    def serve_many(self, items: list) -> list[str]:
+        keys = [key for _op, key, _value, _seconds in items]
+        args = [arg for op, _key, value, seconds in items for arg in (op, value, seconds)]
+        return [value.decode() if isinstance(value, bytes) else value for value in self.script(keys=keys, args=args)]
+
+
+class RedisReplays:
+    """The replay guard with Redis (every process shares it): ``SET NX`` claims a request's key before it is
+    recorded, the event id replaces the claim once it committed (both expire with the window). An identical
+    request answers that id; while the first is still in progress it waits up to :data:`REPLAY_WAIT` seconds
+    (then 429, ``Retry-After: 1``); if the first fails, its claim is released and the copy is recorded itself.
+    While Redis is unreachable the database guard stands in (for 5 s at a time, logged)."""
+
+    def __init__(self, redis_url: str, fallback: DatabaseReplays):
+        self.redis_url = redis_url
+        self.fallback = fallback
+        self._shared: SharedReplays | None = None
+        self._link = RedisLink(redis_url, "signed ingest replay guard")  # the database stands in after a failure
+
+    def _call(self, op: str, key: str, value: str, seconds: int) -> str:
+        if self._shared is None:
+            self._shared = SharedReplays(redis_client(self.redis_url).register_script(_REPLAY_SCRIPT))
+        return self._shared.submit((op, key, value, seconds))
+
+    def run(self, target: Target, accept) -> str:
+        if self._link.client() is None:
+            return self.fallback.run(target, accept)
+        key = REPLAY_KEY_PREFIX + target.replay.key
+        seconds = max(1, math.ceil((target.replay.expires_at - utcnow()).total_seconds()))
+        claim = PENDING + new_id()
+        try:
+            self._wait_for_claim(key, claim, min(seconds, REPLAY_LEASE))
+        except _Answered as answered:
+            return answered.event_id
+        except DomainError:
+            raise
+        except Exception:  # Redis down: the database guard rather than none, or failing every ingest
+            self._link.failed()
+            return self.fallback.run(target, accept)
+        try:
+            event_id = accept(replace(target, replay=None))
+        except BaseException:
+            self._quietly("release", key, claim, 1)
+            raise
+        self._quietly("done", key, event_id, seconds)
+        return event_id
+
+    def _wait_for_claim(self, key: str, claim: str, lease: int) -> None:
+        """Return once this request holds the key; _Answered with the event id of an identical request."""
+        deadline = time.monotonic() + REPLAY_WAIT
+        pause = 0.005
+        while True:
+            held = self._call("claim", key, claim, lease)
+            if not held:
+                return
+            if not held.startswith(PENDING):
+                raise _Answered(held)
+            if time.monotonic() >= deadline:
+                raise DomainError("rate_limited", "An identical request is still being recorded; retry after 1 s",
+                                  retry_after=1)
+            time.sleep(pause)
+            pause = min(pause * 2, 0.1)
+
+    def _quietly(self, op: str, key: str, value: str, seconds: int) -> None:
+        try:
+            self._call(op, key, value, seconds)
+        except Exception:  # the claim expires after REPLAY_LEASE seconds
+            log.warning("signed ingest replay guard: Redis %s failed", op, exc_info=True)
+
+
+class _Answered(Exception):
+    def __init__(self, event_id: str):
+        super().__init__(event_id)
+        self.event_id = event_id
+
+
+database_replays = DatabaseReplays()
+_redis_replays: dict[str, RedisReplays] = {}
+
+
+def replay_guard(redis_url: str | None) -> DatabaseReplays | RedisReplays:
+    """This process's replay guard: Redis when ``redis_url`` is set, else the database."""
+    if redis_url is None:
+        return database_replays
+    guard = _redis_replays.get(redis_url)
+    if guard is None:
+        guard = _redis_replays[redis_url] = RedisReplays(redis_url, database_replays)
+    return guard
 
 
 def ingest(project_ref: str, timestamp: str, signature: str, body: dict, raw_body: bytes, *,
            redis_url: str | None, audio_store: DebugAudioStore) -> str:
-    """POST /api/events/ingest: authenticate (401), rate-limit (429), validate (400), record; the event id."""
+    """POST /api/events/ingest: authenticate (401); a byte-identical copy of a recorded request answers the
+    recorded event's id and writes nothing; else rate-limit (429), validate (400), record; the event id."""
     target = authenticate(project_ref, timestamp, signature, raw_body)
-    check_rate(target.project.id, redis_url)
-    return record(target, parse(body), audio_store)
+
+    def accept(guarded: Target) -> str:
+        check_rate(guarded.project.id, redis_url)
+        return record(guarded, parse(body), audio_store)
+
+    return replay_guard(redis_url).run(target, accept)

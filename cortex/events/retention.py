@@ -1,5 +1,7 @@
 """Event-log retention: events older than ``CORTEX_EVENT_RETENTION_DAYS`` are deleted every hour, never one a
-persistent consumer has not processed yet (``models.events.prune_events``)."""
+persistent consumer has not processed yet (``models.events.prune_events``). Age is the log's clock — when Cortex
+received an event — never the time an event reports (a signed-ingest sender's ``timestamp``). The same run deletes
+expired signed-ingest replay records (``models.ingest.prune_replays``; ingest itself does so every minute)."""
 
 from __future__ import annotations
 
@@ -8,6 +10,7 @@ import logging
 from cortex.lib.background import PeriodicJob
 from models.base import own_connection
 from models.events import DEFAULT_RETENTION_DAYS, prune_events
+from models.ingest import prune_replays
 
 log = logging.getLogger("cortex.retention")
 
@@ -32,6 +35,7 @@ class RetentionJob(PeriodicJob):
         """Prune once; the number of events deleted."""
         with own_connection():
             deleted = prune_events(self.retention_days)
+            prune_replays()
         if deleted:
             log.info("event retention: deleted %d events older than %s days", deleted, self.retention_days)
         return deleted

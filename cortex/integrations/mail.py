@@ -15,6 +15,10 @@ Without ``CORTEX_SMTP_URL`` nothing leaves the machine: each message is written 
 ``<data_dir>/outbox/`` (readable with any mail client, or with :func:`read_outbox`), which is what
 development and the test suite use. Every message opens a fresh connection, so one ``Mailer`` is safe to
 share between threads and greenlets.
+
+Features do not call :meth:`Mailer.send` while handling a request: they queue the message in the durable
+outbox table (``models.mail.queue_mail``, in the transaction of the change), and the mail engine
+(``cortex.engines.mail``) sends it with this mailer, retrying until the server takes it.
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ import os
 import smtplib
 import ssl
 import tempfile
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from email.message import EmailMessage
@@ -45,6 +50,11 @@ _QUERY_OPTIONS = {"starttls", "timeout", "verify"}
 
 class MailError(Exception):
     """A message could not be delivered (connection, TLS, authentication or SMTP refusal)."""
+
+
+#: An attachment: (file name, content type — parameters allowed, e.g. ``text/calendar; method=REQUEST`` —,
+#: content).
+Attachment = tuple[str, str, bytes]
 
 
 @dataclass(frozen=True)
@@ -89,9 +99,13 @@ class Mailer:
         text: str,
         html: str | None = None,
         headers: dict | None = None,
+        attachments: Sequence[Attachment] = (),
+        message_id: str | None = None,
     ) -> str:
-        """Send one message (plain text, optional HTML alternative) and return its Message-ID."""
-        message, recipients = self.build(to, subject, text, html=html, headers=headers)
+        """Send one message (plain text, optional HTML alternative, optional attachments) and return its
+        Message-ID (``message_id`` when given: a queued message keeps one across its attempts)."""
+        message, recipients = self.build(to, subject, text, html=html, headers=headers, attachments=attachments,
+                                         message_id=message_id)
         if self.scheme is None:
             path = self._write_outbox(message)
             log.info("mail %s to %s written to %s", message["Message-ID"], ", ".join(recipients), path)
@@ -107,8 +121,13 @@ class Mailer:
         text: str,
         html: str | None = None,
         headers: dict | None = None,
+        attachments: Sequence[Attachment] = (),
+        message_id: str | None = None,
     ) -> tuple[EmailMessage, list[str]]:
-        """Compose the message and its envelope recipients without sending (ValueError on bad input)."""
+        """Compose the message and its envelope recipients without sending (ValueError on bad input).
+
+        With attachments the message is ``multipart/mixed``: the text (or text/HTML alternative) first, then
+        each attachment (base64)."""
         to_list = [to] if isinstance(to, str) else list(to)
         recipients = [_address(entry) for entry in to_list]
         if not recipients or not all(recipients):
@@ -118,7 +137,7 @@ class Mailer:
         message["To"] = ", ".join(to_list)
         message["Subject"] = subject
         message["Date"] = email.utils.formatdate(localtime=False, usegmt=True)
-        message["Message-ID"] = email.utils.make_msgid(domain=_domain(self.mail_from))
+        message["Message-ID"] = message_id or email.utils.make_msgid(domain=_domain(self.mail_from))
         for name, value in (headers or {}).items():
             if name in message:
                 message.replace_header(name, value)
@@ -127,7 +146,18 @@ class Mailer:
         message.set_content(text)
         if html is not None:
             message.add_alternative(html, subtype="html")
+        for filename, content_type, content in attachments:
+            parsed = email.policy.default.header_factory("Content-Type", content_type)
+            if parsed.defects or "/" not in content_type or parsed.maintype in ("multipart", "message"):
+                raise ValueError(f"attachment {filename!r}: {content_type!r} is not a content type")
+            message.add_attachment(bytes(content), maintype=parsed.maintype, subtype=parsed.subtype,
+                                   filename=filename, params=dict(parsed.params))
         return message, recipients
+
+    def message_id_for(self, key: str) -> str:
+        """A Message-ID derived from ``key`` (e.g. an outbox row id), under the sender's domain: the same on
+        every attempt to send that message."""
+        return f"<{key}@{_domain(self.mail_from)}>"
 
     def _tls_context(self) -> ssl.SSLContext:
         """The TLS context for STARTTLS / SMTPS (verification off only with ``verify=false``)."""

@@ -80,7 +80,26 @@ class Worker:
             log.warning("%s did not stop within %s s", self.name, timeout)
 
 
-class PeriodicJob:
+class Background:
+    """Something that runs one :class:`Worker` (``self._worker``, set by the subclass): started, stopped, alive."""
+
+    _worker: Worker
+
+    def start(self) -> None:
+        """Run in the background (a greenlet under gevent, else a daemon thread)."""
+        self._worker.start()
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Stop and wait."""
+        self._worker.stop(timeout)
+
+    @property
+    def alive(self) -> bool:
+        """True while the background loop runs."""
+        return self._worker.alive
+
+
+class PeriodicJob(Background):
     """A background job: ``run_once()`` at start and then every ``interval`` seconds until stopped; a failed
     run is logged and retried at the next interval. Subclasses implement ``run_once``; it can also be called
     directly (tests, a cron)."""
@@ -103,16 +122,3 @@ class PeriodicJob:
             except Exception:
                 log.exception("%s failed; retrying in %s s", self.label, self.interval)
             pause(stop_event, self.interval)
-
-    def start(self) -> None:
-        """Run in the background."""
-        self._worker.start()
-
-    def stop(self, timeout: float = 10.0) -> None:
-        """Stop and wait."""
-        self._worker.stop(timeout)
-
-    @property
-    def alive(self) -> bool:
-        """True while the background loop runs."""
-        return self._worker.alive

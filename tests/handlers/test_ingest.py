@@ -13,7 +13,7 @@ import pytest
 from cortex.events import ingest
 from cortex.integrations.debug_audio import DebugAudioStore
 from models.base import db, rfc3339, transaction, utcnow
-from models.events import DomainEvent
+from models.events import DomainEvent, event_body
 from models.messages import Message
 from models.participants import Participant
 from models.sessions import PresenceSpan, Session, _change_status
@@ -106,7 +106,9 @@ def test_a_signed_event_is_logged_as_sent(client, signer):
     assert (logged.type, logged.source, logged.resource_id) == ("server.started", "fleet:server", "server:srv-1")
     assert (logged.project_id, logged.tenant_id) == (signer.project.id, signer.project.tenant_id)
     assert logged.payload == {"action": "occurred", "data": {"serverId": "srv-1", "region": "eu"}}
-    assert rfc3339(logged.timestamp) == "2026-03-20T12:00:00.123Z"  # the sender's time is kept
+    # the sender's time is kept as the time the event reports (the envelope's timestamp), not as the log's clock
+    assert rfc3339(logged.occurred_at) == "2026-03-20T12:00:00.123Z"
+    assert event_body(logged)["timestamp"] == "2026-03-20T12:00:00.123Z"
 
 
 def test_changes_are_kept_and_the_time_defaults_to_now(client, signer):

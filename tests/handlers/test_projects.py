@@ -22,6 +22,13 @@ def users_url(member, suffix=""):
     return f"/api/projects/{member.project.id}/users{suffix}"
 
 
+def send_queued_mail(mailer) -> int:
+    """What the mail engine of `cortex serve` does in the background: send every queued message now."""
+    from cortex.engines.mail import MailEngine
+
+    return MailEngine(mailer).drain()
+
+
 # ------------------------------------------------------------------------------------------ listing
 
 
@@ -80,12 +87,14 @@ def test_other_tenants_projects_are_invisible(client, owner, stranger):
 # ------------------------------------------------------------------------------------------ members
 
 
-def test_invite_creates_a_pending_member_and_mails_the_invitation(client, owner, settings):
+def test_invite_creates_a_pending_member_and_mails_the_invitation(client, owner, settings, app):
     response = client.post(users_url(owner, "/invite"), json={"email": " New@Example.com ", "role": "maintainer"},
                            headers=owner.headers)
     assert response.status_code == 201
     invited = response.get_json()
     assert invited["email"] == "new@example.com" and invited["status"] == "pending" and invited["role"] == "maintainer"
+    assert read_outbox(settings.data_dir) == []  # queued with the membership; the mail engine sends it
+    assert send_queued_mail(app.extensions["cortex"].mailer) == 1
     [message] = read_outbox(settings.data_dir)
     assert message["To"] == "new@example.com" and "Game One" in message["Subject"]
     listed = client.get(users_url(owner), headers=owner.headers).get_json()
@@ -110,6 +119,22 @@ def test_pending_invite_becomes_active_when_that_user_logs_in(client, owner, mak
 )
 def test_invite_rejections(client, owner, body, status):
     assert client.post(users_url(owner, "/invite"), json=body, headers=owner.headers).status_code == status
+
+
+def test_a_project_holds_at_most_the_configured_number_of_memberships(client, owner, app):
+    from dataclasses import replace
+
+    runtime = app.extensions["cortex"]
+    runtime.settings = replace(runtime.settings, max_members_per_project=3)  # the owner and two more
+    invite = lambda email: client.post(users_url(owner, "/invite"), json={"email": email, "role": "developer"},  # noqa: E731
+                                       headers=owner.headers)
+    assert invite("a@example.com").status_code == 201
+    assert invite("b@example.com").status_code == 201
+    refused = invite("c@example.com")
+    assert refused.status_code == 409
+    assert "CORTEX_MAX_MEMBERS_PER_PROJECT" in refused.get_json()["detail"]
+    assert len(client.get(users_url(owner), headers=owner.headers).get_json()) == 3  # nothing stored
+    assert invite("a@example.com").status_code == 201  # inviting a held email again reuses its row
 
 
 def test_removal_ends_access_on_the_next_request(client, owner, add_member):
@@ -260,16 +285,14 @@ def test_invitations_are_delivered_over_smtp(client, owner, app):
     controller = Controller(Collect(), hostname="127.0.0.1", port=port, server_hostname="localhost",
                             ready_timeout=5)
     controller.start()
-    runtime = app.extensions["cortex"]
-    original = runtime.mailer
     try:
-        runtime.mailer = Mailer.from_settings(f"smtp://127.0.0.1:{port}", "cortex@studio.example", app.extensions[
-            "cortex"].settings.data_dir)
         response = client.post(users_url(owner, "/invite"), json={"email": "smtp@example.com", "role": "developer"},
                                headers=owner.headers)
         assert response.status_code == 201
+        mailer = Mailer.from_settings(f"smtp://127.0.0.1:{port}", "cortex@studio.example",
+                                      app.extensions["cortex"].settings.data_dir)
+        assert send_queued_mail(mailer) == 1
     finally:
-        runtime.mailer = original
         controller.stop()
     [(recipients, content)] = received
     assert recipients == ["smtp@example.com"]
