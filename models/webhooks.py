@@ -364,8 +364,9 @@ def delete_subscription(project_id: str, subscription_id: str) -> WebhookSubscri
     return sub
 
 
-#: Pending events failed per transaction when a subscription is deleted.
+#: Pending events failed per transaction when a subscription is deleted, and the longest pause between two.
 DELETE_BATCH = 500
+DELETE_PAUSE_MAX = 0.5
 
 
 def finish_deleted() -> int:
@@ -386,6 +387,7 @@ def _fail_pending(subscription_id: str, reason: str, now: datetime, batch: int |
     field = WebhookEvent.updated_at
     done = 0
     while True:
+        started = time.monotonic()
         with transaction():
             part = [i for (i,) in WebhookEvent.select(WebhookEvent.id).where(
                 (WebhookEvent.subscription_id == subscription_id) & (WebhookEvent.status == "pending"))
@@ -400,9 +402,10 @@ def _fail_pending(subscription_id: str, reason: str, now: datetime, batch: int |
             append([_status_event(event_id, tenant, project, kind, "failed", attempts, reason)
                     for event_id, tenant, project, kind, attempts in rows])
             done += len(rows)
-        # Let the requests waiting for the writer take it before the next batch (under gevent a SQLite call
-        # never yields, and releasing the lock alone does not switch greenlets).
-        time.sleep(0)
+        # Give way before the next batch, as long as this one took: the requests waiting for the writer take it
+        # (under gevent a SQLite call never yields, and releasing the lock alone does not switch greenlets), and
+        # a long backlog uses at most about half the process's time, however long it is.
+        time.sleep(min(time.monotonic() - started, DELETE_PAUSE_MAX))
 
 
 def subscription_body(sub: WebhookSubscription) -> dict:

@@ -321,6 +321,8 @@ def delete_row(server, projects, token, args, counter, row):
     import _loadgen
     import gevent
 
+    from models.webhooks import DELETE_BATCH
+
     project = projects[0]
     path = f"/api/projects/{project['id']}/webhooks/subscriptions/{project['subscription']}"
     raw = (f"DELETE {path} HTTP/1.1\r\nHost: {HOST}\r\nAuthorization: Bearer {token}\r\n"
@@ -338,7 +340,8 @@ def delete_row(server, projects, token, args, counter, row):
     result.extra["delete"] = outcome
     print(row_line(result), flush=True)
     print(f"  DELETE …/subscriptions/{{id}} answered {outcome.get('status')} after {outcome.get('seconds')} s "
-          f"(the backlog failed in batches of 500, each its own transaction)", flush=True)
+          f"(the backlog failed in batches of {DELETE_BATCH}, each its own transaction, pausing as long as it "
+          f"took)", flush=True)
     if outcome.get("status") != 200:
         raise _loadgen.BenchError(f"the DELETE answered {outcome}")
     return result
