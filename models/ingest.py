@@ -18,7 +18,7 @@ from datetime import datetime
 
 import peewee as pw
 
-from models.base import Prepared, UTCDateTimeField, db, transaction, utcnow
+from models.base import Prepared, UTCDateTimeField, db, insert_rows, is_sqlite, transaction, utcnow
 
 
 class IngestReplay(pw.Model):
@@ -62,6 +62,18 @@ def recorded_event(key: str) -> str | None:
     return rows[0][0] if rows else None
 
 
+def recorded_events(keys: list[str]) -> dict[str, str]:
+    """key → id of the event an identical request recorded, for those of ``keys`` that were recorded: ONE
+    query however many keys (the look-ups of concurrent ingests, ``cortex/events/ingest.py``)."""
+    if not keys:
+        return {}
+    key, event_id = (IngestReplay._meta.fields[name].column_name for name in ("key", "event_id"))
+    marks = ", ".join([db.param] * len(keys))
+    sql = (f'SELECT "{key}", "{event_id}" FROM "{IngestReplay._meta.table_name}" '  # nosec B608 - only column names from the model and placeholders are interpolated; values are bound
+           f'WHERE "{key}" IN ({marks})')
+    return dict(db.execute_sql(sql, list(keys)).fetchall())
+
+
 _FIELDS = ("key", "project_id", "event_id", "expires_at")
 _insert_sql = weakref.WeakKeyDictionary()  # bound database → one-row INSERT
 
@@ -81,6 +93,27 @@ def remember(key: str, project_id: str, event_id: str, expires_at: datetime) -> 
         db.execute_sql(sql, [field.db_value(values[field.name]) for field in fields])
     except pw.IntegrityError:  # on PostgreSQL the transaction is now aborted: the caller rolls it back
         raise ReplayConflict(key) from None
+
+
+def remember_many(records: list[tuple[str, str, str, datetime]]) -> None:
+    """Record several requests — ``(key, project_id, event_id, expires_at)`` each — inside the caller's
+    transaction, with ONE multi-row INSERT on PostgreSQL (a group-commit batch of ingests);
+    :class:`ReplayConflict` when a key is taken (an identical request committed first, or two identical
+    requests are in the batch; it names the batch's first key, as which one clashed is not known): the caller
+    rolls the transaction back and runs each request alone (``remember``)."""
+    if len(records) <= 1 or is_sqlite():  # SQLite runs in-process: a statement per row costs no round trip
+        for record in records:
+            remember(*record)
+        return
+    if not db.in_transaction():
+        raise RuntimeError("a replay record must be written in the transaction of its event")
+    fields = [IngestReplay._meta.fields[name] for name in _FIELDS]
+    rows = [IngestReplay(key=key, project_id=project_id, event_id=event_id, expires_at=expires_at,
+                         __no_default__=True) for key, project_id, event_id, expires_at in records]
+    try:
+        insert_rows(IngestReplay, fields, rows)
+    except pw.IntegrityError:  # the transaction is now aborted: the caller rolls it back
+        raise ReplayConflict(records[0][0]) from None
 
 
 def prune_replays(now: datetime | None = None, *, batch: int = 5000) -> int:

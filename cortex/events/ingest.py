@@ -49,10 +49,11 @@ the event reports, beside the receive time) in one transaction with what it desc
 A session id that is not the project's answers 400 (ingest documents no 404).
 
 **Coalescing.** Writes go through :class:`models.events.GroupCommit`: everything that arrives while a
-transaction is being written shares the next one (message.created as multi-row INSERTs); the Redis rate
-counter (:class:`SharedCounts`) and, on PostgreSQL, the message.created reads (:class:`ContextReads`) are
-batched the same way (``cortex/lib/coalesce.py``); every request still gets exactly its own answer. What this
-process knows about a project (its cached secret, the debug-audio flag) is re-read after :data:`TARGET_TTL`
+transaction is being written shares the next one (message.created, with its replay records, as multi-row
+INSERTs); the Redis rate counter (:class:`SharedCounts`), the Redis replay guard (:class:`SharedReplays`) and,
+on PostgreSQL, the database replay look-ups (:class:`ReplayReads`) and the message.created reads
+(:class:`ContextReads`) are batched the same way (``cortex/lib/coalesce.py``); every request still gets exactly
+its own answer. What this process knows about a project (its cached secret, the debug-audio flag) is re-read after :data:`TARGET_TTL`
 seconds, at once after this process changed it.
 """
 
@@ -88,7 +89,15 @@ from models.base import (
 )
 from models.events import DomainEvent, GroupCommit, emit
 from models.identity import Project
-from models.ingest import ReplayConflict, prune_replays, recorded_event, remember, replay_key
+from models.ingest import (
+    ReplayConflict,
+    prune_replays,
+    recorded_events,
+    remember,
+    remember_many,
+    replay_key,
+)
+from models.ingest import recorded_event as _recorded_event
 from models.messages import (
     DuplicateMessage,
     Message,
@@ -658,12 +667,17 @@ context_reads = ContextReads()
 
 
 def _write_messages(items: list) -> list[str]:
-    """A batch of prepared messages with their events: multi-row INSERTs (see GroupCommit). An item is
+    """A batch of prepared messages with their events: multi-row INSERTs (see GroupCommit), the replay records
+    of the batch too (one more; a ReplayConflict rolls the batch back and each item runs alone). An item is
     ``(project, message, event)`` or ``(project, message, event, target)`` (its replay record written too)."""
     insert_messages([(item[1], item[2]) for item in items])
-    for item in items:
-        if len(item) > 3:
-            _remember(item[3], item[2].id)
+    records = [
+        (item[3].replay.key, item[3].project.id, item[2].id, item[3].replay.expires_at)
+        for item in items
+        if len(item) > 3 and item[3].replay is not None
+    ]
+    if records:
+        remember_many(records)
     return [item[2].id for item in items]
 
 
@@ -728,6 +742,34 @@ def record(target: Target, incoming: Incoming, audio_store: DebugAudioStore) -> 
 
 
 # ---------------------------------------------------------------- the replay guard
+
+
+class ReplayReads(ConnectionCoalescer):
+    """The replay look-ups (:class:`DatabaseReplays`) of every ingest that arrived meanwhile, as ONE query on
+    PostgreSQL (a round trip per ingest cost ~10 % of the paced rate); on SQLite, which runs in process, and
+    inside a transaction (whose uncommitted rows only its own connection sees) each is made where asked."""
+
+    def __init__(self, *, max_batch: int = 500, enabled: bool | None = None):
+        super().__init__(max_batch=max_batch, enabled=enabled)
+
+    def coalescing(self) -> bool:
+        return not is_sqlite() and not db.in_transaction() and super().coalescing()
+
+    def direct(self, key: str) -> str | None:
+        return _recorded_event(key)
+
+    def serve_many(self, keys: list[str]) -> list[str | None]:
+        found = recorded_events(list(dict.fromkeys(keys)))
+        return [found.get(key) for key in keys]
+
+
+replay_reads = ReplayReads()
+
+
+def recorded_event(key: str) -> str | None:
+    """The id of the event an identical request recorded (None when there is none), read with the look-ups
+    of concurrent ingests."""
+    return replay_reads.submit(key)
 
 
 class DatabaseReplays:
@@ -818,10 +860,13 @@ class RedisReplays:
         self._shared: SharedReplays | None = None
         self._link = RedisLink(redis_url, "signed ingest replay guard")  # the database stands in after a failure
 
-    def _call(self, op: str, key: str, value: str, seconds: int) -> str:
+    def _replays(self) -> SharedReplays:
         if self._shared is None:
             self._shared = SharedReplays(redis_client(self.redis_url).register_script(_REPLAY_SCRIPT))
-        return self._shared.submit((op, key, value, seconds))
+        return self._shared
+
+    def _call(self, op: str, key: str, value: str, seconds: int) -> str:
+        return self._replays().submit((op, key, value, seconds))
 
     def run(self, target: Target, accept) -> str:
         if self._link.client() is None:
@@ -863,9 +908,12 @@ class RedisReplays:
             pause = min(pause * 2, 0.1)
 
     def _quietly(self, op: str, key: str, value: str, seconds: int) -> None:
+        """Send ``done`` / ``release`` without waiting for Redis (the answer does not depend on it: an identical
+        request that looks meanwhile finds the claim and waits for it). Should it fail, the claim expires after
+        REPLAY_LEASE seconds."""
         try:
-            self._call(op, key, value, seconds)
-        except Exception:  # the claim expires after REPLAY_LEASE seconds
+            self._replays().post((op, key, value, seconds))
+        except Exception:
             log.warning("signed ingest replay guard: Redis %s failed", op, exc_info=True)
 
 

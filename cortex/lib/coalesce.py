@@ -75,6 +75,19 @@ class Coalescer:
         """The result of ``item`` (or its error), served with whatever else is queued meanwhile."""
         if not self.coalescing():
             return self.direct(item)
+        result = self._queue(item)
+        self.before_wait()
+        return result.get()
+
+    def post(self, item) -> None:
+        """Queue ``item`` without waiting for it (its result and any error are dropped): for writes whose
+        outcome the caller need not know before it answers. Not coalescing: served at once, errors raised."""
+        if not self.coalescing():
+            self.direct(item)
+            return
+        self._queue(item)
+
+    def _queue(self, item):
         from gevent.event import AsyncResult, Event
 
         result = AsyncResult()
@@ -85,8 +98,7 @@ class Coalescer:
             self._wake = self._wake or Event()
             self._worker = gevent.spawn(self._serve_forever)
         self._wake.set()
-        self.before_wait()
-        return result.get()
+        return result
 
     # -------------------------------------------------------- the worker greenlet
 

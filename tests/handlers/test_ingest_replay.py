@@ -21,13 +21,14 @@ import pytest
 from cortex.events import ingest
 from cortex.events.retention import RetentionJob
 from models import ingest as replays
-from models.base import rfc3339, transaction, utcnow
-from models.events import DomainEvent, event_body
+from models.base import is_sqlite, rfc3339, transaction, utcnow
+from models.events import DomainEvent, GroupCommit, event_body
 from models.ingest import IngestReplay, prune_replays
 from models.messages import Message
 from models.sessions import PresenceSpan, Session
 from tests.handlers.test_ingest import URL, event, events, make_session, post, secret_of
 from tests.handlers.test_sse import REPLAY_SECONDS, open_stream, set_max_seconds
+from tests.test_group_commit import ingest_item, run_together
 
 REDIS_URL = os.environ.get("REDIS_URL")
 
@@ -228,6 +229,55 @@ def test_a_request_that_lost_the_race_answers_the_winners_id(client, signer, dat
     assert len(looked_up) == 2
     assert len(events("participant.left")) == 1
     assert [m.content for m in Message.select().order_by(Message.event_seq)] == ["odin-7 joined", "odin-7 left"]
+
+
+def replay_target(member, key: str) -> ingest.Target:
+    return ingest.Target(member.project, False, ingest.Replay(key, utcnow() + timedelta(minutes=6)))
+
+
+def test_batched_look_ups_answer_what_single_look_ups_answer(client, signer):
+    """ReplayReads: the look-ups of concurrent requests in one query (PostgreSQL; each alone on SQLite), each
+    answered exactly as its own single look-up."""
+    with transaction():
+        replays.remember("a" * 64, signer.project.id, "e1", utcnow() + timedelta(minutes=5))
+        replays.remember("b" * 64, signer.project.id, "e2", utcnow() + timedelta(minutes=5))
+    keys = ["a" * 64, "c" * 64, "b" * 64, "a" * 64]  # one unknown, one asked twice
+    reads = ingest.ReplayReads(enabled=True)
+    greenlets = run_together(reads, keys)
+    assert [g.get() for g in greenlets] == ["e1", None, "e2", "e1"] == [replays.recorded_event(k) for k in keys]
+    assert reads.serve_many(keys) == ["e1", None, "e2", "e1"]
+    assert replays.recorded_events([]) == {}
+    if not is_sqlite():
+        assert reads.batches < len(keys)
+
+
+def test_a_batch_records_its_requests_in_one_insert_and_a_clash_falls_back_to_each_alone(client, signer):
+    """The replay records of a group-commit batch of message.created: one multi-row INSERT; two copies of one
+    request in the batch (or one already recorded) roll it back, each runs alone, and exactly the copy whose
+    record committed answers its event (the others ReplayConflict, then the guard answers the winner's id)."""
+    session = make_session(signer)
+    with transaction():
+        replays.remember("0" * 64, signer.project.id, "e0", utcnow() + timedelta(minutes=5))
+
+    def item(key: str, external_id: str):
+        return (*ingest_item(signer.project, session, external_id), replay_target(signer, key))
+
+    group = GroupCommit(ingest._write_messages, ingest._write_message, enabled=True)
+    fine = run_together(group, [item("1" * 64, "m1"), item("2" * 64, "m2")])
+    assert group.batches == 1 and all(g.successful() for g in fine)
+    assert {r.key: r.event_id for r in IngestReplay.select()} == {
+        "0" * 64: "e0", "1" * 64: fine[0].get(), "2" * 64: fine[1].get()}
+
+    keys = ["3" * 64, "4" * 64, "3" * 64, "0" * 64, "5" * 64]
+    greenlets = run_together(group, [item(key, f"n{i}") for i, key in enumerate(keys)])
+    lost = [isinstance(g.exception, replays.ReplayConflict) for g in greenlets]
+    assert lost == [False, False, True, True, False]
+    recorded = {r.key: r.event_id for r in IngestReplay.select()}
+    for key, greenlet, clashed in zip(keys, greenlets, lost, strict=True):
+        if not clashed:
+            assert recorded[key] == greenlet.get()
+    assert recorded["0" * 64] == "e0"
+    assert sorted(m.external_id for m in Message.select()) == ["m1", "m2", "n0", "n1", "n4"]  # losers left none
 
 
 def concurrent_copies(servers_, request: Signed, copies: int) -> list[tuple[int, bytes]]:
