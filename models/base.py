@@ -51,6 +51,13 @@ def not_found(what: str) -> DomainError:
     return DomainError("not_found", f"{what} not found")
 
 
+def found(row, what: str):
+    """``row`` when there is one; not_found(``what``) when it is None (a lookup that must find its row)."""
+    if row is None:
+        raise not_found(what)
+    return row
+
+
 def conflict(detail: str) -> DomainError:
     """409: the request clashes with stored state."""
     return DomainError("conflict", detail)

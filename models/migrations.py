@@ -10,6 +10,7 @@ from models import (
     messages,
     participants,
     presence,
+    sanctions,
     sessions,
     settings,
     voice,
@@ -78,11 +79,16 @@ def _v8_ingest_replay_guard(database):
     add_column_if_missing(database, "domain_event", "occurred_at", UTCDateTimeField(null=True))
 
 
+def _v9_sanctions(database):
+    """Sanctions (moderation records) with the indexes of a player's sanctions and of the clock's transitions."""
+    database.create_tables(sanctions.MODELS, safe=True)
+
+
 #: Every table the migrations create, as models (tests empty them between cases in dependency order).
 ALL_MODELS = [
     *identity.MODELS, *settings.MODELS, *voice.MODELS, *events.MODELS, *sessions.MODELS, *participants.MODELS,
     *messages.MODELS, *presence.MODELS, *webhooks.MODELS, *mail.MODELS,
-    *ingest.MODELS,
+    *ingest.MODELS, *sanctions.MODELS,
 ]
 
 #: Versioned migrations: (version, name, function(database)). Append only; never edit an applied one.
@@ -95,4 +101,5 @@ MIGRATIONS = [
     (6, "webhooks", _v6_webhooks),
     (7, "mail outbox", _v7_mail_outbox),
     (8, "ingest replay guard", _v8_ingest_replay_guard),
+    (9, "sanctions", _v9_sanctions),
 ]

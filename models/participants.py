@@ -31,7 +31,7 @@ from dataclasses import dataclass  # noqa: E402
 
 import orjson  # noqa: E402
 
-from models.base import Prepared, db, not_found, page_bounds, rfc3339_raw, transaction  # noqa: E402
+from models.base import Prepared, db, found, page_bounds, rfc3339_raw, transaction  # noqa: E402
 from models.events import changed_fields, emit  # noqa: E402
 
 KEEP = ...  # update_participant: leave the field as it is
@@ -85,10 +85,7 @@ def _in_project(project: Project):
 
 def _of_project(project: Project, participant_id: str) -> Participant:
     """The project's participant with this id, or not_found (also for another project's)."""
-    row = _in_project(project).where(Participant.id == participant_id).first()
-    if row is None:
-        raise not_found(f"Participant {participant_id}")
-    return row
+    return found(_in_project(project).where(Participant.id == participant_id).first(), f"Participant {participant_id}")
 
 
 def _apply(project: Project, row: Participant, display_name=KEEP, user_data=KEEP) -> Participant:

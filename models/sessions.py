@@ -134,6 +134,16 @@ class BotDriver(Protocol):
     def stop(self, session: Session) -> None:
         """Ask the session's bot to leave; raise BotCommandError when the command cannot be delivered."""
 
+    def apply_sanction(self, session: Session, sanction: dict) -> None:
+        """Tell the session's bot to enforce a sanction (``sanction.apply``); ``sanction`` is ``{id, type,
+        externalUserId, participantId, scope, endAt}``. Idempotent for the bot: the same sanction may be applied
+        again (at-least-once delivery; a changed ``endAt`` or ``scope`` replaces the previous one). Raise
+        BotCommandError when the command cannot be delivered."""
+
+    def lift_sanction(self, session: Session, sanction: dict) -> None:
+        """Tell the session's bot to stop enforcing a sanction (``sanction.lift``; revoked, expired, or no longer a
+        bot-enforced type); idempotent like :meth:`apply_sanction`."""
+
 
 # ---------------------------------------------------------------- the SessionResponse shape (one place)
 

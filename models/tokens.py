@@ -9,6 +9,10 @@
 The HTTP exchange itself is the caller's :class:`TokenFetcher` (``cortex.integrations.tokens``, over the one
 outbound client): this module builds the requests and reads the replies. A remote provider that fails answers
 502 naming the provider and what failed; details never contain secrets (headers, secrets, request bodies).
+
+Sanctions: while a ``temp_ban`` or ``perm_ban`` is in force for the user a token would be issued for
+(``models.sanctions.in_force``), the token is refused — 403 naming the ban and its end — before any provider
+is asked.
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ from cortex.lib import crypto, odin
 from models.access import Principal, project_for
 from models.base import DomainError, forbidden, invalid
 from models.identity import Project, project_secret
+from models.sanctions import BAN_TYPES, describe, in_force
 from models.settings import AppSettings, token_path_segments
 from models.voice import peer_limit_reached
 
@@ -113,13 +118,25 @@ def rooms_request(rooms_api_url: str | None, api_key: str, secret: str, room_id:
     return result
 
 
+def refuse_banned(project: Project, user_id: str) -> None:
+    """403 while a ban (``temp_ban`` / ``perm_ban``) is in force for ``user_id`` (the player's external user id)
+    in the project, naming the ban that ends last and its end."""
+    bans = in_force(project.id, user_id, BAN_TYPES) if user_id else []
+    if bans:
+        ban = bans[0]
+        raise forbidden(f"User {user_id!r} is banned from this project's voice rooms: {describe(ban)} "
+                        f"(sanction {ban.id})")
+
+
 def project_room_token(project: Project, room_id: str, user_id: str, *, fetcher: TokenFetcher,
                        rooms_api_url: str | None) -> dict:
     """A room token for ``user_id`` in ``room_id`` from the project's configured provider: ``{"token": …}``.
 
-    429 while the project's voice peer limit is reached; 400 when the project has no (complete) settings or its
-    provider needs what this server lacks; 502 when a remote provider fails.
+    403 while a ban is in force for ``user_id`` (:func:`refuse_banned`); 429 while the project's voice peer
+    limit is reached; 400 when the project has no (complete) settings or its provider needs what this server
+    lacks; 502 when a remote provider fails.
     """
+    refuse_banned(project, user_id)
     full = peer_limit_reached(project)
     if full is not None:
         limit, present = full
@@ -151,7 +168,9 @@ def legacy_room_token(principal: Principal, project_ref: str, secret: str, room_
     With a Rooms API configured, the request goes there as given (the Rooms API checks the secret). Without
     one, the token is issued here exactly as ``POST …/{projectId}/token`` issues it for that project (its
     configured provider, its peer limit; the user id is the caller's): the project must be one the caller may
-    use as a developer (404 / 403), and ``secret`` must be its project secret (403).
+    use as a developer (404 / 403), and ``secret`` must be its project secret (403). The token is issued for
+    the caller's user id, so a ban in force for that id in the project refuses it (403) like
+    ``POST …/{projectId}/token``; a request forwarded to the Rooms API names no user, and is forwarded as is.
     """
     if rooms_api_url:
         return rooms_request(rooms_api_url, project_ref, secret, room_id, fetcher=fetcher)

@@ -17,10 +17,11 @@ def names(role, settings) -> list[str]:
 def test_each_engine_is_registered_once_with_the_processes_it_runs_in(settings):
     assert len({spec.name for spec in REGISTRY}) == len(REGISTRY)
     assert names(SERVE, settings) == ["live", "event-retention", "idle-sessions", "debug-audio-cleanup", "webhooks",
-                                      "mail"]
-    assert names(WORKER, settings) == ["webhooks", "mail"]
+                                      "mail", "sanctions"]
+    assert names(WORKER, settings) == ["webhooks", "mail", "sanctions"]
     dedicated = replace(settings, webhook_worker=False)  # CORTEX_WEBHOOK_WORKER=false: workers deliver
-    assert "webhooks" not in names(SERVE, dedicated) and names(WORKER, dedicated) == ["webhooks", "mail"]
+    assert "webhooks" not in names(SERVE, dedicated) and names(WORKER, dedicated) == ["webhooks", "mail", "sanctions"]
+    assert "sanctions" not in names(SERVE, dedicated)  # event-log consumers run where the webhook fan-out runs
     assert "mail" in names(SERVE, dedicated)  # mail goes out from every process (the claim leases each message)
 
 
@@ -33,9 +34,13 @@ def test_serve_engines_start_in_order_share_the_fanout_and_stop_in_reverse(app, 
         assert webhooks.events_committed in engines.fanout._wakers  # a write of this process wakes its fan-out
         assert webhooks.dispatcher._worker.alive and engines.get("idle-sessions").alive
         assert engines.get("mail").events_committed in engines.fanout._wakers and engines.get("mail").alive
+        sanctions = engines.get("sanctions")
+        assert sanctions.events_committed in engines.fanout._wakers
+        assert sanctions.dispatcher._worker.alive and sanctions.clock.alive
     finally:
         engines.stop()
     assert engines.started == [] and not webhooks.dispatcher._worker.alive
+    assert not sanctions.dispatcher._worker.alive and not sanctions.clock.alive
 
 
 def test_a_failing_engine_stops_the_ones_already_started(settings):

@@ -13,6 +13,7 @@ processes it runs in:
 | ``debug-audio-cleanup`` | serve | deletes expired debug audio (``cortex.engines.debug_audio``) |
 | ``webhooks`` | serve (unless ``CORTEX_WEBHOOK_WORKER=false``), worker | fan-out + delivery (``cortex.engines.webhooks``) |
 | ``mail`` | serve, worker | sends the durable mail outbox, retrying (``cortex.engines.mail``); several at once are safe |
+| ``sanctions`` | as ``webhooks`` | bot commands for bot-enforced sanctions; announces expiries and scheduled starts (``cortex.engines.sanctions``) |
 
 A new engine (plugins, functions) is one more :class:`EngineSpec` line here.
 """
@@ -26,6 +27,7 @@ from dataclasses import dataclass
 from cortex.engines.debug_audio import DebugAudioCleanupJob
 from cortex.engines.idle import IdleSessionSweeper
 from cortex.engines.mail import MailEngine
+from cortex.engines.sanctions import SanctionEngine
 from cortex.engines.webhooks import WebhookEngine
 from cortex.events.fanout import LivePipeline
 from cortex.events.retention import RetentionJob
@@ -67,6 +69,9 @@ REGISTRY: tuple[EngineSpec, ...] = (
     # Every process sends mail: each message is leased to one engine (models.mail.claim), so running several
     # is safe, and mail goes out whichever processes run.
     EngineSpec("mail", MailEngine.from_settings, _every_role),
+    # A persistent event-log consumer like the webhook fan-out, so it runs where that runs: two processes on one
+    # cursor may send a command twice (bots treat it as once), and the clock announces each transition once.
+    EngineSpec("sanctions", SanctionEngine.from_settings, _webhook_roles),
 )
 
 

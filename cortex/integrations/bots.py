@@ -13,9 +13,21 @@ implements). Drivers:
   Bot workers report what happened later through signed ingest (``bot.status.changed``), which records it with
   ``models.sessions.set_session_status(session_id, status, source="cortex:ingest")``. A publish that fails,
   or that no worker is subscribed to receive, raises ``BotCommandError`` and the session becomes ``error``.
+
+Sanction commands (``apply_sanction`` / ``lift_sanction``, sent by the sanctions engine,
+``cortex/engines/sanctions.py``) have one shape for both drivers (:func:`sanction_command`): ``{"command":
+"sanction.apply"|"sanction.lift", "sessionId", "projectId", "tenantId", "externalRoomId", "sanction": {"id",
+"type", "externalUserId", "participantId", "scope", "endAt"}, "issuedAt"}``. The Redis driver publishes it on
+``cortex:bot:commands`` (no receiver: ``BotCommandError``; the session's status is not touched); the local
+driver has no bot to tell, so it logs it and keeps the latest :data:`LOCAL_SANCTION_LOG` commands in
+``LocalBotDriver.sanction_commands`` (tests read them). Delivery is at least once: bots treat a repeated apply
+(or lift) of the same sanction id as one.
 """
 
 from __future__ import annotations
+
+import collections
+import logging
 
 import orjson
 import redis
@@ -25,12 +37,35 @@ from models.sessions import BotCommandError, BotDriver, Session, set_session_sta
 
 COMMANDS_CHANNEL = "cortex:bot:commands"
 DRIVERS = ("local", "redis")
+SANCTION_APPLY = "sanction.apply"
+SANCTION_LIFT = "sanction.lift"
+#: How many sanction commands a LocalBotDriver keeps (the oldest are dropped).
+LOCAL_SANCTION_LOG = 1000
+
+log = logging.getLogger("cortex.bots")
+
+
+def session_command(name: str, session: Session, **fields) -> dict:
+    """A command about a session: its name, the session's room and tenancy, ``fields``, and when it was issued."""
+    return {
+        "command": name, "sessionId": session.id, "projectId": session.project_id, "tenantId": session.tenant_id,
+        "externalRoomId": session.external_room_id, **fields, "issuedAt": rfc3339(utcnow()),
+    }
+
+
+def sanction_command(name: str, session: Session, sanction: dict) -> dict:
+    """The ``sanction.apply`` / ``sanction.lift`` command for a session (both drivers send this shape)."""
+    return session_command(name, session, sanction=sanction)
 
 
 class LocalBotDriver:
     """In-process bot stand-in: completes every command at once (synchronously, in the calling request)."""
 
     source = "cortex:api"
+
+    def __init__(self):
+        #: The sanction commands "sent", oldest first (at most LOCAL_SANCTION_LOG): no bot enforces them here.
+        self.sanction_commands: collections.deque[dict] = collections.deque(maxlen=LOCAL_SANCTION_LOG)
 
     def _walk(self, session: Session, steps: tuple[str, str]) -> None:
         """Move through ``steps`` from where the session is (already at the end: acknowledged, no change)."""
@@ -46,6 +81,20 @@ class LocalBotDriver:
         """``stopping`` (if not yet), then ``stopped``."""
         self._walk(session, ("stopping", "stopped"))
 
+    def _record(self, name: str, session: Session, sanction: dict) -> None:
+        command = sanction_command(name, session, sanction)
+        self.sanction_commands.append(command)
+        log.info("local bot driver: %s %s (%s) for %s in session %s", name, sanction.get("id"), sanction.get("type"),
+                 sanction.get("externalUserId"), session.id)
+
+    def apply_sanction(self, session: Session, sanction: dict) -> None:
+        """Record (and log) a ``sanction.apply`` command."""
+        self._record(SANCTION_APPLY, session, sanction)
+
+    def lift_sanction(self, session: Session, sanction: dict) -> None:
+        """Record (and log) a ``sanction.lift`` command."""
+        self._record(SANCTION_LIFT, session, sanction)
+
 
 class RedisBotDriver:
     """Publishes commands for external bot workers on ``cortex:bot:commands``."""
@@ -58,20 +107,11 @@ class RedisBotDriver:
 
     @staticmethod
     def command(name: str, session: Session) -> dict:
-        """The command message for a session."""
-        return {
-            "command": name,
-            "sessionId": session.id,
-            "projectId": session.project_id,
-            "tenantId": session.tenant_id,
-            "externalRoomId": session.external_room_id,
-            "gateway": session.gateway,
-            "title": session.title,
-            "issuedAt": rfc3339(utcnow()),
-        }
+        """The start / stop command message for a session."""
+        return session_command(name, session, gateway=session.gateway, title=session.title)
 
-    def _publish(self, name: str, session: Session) -> None:
-        message = orjson.dumps(self.command(name, session))
+    def _publish(self, name: str, session: Session, command: dict | None = None) -> None:
+        message = orjson.dumps(command if command is not None else self.command(name, session))
         release_connection()  # no pooled database connection waits on Redis
         try:
             receivers = self.client.publish(self.channel, message)
@@ -87,6 +127,14 @@ class RedisBotDriver:
     def stop(self, session: Session) -> None:
         """Publish a stop command."""
         self._publish("stop", session)
+
+    def apply_sanction(self, session: Session, sanction: dict) -> None:
+        """Publish a ``sanction.apply`` command (:func:`sanction_command`)."""
+        self._publish(SANCTION_APPLY, session, sanction_command(SANCTION_APPLY, session, sanction))
+
+    def lift_sanction(self, session: Session, sanction: dict) -> None:
+        """Publish a ``sanction.lift`` command (:func:`sanction_command`)."""
+        self._publish(SANCTION_LIFT, session, sanction_command(SANCTION_LIFT, session, sanction))
 
 
 _drivers: dict[tuple[str, str | None], BotDriver] = {}
