@@ -92,3 +92,22 @@ def test_dates_need_an_iso_8601_date_time_with_an_offset(owner, text):
     with pytest.raises(DomainError) as raised:
         create_sanction(owner.project, owner.user.id, {"externalUserId": "p", "type": "mute", "startAt": text})
     assert raised.value.kind == "invalid"
+
+
+def test_a_players_sanctions_in_force_are_one_index_range_scan(owner):
+    from models.base import db, is_sqlite, new_id, utcnow
+
+    now = utcnow()
+    Sanction.insert_many([
+        {"id": new_id(), "tenant_id": owner.project.tenant_id, "project_id": owner.project.id,
+         "external_user_id": f"player-{n % 100}", "type": "mute", "start_at": now, "created_at": now,
+         "updated_at": now, "announced": "in_force"} for n in range(400)]).execute()
+    db.execute_sql("ANALYZE" if is_sqlite() else "ANALYZE sanction")  # the planner sees a realistic table
+    query = (Sanction.select().where(
+        (Sanction.project_id == owner.project.id) & (Sanction.external_user_id == "player-7")
+        & Sanction.revoked_at.is_null() & (Sanction.end_at.is_null() | (Sanction.end_at > now))
+        & (Sanction.start_at <= now)).order_by(Sanction.created_at.desc(), Sanction.id.desc()))
+    sql, params = query.sql()
+    explain = "EXPLAIN QUERY PLAN " if is_sqlite() else "EXPLAIN "
+    plan = " ".join(str(row) for row in db.execute_sql(explain + sql, params).fetchall())
+    assert "sanction_project_id_external_user_id_revoked_at" in plan, plan
