@@ -118,6 +118,7 @@ class Settings:
     max_api_keys_per_user: int = 100  # live (unrevoked) API keys of one user
     max_access_keys_per_project: int = 100  # ODIN access keys of one project
     max_members_per_project: int = 1000  # memberships (any status) of one project
+    gathering_idle_hours: float = 24.0  # a lobby or open gathering without a change this long expires
 
     @classmethod
     def from_env(cls, env: dict | None = None, **overrides) -> Settings:
@@ -175,6 +176,7 @@ class Settings:
             max_access_keys_per_project=_whole_number(env, "CORTEX_MAX_ACCESS_KEYS_PER_PROJECT", 100),
             max_members_per_project=_whole_number(env, "CORTEX_MAX_MEMBERS_PER_PROJECT", 1000),
             webhook_log_retention_days=_positive_seconds(env, "CORTEX_WEBHOOK_LOG_RETENTION_DAYS", 30.0),
+            gathering_idle_hours=_positive_seconds(env, "CORTEX_GATHERING_IDLE_HOURS", 24.0),
         )
         if env.get("CORTEX_SPEC_PATH"):
             values["spec_path"] = Path(env["CORTEX_SPEC_PATH"])
@@ -216,11 +218,13 @@ class Settings:
 
 def apply_to_process(settings: Settings) -> None:
     """Hand the settings to the process-wide pure modules: the encryption keys (current and previous) and the
-    outbound address policy. The app factory and every CLI command call it."""
+    outbound address policy, the gatherings' idle age. The app factory and every CLI command call it."""
     from cortex.lib import addresses, crypto
+    from models import gatherings
 
     crypto.init_encryption(settings.secret_key, settings.secret_key_previous)
     addresses.set_allow_private(settings.outbound_allow_private)
+    gatherings.configure(settings.gathering_idle_hours)
 
 
 def _replace(settings: Settings, **changes) -> Settings:

@@ -159,6 +159,22 @@ def insert_rows(model, fields, rows: list, returning: str = ""):
     return db.execute_sql(sql, [field.db_value(item.__data__.get(field.name)) for item in rows for field in fields])
 
 
+def parse_instant(value, field: str) -> datetime:
+    """A client's date-time that must say its offset: ISO 8601 with ``Z`` or ``±hh:mm`` → aware UTC at millisecond
+    precision (what both databases keep); invalid (400) naming ``field`` otherwise."""
+    text = value.strip() if isinstance(value, str) else ""
+    if text[-1:] in ("Z", "z"):
+        text = text[:-1] + "+00:00"
+    try:
+        parsed = datetime.fromisoformat(text) if "T" in text.upper() else None
+    except ValueError:
+        parsed = None
+    if parsed is None or parsed.tzinfo is None:
+        raise invalid(f"{field} must be an ISO 8601 date-time with an offset, e.g. 2030-01-15T10:00:00Z, not {value!r}")
+    parsed = as_utc(parsed)
+    return parsed.replace(microsecond=parsed.microsecond // 1000 * 1000)
+
+
 def parse_timestamp(text: str) -> datetime:
     """Parse an ISO 8601 / RFC 3339 timestamp; naive values are taken as UTC. Raises ValueError."""
     text = text.strip()

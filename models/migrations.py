@@ -4,6 +4,7 @@ from playhouse.migrate import SchemaMigrator, migrate
 
 from models import (
     events,
+    gatherings,
     identity,
     ingest,
     mail,
@@ -84,11 +85,16 @@ def _v9_sanctions(database):
     database.create_tables(sanctions.MODELS, safe=True)
 
 
+def _v10_gatherings(database):
+    """Gatherings (with the unique live join code per project) and their members."""
+    database.create_tables(gatherings.MODELS, safe=True)
+
+
 #: Every table the migrations create, as models (tests empty them between cases in dependency order).
 ALL_MODELS = [
     *identity.MODELS, *settings.MODELS, *voice.MODELS, *events.MODELS, *sessions.MODELS, *participants.MODELS,
     *messages.MODELS, *presence.MODELS, *webhooks.MODELS, *mail.MODELS,
-    *ingest.MODELS, *sanctions.MODELS,
+    *ingest.MODELS, *sanctions.MODELS, *gatherings.MODELS,
 ]
 
 #: Versioned migrations: (version, name, function(database)). Append only; never edit an applied one.
@@ -102,4 +108,5 @@ MIGRATIONS = [
     (7, "mail outbox", _v7_mail_outbox),
     (8, "ingest replay guard", _v8_ingest_replay_guard),
     (9, "sanctions", _v9_sanctions),
+    (10, "gatherings", _v10_gatherings),
 ]

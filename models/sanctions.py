@@ -30,7 +30,6 @@ from models.base import (
     BaseModel,
     JSONField,
     UTCDateTimeField,
-    as_utc,
     conflict,
     found,
     invalid,
@@ -38,6 +37,7 @@ from models.base import (
     new_id,
     not_found,
     page_bounds,
+    parse_instant,
     rfc3339,
     transaction,
     utcnow,
@@ -177,24 +177,6 @@ def _full_body(row: Sanction, now: datetime) -> dict:
 # ---------------------------------------------------------------- input
 
 
-def _instant(value, field: str) -> datetime:
-    """An ISO 8601 date-time with an offset (``Z`` or ``±hh:mm``) as UTC; invalid otherwise."""
-    if not isinstance(value, str) or not value.strip():
-        raise invalid(f"{field} must be an ISO 8601 date-time with an offset, e.g. 2030-01-15T10:00:00Z")
-    text = value.strip()
-    if text[-1:] in ("Z", "z"):
-        text = text[:-1] + "+00:00"
-    try:
-        parsed = datetime.fromisoformat(text)
-    except ValueError:
-        parsed = None
-    if parsed is None or parsed.tzinfo is None or "T" not in text.upper():
-        raise invalid(f"{field} must be an ISO 8601 date-time with an offset, e.g. 2030-01-15T10:00:00Z, "
-                      f"not {value!r}")
-    parsed = as_utc(parsed)
-    return parsed.replace(microsecond=parsed.microsecond // 1000 * 1000)  # what both databases keep
-
-
 def _check_type(value) -> str:
     if value not in TYPES:
         raise invalid(f"type must be one of {list(TYPES)}")
@@ -238,8 +220,8 @@ def create_sanction(project: Project, created_by: str | None, body: dict) -> dic
     if external is not None and (not isinstance(external, str) or not external.strip()):
         raise invalid("externalUserId must not be empty")
     now = utcnow()
-    start = _instant(body["startAt"], "startAt") if body.get("startAt") is not None else now
-    end = _instant(body["endAt"], "endAt") if body.get("endAt") is not None else None
+    start = parse_instant(body["startAt"], "startAt") if body.get("startAt") is not None else now
+    end = parse_instant(body["endAt"], "endAt") if body.get("endAt") is not None else None
     if end is not None and end <= start:
         raise invalid("endAt must be later than startAt")
     with transaction():
@@ -287,7 +269,7 @@ def update_sanction(project: Project, sanction_id: str, body: dict) -> dict:
             if field in body:
                 setattr(row, column, body[field])
         if "endAt" in body:
-            end = _instant(body["endAt"], "endAt")
+            end = parse_instant(body["endAt"], "endAt")
             if end <= row.start_at:
                 raise invalid("endAt must be later than startAt")
             row.end_at = end

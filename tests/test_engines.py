@@ -17,7 +17,7 @@ def names(role, settings) -> list[str]:
 def test_each_engine_is_registered_once_with_the_processes_it_runs_in(settings):
     assert len({spec.name for spec in REGISTRY}) == len(REGISTRY)
     assert names(SERVE, settings) == ["live", "event-retention", "idle-sessions", "debug-audio-cleanup", "webhooks",
-                                      "mail", "sanctions"]
+                                      "mail", "sanctions", "gathering-expiry"]
     assert names(WORKER, settings) == ["webhooks", "mail", "sanctions"]
     dedicated = replace(settings, webhook_worker=False)  # CORTEX_WEBHOOK_WORKER=false: workers deliver
     assert "webhooks" not in names(SERVE, dedicated) and names(WORKER, dedicated) == ["webhooks", "mail", "sanctions"]

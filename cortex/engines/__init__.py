@@ -14,6 +14,7 @@ processes it runs in:
 | ``webhooks`` | serve (unless ``CORTEX_WEBHOOK_WORKER=false``), worker | fan-out + delivery (``cortex.engines.webhooks``) |
 | ``mail`` | serve, worker | sends the durable mail outbox, retrying (``cortex.engines.mail``); several at once are safe |
 | ``sanctions`` | as ``webhooks`` | bot commands for bot-enforced sanctions; announces expiries and scheduled starts (``cortex.engines.sanctions``) |
+| ``gathering-expiry`` | serve | expires gatherings and invitations past their time (``cortex.engines.gatherings``) |
 
 A new engine (plugins, functions) is one more :class:`EngineSpec` line here.
 """
@@ -25,6 +26,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from cortex.engines.debug_audio import DebugAudioCleanupJob
+from cortex.engines.gatherings import GatheringExpiryJob
 from cortex.engines.idle import IdleSessionSweeper
 from cortex.engines.mail import MailEngine
 from cortex.engines.sanctions import SanctionEngine
@@ -72,6 +74,7 @@ REGISTRY: tuple[EngineSpec, ...] = (
     # A persistent event-log consumer like the webhook fan-out, so it runs where that runs: two processes on one
     # cursor may send a command twice (bots treat it as once), and the clock announces each transition once.
     EngineSpec("sanctions", SanctionEngine.from_settings, _webhook_roles),
+    EngineSpec("gathering-expiry", GatheringExpiryJob.from_settings, _serve_only),
 )
 
 
