@@ -397,3 +397,32 @@ def test_the_expiry_job(client, owner):
     assert invitations[0]["id"] == invitation["id"] and invitations[0]["status"] == "expired"
     update = DomainEvent.select().where(DomainEvent.type == "gathering.updated").order_by(DomainEvent.seq.desc()).first()
     assert update.payload["changes"] == {"status": "pending"} and update.payload["data"]["status"] == "expired"
+
+
+def test_an_smtp_server_receives_the_invitation_with_its_calendar_entry_once(client, owner):
+    """Through a real (aiosmtpd) mail server: the invitation, its .ics parsed back with icalendar; sent once."""
+    from icalendar import Calendar
+
+    from cortex.engines.mail import MailEngine
+    from cortex.integrations.mail import Mailer
+    from tests.test_mail import received_message, smtp_server
+
+    host = player(owner, "host")
+    body = create(client, owner, type="appointment", name="Raid", startsAt="2030-07-01T18:00:00Z",
+                  timezone="America/New_York", inviterName="Ada", inviterEmail="ada@example.com").get_json()
+    invite(client, owner, body["id"], invitedById=host.id, emails=["guest@example.com"])
+    with smtp_server() as (port, collector):
+        data_dir = client.application.extensions["cortex"].settings.data_dir
+        engine = MailEngine(Mailer.from_settings(f"smtp://127.0.0.1:{port}?timeout=3", "cortex@example.org", data_dir))
+        assert engine.drain() == 1
+        assert engine.drain() == 0  # each mail once
+    [entry] = collector.received
+    assert entry["rcpt_tos"] == ["guest@example.com"]
+    message = received_message(entry)
+    assert message["Subject"] == "Invitation: Raid" and message["Reply-To"] == "ada@example.com"
+    [part] = [p for p in message.walk() if p.get_content_type() == "text/calendar"]
+    calendar = Calendar.from_ical(part.get_payload(decode=True))
+    event = calendar.walk("VEVENT")[0]
+    assert str(calendar["METHOD"]) == "REQUEST" and str(event["SUMMARY"]) == "Raid"
+    assert str(event["DTSTART"].params["TZID"]) == "America/New_York" and event["DTSTART"].dt.hour == 14  # EDT
+    assert event["ORGANIZER"].params["CN"] == "Ada"
