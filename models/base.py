@@ -132,21 +132,44 @@ class Prepared:
 
     def __init__(self, build):
         self.build = build
-        self._compiled = weakref.WeakKeyDictionary()  # bound database → (sql, values, slots)
+        self._compiled = weakref.WeakKeyDictionary()  # bound database → (sql, values, slots, selected fields)
 
-    def rows(self, **params) -> list[tuple]:
-        """Execute with these parameter values; raw tuples in the query's column order."""
+    def _compile(self, params: dict):
         compiled = self._compiled.get(db.obj)
         if compiled is None:
             marks = {name: f"\x00{name}\x00" for name in params}
-            sql, values = self.build(**marks).sql()
+            query = self.build(**marks)
+            sql, values = query.sql()
             slots = [(i, name) for i, v in enumerate(values) for name, mark in marks.items() if v == mark]
-            compiled = self._compiled[db.obj] = (sql, tuple(values), tuple(slots))
-        sql, values, slots = compiled
+            fields = tuple(getattr(query, "_returning", ()) or ())
+            compiled = self._compiled[db.obj] = (sql, tuple(values), tuple(slots), fields)
+        return compiled
+
+    def rows(self, **params) -> list[tuple]:
+        """Execute with these parameter values; raw tuples in the query's column order."""
+        sql, values, slots, _fields = self._compile(params)
         values = list(values)
         for index, name in slots:
             values[index] = params[name]
         return db.execute_sql(sql, values).fetchall()
+
+    def models(self, **params) -> list:
+        """Execute; model instances of the query's model (every selected column converted as Peewee would),
+        for hot paths that need whole rows: the same objects as ``query`` would give, without compiling it."""
+        rows = self.rows(**params)
+        fields = self._compile(params)[3]
+        made = []
+        for row in rows:
+            instance = fields[0].model(**{field.name: field.python_value(value) for field, value in zip(fields, row,
+                                                                                                         strict=True)})
+            instance._dirty.clear()
+            made.append(instance)
+        return made
+
+    def first(self, **params):
+        """The first model instance (``models``), or None."""
+        found_rows = self.models(**params)
+        return found_rows[0] if found_rows else None
 
 
 def insert_rows(model, fields, rows: list, returning: str = ""):

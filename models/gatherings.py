@@ -32,6 +32,7 @@ from models.base import (
     BaseModel,
     DomainError,
     JSONField,
+    Prepared,
     UTCDateTimeField,
     conflict,
     forbidden,
@@ -264,9 +265,15 @@ def gathering_detail(project: Project, gathering_id: str, include_members: bool 
     return gathering_body(row, member_bodies(members_of(row)) if include_members else None)
 
 
+_BY_CODE = Prepared(lambda project, code: Gathering.select().where(
+    (Gathering.project_id == project) & (Gathering.live_code == code)))
+_MEMBER = Prepared(lambda gathering, participant: GatheringMember.select().where(
+    (GatheringMember.gathering_id == gathering) & (GatheringMember.participant_id == participant)))
+
+
 def lookup_by_code(project: Project, code: str) -> Gathering:
     """The unfinished gathering with this join code; 404 for an unknown code or a finished gathering."""
-    row = _of_project(project).where(Gathering.live_code == normalise_code(code)).first()
+    row = _BY_CODE.first(project=project.id, code=normalise_code(code))
     return found(row, f"Gathering with join code {normalise_code(code)!r}")
 
 
@@ -293,11 +300,13 @@ def _emit(kind: str, action: str, row: Gathering, data: dict, changes: dict | No
          action=action, data=data, changes=changes)
 
 
-def _emit_member(kind: str, row: Gathering, member: GatheringMember) -> None:
+def _emit_member(kind: str, row: Gathering, member: GatheringMember, display_name: str | None = None) -> None:
+    """``gathering.member.<kind>`` (``display_name``: the participant's, when the caller has it at hand)."""
     if kind == "left":
         data = {"gatheringId": row.id, "participantId": member.participant_id}
     else:
-        data = {"gatheringId": row.id, "member": member_body(member)}
+        body = member_body(member) if display_name is None else _member_body(member, display_name)
+        data = {"gatheringId": row.id, "member": body}
     _emit(f"member.{kind}", "occurred", row, data)
 
 
@@ -502,18 +511,26 @@ def cancel_gathering(project: Project, gathering_id: str, driver: BotDriver) -> 
 # ---------------------------------------------------------------- members and capacity
 
 
+_SEAT = Prepared(lambda gathering, now: Gathering.update(  # `now` arrives as its database value
+    member_count=Gathering.member_count + 1, updated_at=pw.Value(now, converter=False),
+    active_at=pw.Value(now, converter=False))
+    .where((Gathering.id == gathering) & (Gathering.member_count < Gathering.max_members)
+           & Gathering.status.in_(JOINABLE))
+    .returning(Gathering.member_count, Gathering.status, Gathering.max_members))
+
+
 def _take_seat(row: Gathering, now: datetime) -> None:
-    """One seat, with ONE conditional UPDATE (the limit holds under any concurrency); 409 when full."""
-    taken = (Gathering.update(member_count=Gathering.member_count + 1, updated_at=now, active_at=now)
-             .where((Gathering.id == row.id) & (Gathering.member_count < Gathering.max_members)
-                    & Gathering.status.in_(JOINABLE))
-             .execute())
+    """One seat, with ONE conditional UPDATE (the limit holds under any concurrency) that also returns the
+    gathering's count and status (``row`` is kept current without reading it again); 409 when full or
+    finished."""
+    taken = _SEAT.rows(gathering=row.id, now=Gathering.updated_at.db_value(now))
     if not taken:
         current = Gathering.get_by_id(row.id)
         if current.status not in JOINABLE:
             raise conflict(f"Gathering {row.id} is {current.status}; nobody can join it")
         raise conflict(f"Gathering {row.id} is full ({current.max_members} members)")
-    row.member_count += 1
+    row.member_count, row.status, row.max_members = taken[0]
+    row.updated_at = row.active_at = now
 
 
 def _free_seat(row: Gathering, now: datetime) -> None:
@@ -536,8 +553,7 @@ def seat_member(project: Project, gathering: Gathering, participant: Participant
     gathering to ``active`` when someone other than its owner joins."""
     now = now or utcnow()
     _refuse_sanctioned(project, participant)
-    member = GatheringMember.get_or_none((GatheringMember.gathering_id == gathering.id)
-                                         & (GatheringMember.participant_id == participant.id))
+    member = _MEMBER.first(gathering=gathering.id, participant=participant.id)
     if member is not None and member.status in SEATED:
         return member, False
     _take_seat(gathering, now)
@@ -551,7 +567,7 @@ def seat_member(project: Project, gathering: Gathering, participant: Participant
         if properties:
             member.properties = {**(member.properties or {}), **properties}
         member.save()
-    _emit_member("joined", gathering, member)
+    _emit_member("joined", gathering, member, participant.display_name)
     if gathering.status == "pending" and participant.id != gathering.owner_id:
         before = gathering_body(gathering)
         gathering.status = "active"
@@ -580,16 +596,15 @@ def _join_by_code(project: Project, code: str, participant_id: str) -> dict:
         participant = get_participant(project, participant_id)
         gathering = lookup_by_code(project, code)
         if gathering.access_policy == "invite-only":
-            member = GatheringMember.get_or_none((GatheringMember.gathering_id == gathering.id)
-                                                 & (GatheringMember.participant_id == participant.id))
+            member = _MEMBER.first(gathering=gathering.id, participant=participant.id)
             invited = (member is not None and member.status in (*SEATED, "invited")) or \
                 has_pending_invitation(gathering, participant)
             if not invited:
                 raise forbidden(f"Gathering {gathering.id} is invite-only and participant {participant.id} holds "
                                 "no pending invitation")
-        member, _seated = seat_member(project, gathering, participant, now=now)
-        gathering = Gathering.get_by_id(gathering.id)
-    return {"success": True, "gathering": gathering_body(gathering), "member": member_body(member)}
+        member, _seated = seat_member(project, gathering, participant, now=now)  # keeps `gathering` current
+    return {"success": True, "gathering": gathering_body(gathering), "member": _member_body(member,
+                                                                                           participant.display_name)}
 
 
 def add_member(project: Project, gathering_id: str, body: dict) -> GatheringMember:

@@ -83,9 +83,14 @@ def _in_project(project: Project):
     return Participant.select().where(Participant.project == project.id)
 
 
+_BY_ID = Prepared(lambda project, participant: Participant.select().where(
+    (Participant.project == project) & (Participant.id == participant)))
+
+
 def _of_project(project: Project, participant_id: str) -> Participant:
-    """The project's participant with this id, or not_found (also for another project's)."""
-    return found(_in_project(project).where(Participant.id == participant_id).first(), f"Participant {participant_id}")
+    """The project's participant with this id, or not_found (also for another project's); a hot path (every
+    join, sanction, invitation): compiled once (models.base.Prepared)."""
+    return found(_BY_ID.first(project=project.id, participant=participant_id), f"Participant {participant_id}")
 
 
 def _apply(project: Project, row: Participant, display_name=KEEP, user_data=KEEP) -> Participant:

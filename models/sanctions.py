@@ -29,6 +29,7 @@ import peewee as pw
 from models.base import (
     BaseModel,
     JSONField,
+    Prepared,
     UTCDateTimeField,
     conflict,
     found,
@@ -350,13 +351,19 @@ def in_force(project_id: str, external_user_id: str, types=None, now: datetime |
     """The player's sanctions in force at ``now`` (of ``types`` when given), the latest-ending first (a
     permanent one first): the one question every lever asks."""
     now = now or utcnow()
-    query = Sanction.select().where(
-        (Sanction.project_id == project_id) & (Sanction.external_user_id == external_user_id)
-        & _active_condition(now) & (Sanction.start_at <= now))
+    rows = _IN_FORCE.models(project=project_id, user=external_user_id, now=Sanction.start_at.db_value(now))
     if types is not None:
-        query = query.where(Sanction.type.in_(list(types)))
-    rows = list(query.order_by(Sanction.created_at.desc(), Sanction.id.desc()).limit(MAX_LISTED))
+        rows = [row for row in rows if row.type in types]
     return sorted(rows, key=lambda row: (row.end_at is not None, -(row.end_at.timestamp() if row.end_at else 0)))
+
+
+#: A player's sanctions in force (every join, token and bot decision asks): compiled once (Prepared); the
+#: (project, player, revoked) index range, then the clock conditions. ``now`` arrives as its database value.
+_IN_FORCE = Prepared(lambda project, user, now: Sanction.select().where(
+    (Sanction.project_id == project) & (Sanction.external_user_id == user) & Sanction.revoked_at.is_null()
+    & (Sanction.end_at.is_null() | (Sanction.end_at > pw.Value(now, converter=False)))
+    & (Sanction.start_at <= pw.Value(now, converter=False)))
+    .order_by(Sanction.created_at.desc(), Sanction.id.desc()).limit(MAX_LISTED))
 
 
 def active_sanctions_of_user(project: Project, external_user_id: str, type_: str | None = None) -> list[dict]:

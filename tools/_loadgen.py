@@ -1,6 +1,9 @@
-"""Load generator and orchestration for ``tools/bench_http.py`` (the parent process, never the server).
+"""Load generator and orchestration of the benchmarks in ``tools/`` (``bench_http.py``, ``bench_ingest.py``,
+``bench_gatherings.py``, ``bench_logins.py``, ...), plus the few pieces their Cortex server subprocesses share.
 
-gevent is used *without* monkey-patching: the HTTP client talks to ``gevent.socket`` directly, one greenlet per
+Importing this module pulls in neither socket, threading nor ssl (they are imported where they are used), so a
+server subprocess may import it before ``cortex.http.serve.patch()``. In the parent, gevent is used *without*
+monkey-patching: the HTTP client talks to ``gevent.socket`` directly, one greenlet per
 keep-alive connection, with pre-built request bytes and a minimal HTTP/1.1 response parser (status line,
 Content-Length or chunked body). Every loop checks a deadline and every socket has a timeout, so a run always
 ends by itself. Only 127.0.0.1 is ever contacted.
@@ -8,6 +11,7 @@ ends by itself. Only 127.0.0.1 is ever contacted.
 
 from __future__ import annotations
 
+import argparse
 import json
 import math
 import os
@@ -16,21 +20,21 @@ import select
 import shutil
 import signal
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
 from collections import Counter
 from dataclasses import dataclass, field
 from datetime import datetime
-from importlib import metadata
 from importlib.util import find_spec
 from time import perf_counter
+from typing import TYPE_CHECKING
 from urllib.parse import urlparse
 
 import gevent
-from gevent import socket as gsocket
-from gevent.lock import BoundedSemaphore
+
+if TYPE_CHECKING:
+    import subprocess
 
 HOST = "127.0.0.1"
 WARMUP = 1.0
@@ -49,18 +53,25 @@ class BenchError(Exception):
 # ----------------------------------------------------------------- raw HTTP/1.1 client
 
 
-def build_request(path: str, token: str | None = None, accept: str = "application/json") -> bytes:
-    """The bytes of one keep-alive GET request."""
-    lines = [f"GET {path} HTTP/1.1", f"Host: {HOST}", f"Accept: {accept}", "User-Agent: cortex-bench"]
+def build_request(
+    path: str, token: str | None = None, accept: str = "application/json", method: str = "GET", body=None
+) -> bytes:
+    """The bytes of one keep-alive request (a GET by default); ``body``, if any, is sent as compact JSON."""
+    lines = [f"{method} {path} HTTP/1.1", f"Host: {HOST}", f"Accept: {accept}", "User-Agent: cortex-bench"]
     if token:
         lines.append(f"Authorization: Bearer {token}")
-    return ("\r\n".join(lines) + "\r\n\r\n").encode("ascii")
+    data = b"" if body is None else json.dumps(body, separators=(",", ":")).encode()
+    if body is not None:
+        lines += ["Content-Type: application/json", f"Content-Length: {len(data)}"]
+    return ("\r\n".join(lines) + "\r\n\r\n").encode("ascii") + data
 
 
 class HttpConnection:
     """One keep-alive connection: send pre-built bytes, read exactly one response."""
 
     def __init__(self, port: int, timeout: float):
+        from gevent import socket as gsocket
+
         self.sock = gsocket.create_connection((HOST, port), timeout=timeout)
         self.sock.setsockopt(gsocket.IPPROTO_TCP, gsocket.TCP_NODELAY, 1)
         self.buf = bytearray()
@@ -148,6 +159,14 @@ def fetch(port: int, raw: bytes, timeout: float) -> tuple[int, bytes]:
         return status, body
     finally:
         connection.close()
+
+
+def get_json(port: int, token: str | None, path: str, timeout: float):
+    """``GET path`` (on a fresh connection, at least 30 s to answer) parsed; BenchError unless it answers 200."""
+    status, body = fetch(port, build_request(path, token), max(timeout, 30.0))
+    if status != 200:
+        raise BenchError(f"GET {path} answered {status}: {body[:200]!r}")
+    return json.loads(body)
 
 
 # ----------------------------------------------------------------- CPU accounting
@@ -251,23 +270,63 @@ def measure(
     error, by status or exception name. No request is started after the deadline.
     """
     result = Result(key, label, duration, connections, timeout)
+    return request_loop(result, port, lambda _index: raw, server_pid=server_pid)
+
+
+def request_loop(
+    result: Result,
+    port: int,
+    next_request,
+    *,
+    rate: float = 0.0,
+    server_pid: int | None = None,
+    ok_status: int = 200,
+    counted: dict | None = None,
+    counter: dict | None = None,
+) -> Result:
+    """``result.connections`` greenlets send ``next_request(index)`` (index: the connection's number; None ends
+    that connection) for WARMUP + ``result.duration`` seconds, back to back or, with ``rate``, paced at ``rate``
+    requests/s in all (each connection's sends spread evenly); fills ``result`` and returns it.
+
+    As :func:`measure` describes, with ``ok_status`` the answer that counts as ok (latency recorded, ``ok`` +1
+    when it completed inside the window); a status in ``counted`` (status -> key) is counted in
+    ``result.extra[key]`` inside the window instead of being an error. ``counter`` (optional) counts every
+    ``ok_status`` answer in "accepted" and every time-out in "timeouts", warm-up included.
+    """
+    counted = counted or {}
+    connections, duration, timeout = result.connections, result.duration, result.timeout
     start = perf_counter()
     window_start = start + WARMUP
     deadline = window_start + duration
     marks = {}
+    interval = connections / rate if rate else 0.0  # seconds between two sends of one connection
 
     def mark(name):
-        marks[name] = (perf_counter(), process_cpu_seconds(server_pid), own_cpu_seconds())
+        marks[name] = cpu_mark(server_pid)
 
-    def worker():
+    def worker(index):
         connection = None
+        sent = 0
+        offset = index / connections * interval  # spread the connections' sends over the interval
         while perf_counter() < deadline:
+            if interval:
+                wait = start + offset + sent * interval - perf_counter()
+                if wait > 0:
+                    gevent.sleep(wait)
+                    if perf_counter() >= deadline:
+                        break
+            raw = next_request(index)
+            if raw is None:
+                break
+            sent += 1
             began = perf_counter()
             try:
                 if connection is None:
                     connection = HttpConnection(port, timeout)
                 status, _body, keep = connection.request(raw)
             except TimeoutError:
+                if counter is not None:
+                    counter["timeouts"] = counter.get("timeouts", 0) + 1
                 if perf_counter() >= window_start:
                     result.latencies.append(math.inf)
                     result.errors["timeout"] += 1
@@ -282,10 +341,14 @@ def measure(
                 gevent.sleep(0.01)  # a refused connection must not become a busy loop
                 continue
             ended = perf_counter()
+            if counter is not None and status == ok_status:
+                counter["accepted"] = counter.get("accepted", 0) + 1
             if ended >= window_start:
-                if status == 200:
+                if status == ok_status:
                     result.latencies.append(ended - began)
                     result.ok += ended < deadline
+                elif status in counted:
+                    result.extra[counted[status]] += ended < deadline
                 else:
                     result.errors[f"HTTP {status}"] += 1
             if not keep:
@@ -297,15 +360,25 @@ def measure(
         gevent.spawn_later(WARMUP, mark, "start"),
         gevent.spawn_later(WARMUP + duration, mark, "end"),
     ]
-    greenlets += [gevent.spawn(worker) for _ in range(connections)]
+    greenlets += [gevent.spawn(worker, index) for index in range(connections)]
     gevent.joinall(greenlets, timeout=WARMUP + duration + timeout + 5)
     gevent.killall(greenlets, timeout=5)
     if "start" in marks and "end" in marks:
-        (t0, s0, l0), (t1, s1, l1) = marks["start"], marks["end"]
-        if s0 is not None and s1 is not None:
-            result.server_cpu = (s1 - s0) / (t1 - t0)
-        result.loadgen_cpu = (l1 - l0) / (t1 - t0)
+        set_cpu(result, marks["start"], marks["end"])
     return result
+
+
+def cpu_mark(server_pid: int | None) -> tuple:
+    """(now, the server's CPU seconds, this process's CPU seconds): one end of a measured window."""
+    return perf_counter(), process_cpu_seconds(server_pid), own_cpu_seconds()
+
+
+def set_cpu(result: Result, begin: tuple, end: tuple) -> None:
+    """The server's and the load generator's CPU share between two ``cpu_mark``s, into ``result``."""
+    (t0, s0, l0), (t1, s1, l1) = begin, end
+    if s0 is not None and s1 is not None:
+        result.server_cpu = (s1 - s0) / (t1 - t0)
+    result.loadgen_cpu = (l1 - l0) / (t1 - t0)
 
 
 # ----------------------------------------------------------------- long-lived streams
@@ -340,11 +413,15 @@ class StreamSet:
         self.opened_at = None
 
     def open(self) -> None:
+        from gevent.lock import BoundedSemaphore
+
         gate = BoundedSemaphore(STREAM_CONNECT_CONCURRENCY)
         self.opened_at = perf_counter()
         self.greenlets = [gevent.spawn(self._read, stream, gate) for stream in self.streams]
 
     def _read(self, stream: Stream, gate) -> None:
+        from gevent import socket as gsocket
+
         try:
             with gate:
                 sock = gsocket.create_connection((HOST, self.port), timeout=self.read_timeout)
@@ -516,6 +593,8 @@ def log_file_tail(path: str, title: str, size: int, log=None) -> str:
 
 def stop_process(proc: subprocess.Popen, timeout: float) -> None:
     """SIGTERM, at most ``timeout`` s to exit, else SIGKILL; then close its stdout pipe."""
+    import subprocess
+
     if proc.poll() is None:
         proc.terminate()
         try:
@@ -563,6 +642,8 @@ class ServerProcess:
         if self.database_url:
             command += ["--database-url", self.database_url]
         # A session of its own: Ctrl-C reaches only us, and we stop the server in order (terminate, wait).
+        import subprocess
+
         self.proc = subprocess.Popen(
             command,
             stdin=subprocess.DEVNULL,
@@ -621,18 +702,25 @@ def fmt_latency(value: float | None, timeout: float) -> str:
 
 
 def fmt_row(label: str, result: Result, width: int = 34) -> str:
+    return (
+        f"{label:<{width}} req/s {result.rps:>7.0f}   p50 {fmt_latency(result.percentile(50), result.timeout):>9}"
+        f"   p99 {fmt_latency(result.percentile(99), result.timeout):>9}   {fmt_errors_cpu(result)}"
+    )
+
+
+def fmt_errors_cpu(result: Result) -> str:
+    """The end of a row: "errors N (by kind)" and, where known, the server's and load generator's CPU shares."""
     errors = sum(result.errors.values())
     detail = f" ({', '.join(f'{k}: {v}' for k, v in sorted(result.errors.items()))})" if errors else ""
     cpu = ""
     if result.server_cpu is not None:
         cpu = f"   cpu server {result.server_cpu * 100:.0f}% loadgen {result.loadgen_cpu * 100:.0f}%"
-    return (
-        f"{label:<{width}} req/s {result.rps:>7.0f}   p50 {fmt_latency(result.percentile(50), result.timeout):>9}"
-        f"   p99 {fmt_latency(result.percentile(99), result.timeout):>9}   errors {errors}{detail}{cpu}"
-    )
+    return f"errors {errors}{detail}{cpu}"
 
 
 def version_of(package: str) -> str:
+    from importlib import metadata
+
     try:
         return metadata.version(package)
     except metadata.PackageNotFoundError:
@@ -661,7 +749,8 @@ def header(args, pinning: str, title: str) -> tuple[list[str], dict]:
         "cpu_count": os.cpu_count(),
         "cpu_model": cpu_model(),
         "pinning": pinning,
-        "database": describe_database(args.database_url) if not args.compare else "sqlite (temporary file)",
+        "database": (describe_database(args.database_url) if not getattr(args, "compare", False)
+                     else "sqlite (temporary file)"),
         "versions": {
             name: version_of(name) for name in ("gevent", "flask", "connexion", "uvicorn", "a2wsgi")
         },
@@ -782,6 +871,9 @@ def measure_prism(args, workdir: str, cpu: int | None, cortex_sessions: Result) 
     """listSessions on the Prism mock server of the same document (``--prism``: the prism command), pinned to the
     server's CPU after the Cortex server stopped; prints the row and Cortex's ratio to it."""
     import shlex
+    import subprocess
+
+    from gevent import socket as gsocket
 
     with gsocket.socket() as probe:
         probe.bind((HOST, 0))
@@ -898,13 +990,7 @@ def split_cpus() -> tuple[tuple[int | None, int | None], str]:
 
 def run(args, script: str, fd_limit: int) -> int:
     """Entry point of the parent process: pin, make a temp dir, run a mode, clean up whatever happens."""
-
-    def on_sigterm(_signum, _frame):
-        raise KeyboardInterrupt
-
-    signal.signal(signal.SIGTERM, on_sigterm)
-    hub = gevent.get_hub()  # Ctrl-C still reaches the main greenlet, without the hub printing it first
-    hub.NOT_ERROR = (*hub.NOT_ERROR, KeyboardInterrupt)
+    interrupt_on_sigterm()
     needed = max(args.streams, COMPARE_STREAMS) + args.connections + 64
     if fd_limit < needed:
         print(
@@ -919,6 +1005,28 @@ def run(args, script: str, fd_limit: int) -> int:
         return 0, mode(args, script, workdir, cpus, pinning)
 
     return run_in_workdir(body, prefix="cortex-bench-", as_json=args.json, stopped="servers stopped")
+
+
+def interrupt_on_sigterm() -> None:
+    """In the parent: SIGTERM becomes a KeyboardInterrupt (so the servers are stopped in order), which the gevent
+    hub lets reach the main greenlet without printing it first."""
+
+    def on_sigterm(_signum, _frame):
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, on_sigterm)
+    hub = gevent.get_hub()
+    hub.NOT_ERROR = (*hub.NOT_ERROR, KeyboardInterrupt)
+
+
+def run_bench(args, body, *, prefix: str) -> int:
+    """Entry point of a one-server benchmark's parent: SIGTERM handled, CPUs split, then
+    ``body(args, workdir, cpus, pinning) -> (exit code, report)`` in a fresh temporary directory
+    (see :func:`run_in_workdir`; ``--json`` prints the report)."""
+    interrupt_on_sigterm()
+    cpus, pinning = split_cpus()
+    return run_in_workdir(lambda workdir: body(args, workdir, cpus, pinning), prefix=prefix, as_json=args.json,
+                          stopped="server stopped")
 
 
 def run_in_workdir(body, *, prefix: str, as_json: bool, stopped: str, keep: bool = False) -> int:
@@ -946,3 +1054,207 @@ def run_in_workdir(body, *, prefix: str, as_json: bool, stopped: str, keep: bool
             print(f"bench: logs kept in {workdir}", file=sys.stderr)
         else:
             shutil.rmtree(workdir, ignore_errors=True)
+
+
+# ----------------------------------------------------------------- one-server benchmarks (bench_ingest, ...)
+
+
+def bench_parser(description: str) -> argparse.ArgumentParser:
+    """The argument parser of a benchmark (defaults shown in --help)."""
+    return argparse.ArgumentParser(description=description, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+
+
+def add_server_options(parser: argparse.ArgumentParser, *, redis_help: str, engines_help: str) -> None:
+    """The options of a benchmark that runs one Cortex server subprocess with engines (``--serve cortex``,
+    ``--cpu`` and ``--data-dir`` are how ServerProcess starts it) and a calibration row."""
+    parser.add_argument("--database-url", help="default: SQLite in a temporary directory")
+    parser.add_argument("--redis-url", help=redis_help)
+    parser.add_argument("--no-engines", action="store_true", help=engines_help)
+    parser.add_argument("--no-calibrate", dest="calibrate", action="store_false",
+                        help="skip the GET /api row that shows how much CPU the machine gives the server")
+    parser.add_argument("--json", action="store_true", help="also print the figures as JSON")
+    parser.add_argument("--profile", help="write a cProfile (pstats) of the server process to this file")
+    parser.add_argument("--serve", nargs="?", const="cortex", help=argparse.SUPPRESS)  # ServerProcess: --serve cortex
+    parser.add_argument("--cpu", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--data-dir", help=argparse.SUPPRESS)
+
+
+def bench_main(parser: argparse.ArgumentParser, argv, *, serve, body, prefix: str, invalid=None,
+               sockets=None) -> int:
+    """``main()`` of a one-server benchmark. In the server subprocess (``--serve``): ``serve(args)``. Else exit 2
+    when ``invalid(args)`` names a problem with the options or the open-file limit is below ``sockets(args)``,
+    then :func:`run_bench` with ``body`` and ``prefix``."""
+    args = parser.parse_args(argv)
+    if args.serve:  # the server subprocess (ServerProcess starts us as ``--serve cortex --data-dir …``)
+        return serve(args)
+    problem = invalid(args) if invalid else None
+    if problem:
+        print(f"bench: {problem}", file=sys.stderr)
+        return 2
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    from bench_http import raise_fd_limit
+
+    fd_limit = raise_fd_limit()
+    needed = sockets(args) if sockets else 0
+    if fd_limit < needed:
+        print(f"bench: the open-file limit is {fd_limit}, fewer than the {needed} sockets needed", file=sys.stderr)
+        return 2
+    return run_bench(args, body, prefix=prefix)
+
+
+def print_header(args, pinning: str, title: str, **meta) -> dict:
+    """Print :func:`header`'s lines; its meta with ``meta`` added."""
+    lines, described = header(args, pinning, title)
+    described.update(meta)
+    print("\n".join(lines), flush=True)
+    return described
+
+
+def bench_server(args, script: str, workdir: str, cpus: tuple, env_prefix: str, **env) -> ServerProcess:
+    """The (not yet started) Cortex server subprocess of a one-server benchmark; its settings (``REDIS_URL``,
+    ``ENGINES``, ``PROFILE`` from the common options, then ``env``) pass through ``<env_prefix><NAME>`` variables,
+    which the subprocess inherits and reads back with :func:`server_setting`."""
+    env = {"REDIS_URL": args.redis_url or "", "ENGINES": "0" if args.no_engines else "1",
+           "PROFILE": os.path.abspath(args.profile) if args.profile else "", **env}
+    for name, value in env.items():
+        os.environ[f"{env_prefix}{name}"] = str(value)
+    return ServerProcess("cortex", script, workdir, cpus[0], args.database_url)
+
+
+def server_setting(env_prefix: str, name: str, default: str = "") -> str:
+    """In the server subprocess: a setting :func:`bench_server` passed."""
+    return os.environ.get(f"{env_prefix}{name}", default)
+
+
+def calibrate(server: ServerProcess, args, meta: dict) -> Result:
+    """``GET /api`` for min(--duration, 5) s, printed with docs/performance.md's figure and kept in ``meta``: how
+    much CPU the machine gives the server."""
+    health = measure("health", "GET /api (calibration, no database)", server.port, build_request("/api"),
+                     connections=args.connections, duration=min(args.duration, 5.0), timeout=args.timeout,
+                     server_pid=server.pid)
+    print(f"\n{fmt_row(health.label, health, 44)}\n  (docs/performance.md figure on a quiet machine: ~4,950 "
+          "req/s; a much lower figure means the CPU is shared with other work)")
+    meta["calibration_get_api"] = health.as_dict()
+    return health
+
+
+def verdict(mode: str, meta: dict, rows: list, failures: list, target: str) -> tuple[int, dict]:
+    """Print PASS/FAIL with ``target`` and the failures; (exit code, the JSON report)."""
+    print(f"\n{'PASS' if not failures else 'FAIL'}: {target}" + "".join(f"\n  - {failure}" for failure in failures))
+    report = {"mode": mode, "meta": meta, "rows": [row.as_dict() for row in rows], "failures": failures}
+    return (0 if not failures else 1), report
+
+
+# ----------------------------------------------------------------- in a Cortex server subprocess
+
+
+def start_server_process(cpu: int | None) -> None:
+    """First thing of a Cortex server subprocess: pin it to ``cpu``, raise its open-file limit and monkey-patch
+    the standard library for gevent, before anything imports socket, threading or ssl."""
+    from bench_http import pin_to_cpu, raise_fd_limit
+
+    pin_to_cpu(cpu)
+    raise_fd_limit()
+    from cortex.http.serve import patch
+
+    patch()
+
+
+def cortex_app(args, redis_url: str | None = None):
+    """(app, settings): the app of ``cortex serve`` (``create_app``) on ``--data-dir`` and ``--database-url``
+    (default SQLite there), migrated, with a fresh secret key."""
+    import secrets
+
+    from cortex.http.app import create_app
+    from cortex.settings import Settings
+    from models.database import upgrade
+
+    os.makedirs(args.data_dir, exist_ok=True)  # with_secret_key() only creates it when it generates a key
+    settings = Settings.from_env(
+        env={"CORTEX_LOG_LEVEL": "WARNING"},  # not os.environ: a DATABASE_URL in the shell must not leak in
+        data_dir=args.data_dir,
+        database_url=args.database_url or None,
+        secret_key=secrets.token_urlsafe(48),
+        redis_url=redis_url or None,
+    )
+    app = create_app(settings)
+    upgrade()
+    return app, settings
+
+
+def bench_user():
+    """A new user with a tenant of its own (inside ``db.connection_context()``); :func:`remove_tenant` removes it."""
+    import secrets
+
+    from models.identity import create_user
+
+    return create_user(f"bench-{secrets.token_hex(6)}@bench.invalid", secrets.token_urlsafe(16), "Bench User")
+
+
+def serve_app(app, settings, info: dict, *, user=None, engines: bool = False, profile: str | None = None,
+              cleanup=None) -> int:
+    """Serve ``app`` (``make_server``) on 127.0.0.1 until SIGTERM, SIGINT or the parent is gone; 0.
+
+    Prints ``{"port", "pid", **info}`` (plus ``"token"``, an access token of ``user``) on one stdout line first:
+    ServerProcess reads it. ``engines``: with the engines ``cortex serve`` starts; ``profile``: a pstats file of
+    the serving process (all greenlets). Afterwards ``user``'s tenant is removed (:func:`remove_tenant`, which
+    calls ``cleanup(user)`` first), leaving a reused (PostgreSQL) database as it was.
+    """
+    from bench_http import exit_with_parent
+    from gevent.event import Event
+
+    from cortex.http import security
+    from cortex.http.serve import make_server
+
+    running = None
+    if engines:
+        from cortex.engines import SERVE, start_engines
+
+        running = start_engines(SERVE, settings)  # as `cortex serve` runs them
+        app.extensions["cortex"].fanout = running.fanout
+    server = make_server(app, HOST, 0)
+    server.start()
+    stop = Event()
+    gevent.signal_handler(signal.SIGTERM, stop.set)
+    gevent.signal_handler(signal.SIGINT, stop.set)
+    exit_with_parent(stop.set)
+    profiler = None
+    if profile:
+        import cProfile
+
+        profiler = cProfile.Profile()
+        profiler.enable()
+    if user is not None:
+        info = {"token": security.issue_access_token(user.id, user.tenant_id), **info}
+    print(json.dumps({"port": server.server_port, "pid": os.getpid(), **info}), flush=True)
+    try:
+        stop.wait()
+    finally:
+        if profiler is not None:
+            profiler.disable()
+            profiler.dump_stats(profile)
+        server.stop(timeout=1)
+        if running is not None:
+            running.stop()
+        if user is not None:
+            remove_tenant(user, cleanup)
+    return 0
+
+
+def remove_tenant(user, cleanup=None) -> None:
+    """Delete what a bench seeded under ``user``'s tenant (``cleanup(user)`` first, for rows the cascades from
+    projects miss), best effort: a failure is printed on stderr."""
+    from models.base import db
+    from models.events import DomainEvent
+    from models.identity import Project, Tenant, User
+
+    try:
+        with db.connection_context():
+            if cleanup is not None:
+                cleanup(user)
+            DomainEvent.delete().where(DomainEvent.tenant_id == user.tenant_id).execute()
+            User.delete().where(User.id == user.id).execute()
+            Project.delete().where(Project.tenant == user.tenant_id).execute()  # cascades to the rest
+            Tenant.delete().where(Tenant.id == user.tenant_id).execute()
+    except Exception as exc:  # best effort on the way out
+        print(f"bench: could not remove the seeded tenant {user.tenant_id}: {exc}", file=sys.stderr)

@@ -114,72 +114,32 @@ def stream_seconds(request_args) -> int:
 
 def serve_cortex(args) -> int:
     """The real app on cortex.http.serve.make_server, seeded with 50 API keys; prints {"port", "token"} when ready."""
-    pin_to_cpu(args.cpu)
-    raise_fd_limit()
-    from cortex.http.serve import patch
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    import _loadgen  # imports neither socket, threading nor ssl: safe before the patch
 
-    patch()  # first: before anything imports socket, threading or ssl
+    _loadgen.start_server_process(args.cpu)
 
-    import secrets
-    import signal
-
-    import gevent
-    from gevent.event import Event
-
-    from cortex.http import security
-    from cortex.http.app import create_app
-    from cortex.http.serve import make_server
-    from cortex.settings import Settings
     from models.base import db
-    from models.database import upgrade
-    from models.identity import ApiKey, Project, Tenant, User, create_api_key, create_project, create_user
+    from models.identity import ApiKey, create_api_key, create_project
     from models.sessions import Session
 
-    os.makedirs(args.data_dir, exist_ok=True)  # with_secret_key() only creates it when it generates a key
-    settings = Settings.from_env(
-        env={"CORTEX_LOG_LEVEL": "WARNING"},  # not os.environ: a DATABASE_URL in the shell must not leak in
-        data_dir=args.data_dir,
-        database_url=args.database_url or None,
-        secret_key=secrets.token_urlsafe(48),
-    )
-    app = create_app(settings)
-    upgrade()
+    app, settings = _loadgen.cortex_app(args)
     with db.connection_context():
-        user = create_user(
-            f"bench-{secrets.token_hex(6)}@bench.invalid", secrets.token_urlsafe(16), "Bench User"
-        )
+        user = _loadgen.bench_user()
         for number in range(API_KEYS):
             create_api_key(user.tenant_id, user.id, f"bench key {number:02d}", ["sessions:read"], None, None)
         project, _secret = create_project(user, "Bench Project")
         for number in range(API_KEYS):  # 50 sessions for the listSessions row (created directly, no bot)
             Session.create(project=project.id, tenant_id=user.tenant_id, external_room_id=f"room-{number:02d}",
                            title=f"Bench session {number:02d}", created_by_user_id=user.id, status="active")
-    token = security.issue_access_token(user.id, user.tenant_id)
 
     # time.sleep is gevent's here (patched first): each stream costs one greenlet.
     app.add_url_rule("/bench/stream", "bench_stream", view_func=bench_stream_view)
 
-    server = make_server(app, HOST, 0)
-    server.start()
-    stop = Event()
-    gevent.signal_handler(signal.SIGTERM, stop.set)
-    gevent.signal_handler(signal.SIGINT, stop.set)
-    exit_with_parent(stop.set)
-    print(json.dumps({"port": server.server_port, "token": token, "pid": os.getpid(), "project": project.id}),
-          flush=True)
-    try:
-        stop.wait()
-    finally:
-        server.stop(timeout=1)
-        try:  # leave a reused (PostgreSQL) database as we found it
-            with db.connection_context():
-                ApiKey.delete().where(ApiKey.tenant == user.tenant_id).execute()
-                User.delete().where(User.id == user.id).execute()
-                Project.delete().where(Project.tenant == user.tenant_id).execute()  # cascades to sessions
-                Tenant.delete().where(Tenant.id == user.tenant_id).execute()
-        except Exception as exc:  # best effort on the way out
-            print(f"bench: could not remove the seeded tenant {user.tenant_id}: {exc}", file=sys.stderr)
-    return 0
+    def remove_api_keys(user):
+        ApiKey.delete().where(ApiKey.tenant == user.tenant_id).execute()
+
+    return _loadgen.serve_app(app, settings, {"project": project.id}, user=user, cleanup=remove_api_keys)
 
 
 # ----------------------------------------------------------------- server subprocess: Connexion 3 on uvicorn

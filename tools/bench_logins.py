@@ -36,30 +36,16 @@ ACCOUNTS = 200  # seeded accounts; flood client n logs into account n % ACCOUNTS
 
 
 def serve(args) -> int:
-    """The server subprocess: seed one account, print {"port", "pid"}, serve until SIGTERM."""
-    if args.cpu is not None:
-        os.sched_setaffinity(0, {args.cpu})
-    from cortex.http.serve import patch
+    """The server subprocess: seed the accounts, print {"port", "pid"}, serve until SIGTERM."""
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    import _loadgen  # imports neither socket, threading nor ssl: safe before the patch
 
-    patch()
-    import secrets
-    import signal
+    _loadgen.start_server_process(args.cpu)
 
-    import gevent
-    from gevent.event import Event
-
-    from cortex.http.app import create_app
-    from cortex.http.serve import make_server
-    from cortex.settings import Settings
     from models.base import db
-    from models.database import upgrade
     from models.identity import User, create_user
 
-    os.makedirs(args.data_dir, exist_ok=True)
-    settings = Settings.from_env(env={"CORTEX_LOG_LEVEL": "WARNING"}, data_dir=args.data_dir,
-                                 database_url=args.database_url or None, secret_key=secrets.token_urlsafe(48))
-    app = create_app(settings)
-    upgrade()
+    app, settings = _loadgen.cortex_app(args)
     from cortex.lib import crypto
 
     stored = crypto.hash_password(PASSWORD)  # one real Argon2id hash for every account (seeding stays fast)
@@ -69,15 +55,7 @@ def serve(args) -> int:
         for number in range(args.accounts):
             create_user(EMAIL.format(number), PASSWORD, f"Bench Login {number}")
     crypto.hash_password = real_hash
-    server = make_server(app, HOST, 0)
-    server.start()
-    stop = Event()
-    gevent.signal_handler(signal.SIGTERM, stop.set)
-    gevent.signal_handler(signal.SIGINT, stop.set)
-    print(json.dumps({"port": server.server_port, "pid": os.getpid()}), flush=True)
-    stop.wait()
-    server.stop(timeout=1)
-    return 0
+    return _loadgen.serve_app(app, settings, {})
 
 
 def login_request(email: str, password: str) -> bytes:
