@@ -40,6 +40,7 @@ from models.base import (
     invalid,
     is_sqlite,
     new_id,
+    not_found,
     page_bounds,
     parse_instant,
     rfc3339,
@@ -50,7 +51,7 @@ from models.events import changed_fields, emit
 from models.identity import Project
 from models.mail import queue_mail
 from models.participants import Participant, create_or_find_participant, get_participant
-from models.sanctions import JOIN_BLOCKING_TYPES, describe, in_force
+from models.sanctions import JOIN_BLOCKING_TYPES, Sanction, describe, in_force
 from models.sessions import BotDriver, create_session, stop_session
 
 TYPES = ("lobby", "appointment", "open")
@@ -546,14 +547,21 @@ def _refuse_sanctioned(project: Project, participant: Participant) -> None:
                         f"(sanction {blocking[0].id})")
 
 
+_UNREAD = object()
+
+
 def seat_member(project: Project, gathering: Gathering, participant: Participant, role: str = "member",
-                properties: dict | None = None, now: datetime | None = None) -> tuple[GatheringMember, bool]:
+                properties: dict | None = None, now: datetime | None = None, *, member=_UNREAD,
+                sanctions_checked: bool = False) -> tuple[GatheringMember, bool]:
     """Inside the caller's transaction: the participant holds a seat (joined) — idempotent for a seated member
     (no second seat); (member, whether it was seated now). Emits ``gathering.member.joined`` and moves a pending
-    gathering to ``active`` when someone other than its owner joins."""
+    gathering to ``active`` when someone other than its owner joins. ``member`` (the participant's row or None)
+    and ``sanctions_checked`` let a caller that read them already (``join_by_code``) skip those reads."""
     now = now or utcnow()
-    _refuse_sanctioned(project, participant)
-    member = _MEMBER.first(gathering=gathering.id, participant=participant.id)
+    if not sanctions_checked:
+        _refuse_sanctioned(project, participant)
+    if member is _UNREAD:
+        member = _MEMBER.first(gathering=gathering.id, participant=participant.id)
     if member is not None and member.status in SEATED:
         return member, False
     _take_seat(gathering, now)
@@ -590,19 +598,69 @@ def join_by_code(project: Project, code: str, participant_id: str) -> dict:
     raise AssertionError("unreachable")
 
 
+_PARTICIPANT_FIELDS = tuple(Participant._meta.sorted_fields)
+_GATHERING_FIELDS = tuple(Gathering._meta.sorted_fields)
+_MEMBER_FIELDS = tuple(GatheringMember._meta.sorted_fields)
+
+
+def _blocking_sanction_exists(now):
+    """EXISTS: a sanction that keeps the selected participant's external user out is in force at ``now``."""
+    return pw.fn.EXISTS(Sanction.select(Sanction.id).where(
+        (Sanction.project_id == Participant.project) & (Sanction.external_user_id == Participant.external_user_id)
+        & Sanction.revoked_at.is_null() & Sanction.type.in_(list(JOIN_BLOCKING_TYPES))
+        & (Sanction.end_at.is_null() | (Sanction.end_at > pw.Value(now, converter=False)))
+        & (Sanction.start_at <= pw.Value(now, converter=False))))
+
+
+#: Everything a join reads, in ONE query (a round trip per read was most of a join on PostgreSQL): the
+#: participant, the unfinished gathering with the code, the participant's member row there, and whether a ban
+#: or party restriction is in force for the participant.
+_JOIN_CONTEXT = Prepared(lambda project, participant, code, now: Participant.select(
+    *_PARTICIPANT_FIELDS, *_GATHERING_FIELDS, *_MEMBER_FIELDS, _blocking_sanction_exists(now))
+    .join(Gathering, pw.JOIN.LEFT_OUTER, on=(Gathering.project_id == Participant.project)
+          & (Gathering.live_code == code))
+    .join(GatheringMember, pw.JOIN.LEFT_OUTER, on=(GatheringMember.gathering_id == Gathering.id)
+          & (GatheringMember.participant_id == Participant.id))
+    .where((Participant.project == project) & (Participant.id == participant)))
+
+
+def _instance(model, fields, values):
+    """A model instance from raw column values (None when the row's key is NULL: an outer join found none)."""
+    if values[0] is None:
+        return None
+    instance = model(**{field.name: field.python_value(value) for field, value in zip(fields, values, strict=True)})
+    instance._dirty.clear()
+    return instance
+
+
+def _join_context(project: Project, participant_id: str, code: str, now: datetime):
+    rows = _JOIN_CONTEXT.rows(project=project.id, participant=participant_id, code=normalise_code(code),
+                              now=Gathering.updated_at.db_value(now))
+    if not rows:
+        raise not_found(f"Participant {participant_id}")
+    row = rows[0]
+    a, b = len(_PARTICIPANT_FIELDS), len(_PARTICIPANT_FIELDS) + len(_GATHERING_FIELDS)
+    c = b + len(_MEMBER_FIELDS)
+    participant = _instance(Participant, _PARTICIPANT_FIELDS, row[:a])
+    gathering = found(_instance(Gathering, _GATHERING_FIELDS, row[a:b]),
+                      f"Gathering with join code {normalise_code(code)!r}")
+    return participant, gathering, _instance(GatheringMember, _MEMBER_FIELDS, row[b:c]), bool(row[c])
+
+
 def _join_by_code(project: Project, code: str, participant_id: str) -> dict:
     now = utcnow()
     with transaction():
-        participant = get_participant(project, participant_id)
-        gathering = lookup_by_code(project, code)
+        participant, gathering, member, blocked = _join_context(project, participant_id, code, now)
+        if blocked:
+            _refuse_sanctioned(project, participant)  # names the sanction
         if gathering.access_policy == "invite-only":
-            member = _MEMBER.first(gathering=gathering.id, participant=participant.id)
             invited = (member is not None and member.status in (*SEATED, "invited")) or \
                 has_pending_invitation(gathering, participant)
             if not invited:
                 raise forbidden(f"Gathering {gathering.id} is invite-only and participant {participant.id} holds "
                                 "no pending invitation")
-        member, _seated = seat_member(project, gathering, participant, now=now)  # keeps `gathering` current
+        member, _seated = seat_member(project, gathering, participant, now=now, member=member,
+                                      sanctions_checked=True)  # keeps `gathering` current
     return {"success": True, "gathering": gathering_body(gathering), "member": _member_body(member,
                                                                                            participant.display_name)}
 

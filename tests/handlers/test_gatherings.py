@@ -426,3 +426,10 @@ def test_an_smtp_server_receives_the_invitation_with_its_calendar_entry_once(cli
     assert str(calendar["METHOD"]) == "REQUEST" and str(event["SUMMARY"]) == "Raid"
     assert str(event["DTSTART"].params["TZID"]) == "America/New_York" and event["DTSTART"].dt.hour == 14  # EDT
     assert event["ORGANIZER"].params["CN"] == "Ada"
+
+
+def test_joining_with_an_unknown_participant_or_code_is_404_and_takes_no_seat(client, owner):
+    body = create(client, owner).get_json()
+    assert join(client, owner, body["joinCode"], "nobody").status_code == 404
+    assert join(client, owner, "ZZZZ2222", player(owner, "someone").id).status_code == 404
+    assert Gathering.get_by_id(body["id"]).member_count == 0
