@@ -741,6 +741,8 @@ def remove_member(project: Project, gathering_id: str, participant_id: str) -> N
 
 INVITATION_STATUSES = ("pending", "accepted", "declined", "expired")
 MAX_INVITEES = 100
+#: Invitations one gathering holds at most (any status): the bound of its unpaged invitation list.
+MAX_INVITATIONS_PER_GATHERING = 1000
 DEFAULT_INVITATION_LIFETIME = timedelta(days=7)
 
 
@@ -830,11 +832,14 @@ def _invite(gathering: Gathering, now: datetime, *, participant: Participant | N
     invitee without a member row gets one with status ``invited``."""
     query = GatheringInvitation.select().where((GatheringInvitation.gathering_id == gathering.id)
                                                & (GatheringInvitation.status == "pending"))
+    held = GatheringInvitation.select().where(GatheringInvitation.gathering_id == gathering.id)
     query = query.where(GatheringInvitation.participant_id == participant.id) if participant is not None else \
         query.where(GatheringInvitation.email == email)
     existing = query.where(GatheringInvitation.expires_at > now).first()
     if existing is not None:
         return existing
+    if held.count() >= MAX_INVITATIONS_PER_GATHERING:  # the gathering row is locked by the caller
+        raise conflict(f"a gathering holds at most {MAX_INVITATIONS_PER_GATHERING} invitations")
     row = GatheringInvitation.create(
         id=new_id(), gathering_id=gathering.id, project_id=gathering.project_id,
         participant_id=participant.id if participant else None, email=email,
@@ -894,7 +899,7 @@ def list_invitations(project: Project, gathering_id: str) -> list[dict]:
     """``listGatheringInvitations``: every invitation of the gathering, oldest first."""
     gathering = get_gathering(project, gathering_id)
     rows = (GatheringInvitation.select().where(GatheringInvitation.gathering_id == gathering.id)
-            .order_by(GatheringInvitation.invited_at, GatheringInvitation.id).limit(10 * MAX_MEMBERS * MAX_INVITEES))
+            .order_by(GatheringInvitation.invited_at, GatheringInvitation.id).limit(MAX_INVITATIONS_PER_GATHERING))
     return [invitation_body(row, gathering.join_code) for row in rows]
 
 

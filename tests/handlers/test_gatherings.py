@@ -433,3 +433,17 @@ def test_joining_with_an_unknown_participant_or_code_is_404_and_takes_no_seat(cl
     assert join(client, owner, body["joinCode"], "nobody").status_code == 404
     assert join(client, owner, "ZZZZ2222", player(owner, "someone").id).status_code == 404
     assert Gathering.get_by_id(body["id"]).member_count == 0
+
+
+def test_a_gathering_holds_a_bounded_number_of_invitations(client, owner, monkeypatch):
+    from models import gatherings as model
+
+    monkeypatch.setattr(model, "MAX_INVITATIONS_PER_GATHERING", 3)
+    host = player(owner, "host")
+    body = create(client, owner).get_json()
+    assert invite(client, owner, body["id"], invitedById=host.id,
+                  emails=["a@example.com", "b@example.com", "c@example.com"]).status_code == 201
+    refused = invite(client, owner, body["id"], invitedById=host.id, emails=["d@example.com"])
+    assert refused.status_code == 409 and "at most 3 invitations" in refused.get_json()["detail"]
+    assert invite(client, owner, body["id"], invitedById=host.id, emails=["a@example.com"]).status_code == 201
+    assert len(client.get(url(owner, f"/{body['id']}/invitations"), headers=owner.headers).get_json()) == 3
