@@ -38,6 +38,7 @@ from models.base import (
     conflict,
     forbidden,
     found,
+    insert_rows,
     invalid,
     is_sqlite,
     new_id,
@@ -48,7 +49,7 @@ from models.base import (
     transaction,
     utcnow,
 )
-from models.events import GroupCommit, changed_fields, emit
+from models.events import GroupCommit, append, changed_fields, new_event
 from models.identity import Project
 from models.mail import queue_mail
 from models.participants import Participant, create_or_find_participant, get_participant
@@ -297,19 +298,44 @@ def list_gatherings(project: Project, type_=None, status=None, listed=None, limi
 # ---------------------------------------------------------------- events
 
 
-def _emit(kind: str, action: str, row: Gathering, data: dict, changes: dict | None = None) -> None:
-    emit(f"gathering.{kind}", tenant_id=row.tenant_id, project_id=row.project_id, resource_id=f"gathering:{row.id}",
-         action=action, data=data, changes=changes)
+def _emit(kind: str, action: str, row: Gathering, data: dict, changes: dict | None = None,
+          deferred: _Deferred | None = None) -> None:
+    event = new_event(f"gathering.{kind}", tenant_id=row.tenant_id, project_id=row.project_id,
+                      resource_id=f"gathering:{row.id}", action=action, data=data, changes=changes)
+    if deferred is not None:
+        deferred.events.append(event)
+    else:
+        append([event])
 
 
-def _emit_member(kind: str, row: Gathering, member: GatheringMember, display_name: str | None = None) -> None:
+class _Deferred:
+    """Writes of a batch of joins held back to be made with multi-row statements at its end: the new member rows
+    and the events (in the order the joins made them)."""
+
+    def __init__(self):
+        self.members: list[GatheringMember] = []
+        self.events: list = []
+
+    def flush(self) -> None:
+        if self.members:
+            if is_sqlite():  # in process: a statement costs no round trip
+                for member in self.members:
+                    member.save(force_insert=True)
+            else:
+                insert_rows(GatheringMember, GatheringMember._meta.sorted_fields, self.members)
+        if self.events:
+            append(self.events)
+
+
+def _emit_member(kind: str, row: Gathering, member: GatheringMember, display_name: str | None = None,
+                 deferred: _Deferred | None = None) -> None:
     """``gathering.member.<kind>`` (``display_name``: the participant's, when the caller has it at hand)."""
     if kind == "left":
         data = {"gatheringId": row.id, "participantId": member.participant_id}
     else:
         body = member_body(member) if display_name is None else _member_body(member, display_name)
         data = {"gatheringId": row.id, "member": body}
-    _emit(f"member.{kind}", "occurred", row, data)
+    _emit(f"member.{kind}", "occurred", row, data, deferred=deferred)
 
 
 def _touch(row: Gathering, now: datetime) -> None:
@@ -553,11 +579,12 @@ _UNREAD = object()
 
 def seat_member(project: Project, gathering: Gathering, participant: Participant, role: str = "member",
                 properties: dict | None = None, now: datetime | None = None, *, member=_UNREAD,
-                sanctions_checked: bool = False) -> tuple[GatheringMember, bool]:
+                sanctions_checked: bool = False, deferred: _Deferred | None = None) -> tuple[GatheringMember, bool]:
     """Inside the caller's transaction: the participant holds a seat (joined) — idempotent for a seated member
     (no second seat); (member, whether it was seated now). Emits ``gathering.member.joined`` and moves a pending
     gathering to ``active`` when someone other than its owner joins. ``member`` (the participant's row or None)
-    and ``sanctions_checked`` let a caller that read them already (``join_by_code``) skip those reads."""
+    and ``sanctions_checked`` let a caller that read them already (``join_by_code``) skip those reads;
+    ``deferred`` holds a new member row and the events back for the batch's multi-row statements."""
     now = now or utcnow()
     if not sanctions_checked:
         _refuse_sanctioned(project, participant)
@@ -570,19 +597,22 @@ def seat_member(project: Project, gathering: Gathering, participant: Participant
         member = GatheringMember(id=new_id(), gathering_id=gathering.id, participant_id=participant.id, role=role,
                                  created_at=now, properties=properties or {})
         member.status, member.joined_at = "joined", now
-        member.save(force_insert=True)
+        if deferred is not None:
+            deferred.members.append(member)
+        else:
+            member.save(force_insert=True)
     else:
         member.status, member.joined_at, member.ready_at = "joined", now, None
         if properties:
             member.properties = {**(member.properties or {}), **properties}
         member.save()
-    _emit_member("joined", gathering, member, participant.display_name)
+    _emit_member("joined", gathering, member, participant.display_name, deferred)
     if gathering.status == "pending" and participant.id != gathering.owner_id:
         before = gathering_body(gathering)
         gathering.status = "active"
         Gathering.update(status="active").where(Gathering.id == gathering.id).execute()
         _emit("updated", "updated", gathering, gathering_body(gathering),
-              changed_fields(before, gathering_body(gathering)))
+              changed_fields(before, gathering_body(gathering)), deferred)
     return member, True
 
 
@@ -590,7 +620,16 @@ def seat_member(project: Project, gathering: Gathering, participant: Participant
 #: handful of short statements, and on PostgreSQL committing each alone under the event-log lock held joins to
 #: a few hundred per second. A join refused by a domain rule is refused before it writes anything, so it comes
 #: back as a value and the batch keeps the others (see :func:`_join_work`).
-join_commit = GroupCommit()
+def _write_joins(works: list) -> list:
+    """The joins of one batch, then their new member rows and events with multi-row statements (one round trip
+    each on PostgreSQL, however many joins)."""
+    deferred = _Deferred()
+    values = [work(deferred) for work in works]
+    deferred.flush()
+    return values
+
+
+join_commit = GroupCommit(_write_joins, lambda work: _write_joins([work])[0])
 
 
 def join_by_code(project: Project, code: str, participant_id: str) -> dict:
@@ -610,11 +649,11 @@ def join_by_code(project: Project, code: str, participant_id: str) -> dict:
     raise AssertionError("unreachable")
 
 
-def _join_work(project: Project, code: str, participant_id: str) -> dict | DomainError:
+def _join_work(project: Project, code: str, participant_id: str, deferred: _Deferred) -> dict | DomainError:
     """One join inside the (shared) transaction. Every refusal (404, 403, 409) happens before the join writes
     anything, so it is returned, not raised: raising would roll back the joins it shares the batch with."""
     try:
-        return _join_by_code(project, code, participant_id)
+        return _join_by_code(project, code, participant_id, deferred)
     except DomainError as refused:
         return refused
 
@@ -668,7 +707,7 @@ def _join_context(project: Project, participant_id: str, code: str, now: datetim
     return participant, gathering, _instance(GatheringMember, _MEMBER_FIELDS, row[b:c]), bool(row[c])
 
 
-def _join_by_code(project: Project, code: str, participant_id: str) -> dict:
+def _join_by_code(project: Project, code: str, participant_id: str, deferred: _Deferred) -> dict:
     now = utcnow()
     participant, gathering, member, blocked = _join_context(project, participant_id, code, now)
     if blocked:
@@ -680,7 +719,7 @@ def _join_by_code(project: Project, code: str, participant_id: str) -> dict:
             raise forbidden(f"Gathering {gathering.id} is invite-only and participant {participant.id} holds "
                             "no pending invitation")
     member, _seated = seat_member(project, gathering, participant, now=now, member=member,
-                                  sanctions_checked=True)  # keeps `gathering` current
+                                  sanctions_checked=True, deferred=deferred)  # keeps `gathering` current
     return {"success": True, "gathering": gathering_body(gathering), "member": _member_body(member,
                                                                                            participant.display_name)}
 
