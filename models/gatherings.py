@@ -702,8 +702,14 @@ def _join_context(project: Project, participant_id: str, code: str, now: datetim
     a, b = len(_PARTICIPANT_FIELDS), len(_PARTICIPANT_FIELDS) + len(_GATHERING_FIELDS)
     c = b + len(_MEMBER_FIELDS)
     participant = _instance(Participant, _PARTICIPANT_FIELDS, row[:a])
-    gathering = found(_instance(Gathering, _GATHERING_FIELDS, row[a:b]),
-                      f"Gathering with join code {normalise_code(code)!r}")
+    gathering = _instance(Gathering, _GATHERING_FIELDS, row[a:b])
+    if gathering is None:
+        finished = (Gathering.select(Gathering.id, Gathering.status)
+                    .where((Gathering.project_id == project.id) & (Gathering.join_code == normalise_code(code)))
+                    .order_by(Gathering.updated_at.desc()).first())
+        if finished is not None:  # the code named a gathering that is over: nobody joins it
+            raise conflict(f"Gathering {finished.id} is {finished.status}; nobody can join it")
+        raise not_found(f"Gathering with join code {normalise_code(code)!r}")
     return participant, gathering, _instance(GatheringMember, _MEMBER_FIELDS, row[b:c]), bool(row[c])
 
 

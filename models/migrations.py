@@ -90,6 +90,13 @@ def _v10_gatherings(database):
     database.create_tables(gatherings.MODELS, safe=True)
 
 
+def _v11_gathering_code_index(database):
+    """Any gathering by its join code (a join with the code of a finished gathering answers 409, not 404)."""
+    database.execute_sql(
+        'CREATE INDEX IF NOT EXISTS "gathering_project_id_join_code" ON "gathering" ("project_id", "join_code")'
+    )
+
+
 #: Every table the migrations create, as models (tests empty them between cases in dependency order).
 ALL_MODELS = [
     *identity.MODELS, *settings.MODELS, *voice.MODELS, *events.MODELS, *sessions.MODELS, *participants.MODELS,
@@ -109,4 +116,5 @@ MIGRATIONS = [
     (8, "ingest replay guard", _v8_ingest_replay_guard),
     (9, "sanctions", _v9_sanctions),
     (10, "gatherings", _v10_gatherings),
+    (11, "gathering join-code index", _v11_gathering_code_index),
 ]

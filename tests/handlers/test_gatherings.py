@@ -106,7 +106,9 @@ def test_the_state_machine(client, owner, app):
     assert ended.status_code == 200 and ended.get_json()["status"] == "ended" and "expiresAt" not in ended.get_json()
     assert client.delete(url(owner, f"/{gid}"), headers=owner.headers).status_code == 409  # ended → cancelled: no
     assert client.patch(url(owner, f"/{gid}"), json={"name": "x"}, headers=owner.headers).status_code == 409
-    assert join(client, owner, body["joinCode"], player(owner, "late").id).status_code == 404  # code is free again
+    late = join(client, owner, body["joinCode"], player(owner, "late").id)
+    assert late.status_code == 409 and "ended" in late.get_json()["detail"]  # over: nobody joins
+    assert client.get(url(owner, f"/lookup/{body['joinCode']}"), headers=owner.headers).status_code == 404
     assert types() == ["gathering.created", "gathering.member.joined", "gathering.member.joined",
                        "gathering.updated", "gathering.started", "gathering.ended"]
 
