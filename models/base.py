@@ -270,6 +270,12 @@ def is_sqlite() -> bool:
     return isinstance(db.obj, pw.SqliteDatabase)
 
 
+def locked(query):
+    """Lock the rows ``query`` selects for the rest of the transaction on PostgreSQL (``FOR UPDATE``); SQLite's
+    write transaction is exclusive already."""
+    return query if is_sqlite() else query.for_update()
+
+
 def release_connection() -> None:
     """Return this request's connection to the pool before slow outside I/O (reconnects lazily after).
 

@@ -41,6 +41,7 @@ from models.base import (
     insert_rows,
     invalid,
     is_sqlite,
+    locked,
     new_id,
     not_found,
     page_bounds,
@@ -251,10 +252,7 @@ def get_gathering(project: Project, gathering_id: str) -> Gathering:
 
 
 def _locked(project: Project, gathering_id: str) -> Gathering:
-    query = _of_project(project).where(Gathering.id == gathering_id)
-    if not is_sqlite():
-        query = query.for_update()
-    return found(query.first(), f"Gathering {gathering_id}")
+    return found(locked(_of_project(project).where(Gathering.id == gathering_id)).first(), f"Gathering {gathering_id}")
 
 
 def members_of(gathering: Gathering) -> list[GatheringMember]:
@@ -986,11 +984,9 @@ def has_pending_invitation(gathering: Gathering, participant: Participant) -> bo
 
 
 def _open_invitation(project: Project, invitation_id: str, now: datetime) -> GatheringInvitation:
-    query = GatheringInvitation.select().where((GatheringInvitation.id == invitation_id)
-                                               & (GatheringInvitation.project_id == project.id))
-    if not is_sqlite():
-        query = query.for_update()
-    row = found(query.first(), f"Invitation {invitation_id}")
+    row = found(locked(GatheringInvitation.select().where((GatheringInvitation.id == invitation_id)
+                                                          & (GatheringInvitation.project_id == project.id))).first(),
+                f"Invitation {invitation_id}")
     if row.status != "pending":
         raise conflict(f"Invitation {invitation_id} is {row.status} already")
     if row.expires_at <= now:
@@ -1050,18 +1046,15 @@ def expire_due(now: datetime | None = None, limit: int = 500) -> int:
     now = now or utcnow()
     idle_before = now - _idle["age"]
     dated = pw.fn.COALESCE(Gathering.ends_at, Gathering.starts_at)
-    due = (Gathering.select(Gathering.id, Gathering.project_id).where(
+    due = (Gathering.select(Gathering.id).where(
         Gathering.status.in_(UNFINISHED)
         & (((Gathering.type == "appointment") & dated.is_null(False) & (dated < now - APPOINTMENT_GRACE))
            | (((Gathering.type != "appointment") | dated.is_null()) & (Gathering.active_at < idle_before))))
         .limit(limit).tuples())
     expired = 0
-    for gathering_id, _project_id in list(due):
+    for (gathering_id,) in list(due):
         with transaction():
-            query = Gathering.select().where(Gathering.id == gathering_id)
-            if not is_sqlite():
-                query = query.for_update()
-            row = query.first()
+            row = locked(Gathering.select().where(Gathering.id == gathering_id)).first()
             if row is None or row.status not in UNFINISHED or expires_at(row) > now:
                 continue
             before = gathering_body(row)

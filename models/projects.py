@@ -5,7 +5,7 @@ from __future__ import annotations
 import peewee as pw
 
 from models.access import Principal, forget_resolved_projects, may_read_secret, visible_projects
-from models.base import check_cap, conflict, invalid, is_sqlite, not_found, rfc3339, transaction
+from models.base import check_cap, conflict, invalid, locked, not_found, rfc3339, transaction
 from models.identity import ROLES, Project, ProjectMember, User, normalise_email, project_secret
 from models.mail import queue_mail
 from models.permissions import permissions_for
@@ -148,9 +148,7 @@ def _other_active_admins(project: Project, member: ProjectMember) -> int:
         ProjectMember.status == ACTIVE,
         ProjectMember.id != member.id,
     )
-    if not is_sqlite():
-        query = query.for_update()
-    return len(list(query))
+    return len(list(locked(query)))
 
 
 def _is_last_admin(project: Project, member: ProjectMember) -> bool:

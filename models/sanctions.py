@@ -34,7 +34,7 @@ from models.base import (
     conflict,
     found,
     invalid,
-    is_sqlite,
+    locked,
     new_id,
     not_found,
     page_bounds,
@@ -194,10 +194,7 @@ def get_sanction(project: Project, sanction_id: str) -> Sanction:
 
 
 def _locked(project: Project, sanction_id: str) -> Sanction:
-    query = _sanctions_of(project).where(Sanction.id == sanction_id)
-    if not is_sqlite():
-        query = query.for_update()
-    return found(query.first(), f"Sanction {sanction_id}")
+    return found(locked(_sanctions_of(project).where(Sanction.id == sanction_id)).first(), f"Sanction {sanction_id}")
 
 
 def _emit(kind: str, action: str, row: Sanction, data: dict, changes: dict | None = None) -> None:
@@ -385,18 +382,15 @@ def announce_transitions(now: datetime | None = None, limit: int = 500) -> list[
     ``changes``, in its own transaction (the row locked and checked again, so concurrent runs announce once);
     the announced (sanction, changes)."""
     now = now or utcnow()
-    due = (Sanction.select(Sanction.id, Sanction.project_id)
+    due = (Sanction.select(Sanction.id)
            .where(((Sanction.announced.in_([SCHEDULED, IN_FORCE])) & Sanction.end_at.is_null(False)
                    & (Sanction.end_at <= now))
                   | ((Sanction.announced == SCHEDULED) & (Sanction.start_at <= now)))
            .limit(limit).tuples())
     announced = []
-    for sanction_id, _project_id in list(due):
+    for (sanction_id,) in list(due):
         with transaction():
-            query = Sanction.select().where(Sanction.id == sanction_id)
-            if not is_sqlite():
-                query = query.for_update()
-            row = query.first()
+            row = locked(Sanction.select().where(Sanction.id == sanction_id)).first()
             if row is None or row.announced == clock_state(row, now):
                 continue
             was_in_force = row.announced == IN_FORCE

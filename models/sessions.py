@@ -96,6 +96,7 @@ from models.base import (  # noqa: E402
     conflict,
     invalid,
     is_sqlite,
+    locked,
     not_found,
     page_bounds,
     rfc3339,
@@ -217,13 +218,8 @@ def get_session(project: Project, session_id: str) -> Session:
     return session
 
 
-def _locked(query):
-    """Lock the selected row for the rest of the transaction (SQLite writers are already serialised)."""
-    return query if is_sqlite() else query.for_update()
-
-
 def _session_for_update(project: Project, session_id: str) -> Session:
-    session = _locked(Session.select().where(Session.id == session_id, Session.project == project.id)).first()
+    session = locked(Session.select().where(Session.id == session_id, Session.project == project.id)).first()
     if session is None:
         raise not_found(f"Session {session_id}")
     return session
@@ -398,7 +394,7 @@ def stop_idle_session(session_id: str, driver: BotDriver, now: datetime | None =
     (any more). An undeliverable command leaves the session in ``error`` (logged) and is not raised.
     """
     with transaction():
-        session = _locked(idle_sessions(now).where(Session.id == session_id)).first()
+        session = locked(idle_sessions(now).where(Session.id == session_id)).first()
         if session is None:
             return None
         _change_status(session, "stopping", "cortex:api")
@@ -424,7 +420,7 @@ def set_session_status(
         query = Session.select().where(Session.id == session_id)
         if project_id is not None:
             query = query.where(Session.project == project_id)
-        session = _locked(query).first()
+        session = locked(query).first()
         if session is not None:
             _change_status(session, status, source)
         return session
