@@ -276,6 +276,13 @@ def locked(query):
     return query if is_sqlite() else query.for_update()
 
 
+def project_row(model, project_id: str, row_id: str, what: str, *, lock: bool = False):
+    """The row of ``model`` (a table with ``project_id`` and ``id``) with this id in this project — locked with
+    ``lock`` — or not_found("``what`` ``row_id``"), also for another project's row."""
+    query = model.select().where((model.project_id == project_id) & (model.id == row_id))
+    return found((locked(query) if lock else query).first(), f"{what} {row_id}")
+
+
 def release_connection() -> None:
     """Return this request's connection to the pool before slow outside I/O (reconnects lazily after).
 

@@ -46,6 +46,7 @@ from models.base import (
     not_found,
     page_bounds,
     parse_instant,
+    project_row,
     rfc3339,
     transaction,
     utcnow,
@@ -248,11 +249,11 @@ def _of_project(project: Project):
 
 def get_gathering(project: Project, gathering_id: str) -> Gathering:
     """The project's gathering with this id; 404 otherwise."""
-    return found(_of_project(project).where(Gathering.id == gathering_id).first(), f"Gathering {gathering_id}")
+    return project_row(Gathering, project.id, gathering_id, "Gathering")
 
 
 def _locked(project: Project, gathering_id: str) -> Gathering:
-    return found(locked(_of_project(project).where(Gathering.id == gathering_id)).first(), f"Gathering {gathering_id}")
+    return project_row(Gathering, project.id, gathering_id, "Gathering", lock=True)
 
 
 def members_of(gathering: Gathering) -> list[GatheringMember]:

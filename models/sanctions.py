@@ -32,13 +32,13 @@ from models.base import (
     Prepared,
     UTCDateTimeField,
     conflict,
-    found,
     invalid,
     locked,
     new_id,
     not_found,
     page_bounds,
     parse_instant,
+    project_row,
     rfc3339,
     transaction,
     utcnow,
@@ -190,11 +190,11 @@ def _sanctions_of(project: Project):
 
 def get_sanction(project: Project, sanction_id: str) -> Sanction:
     """The project's sanction with this id; not_found otherwise (also another project's)."""
-    return found(_sanctions_of(project).where(Sanction.id == sanction_id).first(), f"Sanction {sanction_id}")
+    return project_row(Sanction, project.id, sanction_id, "Sanction")
 
 
 def _locked(project: Project, sanction_id: str) -> Sanction:
-    return found(locked(_sanctions_of(project).where(Sanction.id == sanction_id)).first(), f"Sanction {sanction_id}")
+    return project_row(Sanction, project.id, sanction_id, "Sanction", lock=True)
 
 
 def _emit(kind: str, action: str, row: Sanction, data: dict, changes: dict | None = None) -> None:
