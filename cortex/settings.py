@@ -102,6 +102,7 @@ class Settings:
     webhook_worker: bool = True  # `cortex serve` runs the webhook fan-out + delivery worker too
     webhook_retry_schedule: tuple[float, ...] = (5, 300, 1800, 7200, 18000, 36000, 36000)  # seconds before each retry
     webhook_timeout: float = 15.0  # one delivery attempt, connect to last byte
+    plugin_timeout: float = 60.0  # one call of a plugin's outside provider (e.g. an LLM summary), connect to last byte
     outbound_allow_private: bool = False  # tenant-chosen URLs may be loopback/private/link-local/metadata addresses
     webhook_concurrency: int = 100  # deliveries in flight per worker process
     webhook_subscription_concurrency: int = 10  # of which to one subscription
@@ -159,6 +160,7 @@ class Settings:
             webhook_retry_schedule=_schedule(env, "CORTEX_WEBHOOK_RETRY_SCHEDULE",
                                              (5, 300, 1800, 7200, 18000, 36000, 36000)),
             webhook_timeout=_positive_seconds(env, "CORTEX_WEBHOOK_TIMEOUT", 15.0),
+            plugin_timeout=_positive_seconds(env, "CORTEX_PLUGIN_TIMEOUT", 60.0),
             # CORTEX_WEBHOOK_ALLOW_PRIVATE is the older name of the same switch
             outbound_allow_private=_bool(env.get("CORTEX_OUTBOUND_ALLOW_PRIVATE") or env.get("CORTEX_WEBHOOK_ALLOW_PRIVATE")),
             webhook_concurrency=_whole_number(env, "CORTEX_WEBHOOK_CONCURRENCY", 100),

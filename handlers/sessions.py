@@ -3,8 +3,9 @@
 Statuses and bot commands: see ``models/sessions.py``; drivers: ``cortex/integrations/bots.py``.
 """
 
-from cortex.http.app import current_bot_driver
-from models import sessions
+from cortex.engines import plugins as plugin_runs
+from cortex.http.app import current_bot_driver, plugin_engine
+from models import plugins, sessions
 
 
 def create_session(principal, project, body):
@@ -48,10 +49,10 @@ def stop_session(project, id_):
 
 
 def get_session_actions(project, id_):
-    """GET …/sessions/{id}/actions: plugin actions; none until plugins exist."""
-    return sessions.session_actions_body(project, id_)
+    """GET …/sessions/{id}/actions: per enabled plugin instance with actions, its action group."""
+    return plugins.session_actions(project, id_)
 
 
 def regenerate_summary(project, id_):
-    """POST …/sessions/{id}/regenerate-summary: 409 while no summary plugin can be enabled."""
-    sessions.regenerate_summary(project, id_)
+    """POST …/sessions/{id}/regenerate-summary: run the summary now; 409 without an enabled session-summary."""
+    return plugin_runs.regenerate_summary(plugin_engine(), project, id_)

@@ -10,6 +10,7 @@ from models import (
     mail,
     messages,
     participants,
+    plugins,
     presence,
     sanctions,
     sessions,
@@ -97,11 +98,16 @@ def _v11_gathering_code_index(database):
     )
 
 
+def _v12_plugins(database):
+    """Plugin instances, message and session annotations, and the plugin engine's work queue."""
+    database.create_tables(plugins.MODELS, safe=True)
+
+
 #: Every table the migrations create, as models (tests empty them between cases in dependency order).
 ALL_MODELS = [
     *identity.MODELS, *settings.MODELS, *voice.MODELS, *events.MODELS, *sessions.MODELS, *participants.MODELS,
     *messages.MODELS, *presence.MODELS, *webhooks.MODELS, *mail.MODELS,
-    *ingest.MODELS, *sanctions.MODELS, *gatherings.MODELS,
+    *ingest.MODELS, *sanctions.MODELS, *gatherings.MODELS, *plugins.MODELS,
 ]
 
 #: Versioned migrations: (version, name, function(database)). Append only; never edit an applied one.
@@ -117,4 +123,5 @@ MIGRATIONS = [
     (9, "sanctions", _v9_sanctions),
     (10, "gatherings", _v10_gatherings),
     (11, "gathering join-code index", _v11_gathering_code_index),
+    (12, "plugins", _v12_plugins),
 ]

@@ -93,7 +93,6 @@ MODELS = [Session]
 from models.base import (  # noqa: E402
     DomainError,
     as_utc,
-    conflict,
     invalid,
     is_sqlite,
     locked,
@@ -370,19 +369,6 @@ def stop_session(project: Project, session_id: str, driver: BotDriver) -> Sessio
             _change_status(session, "stopping", "cortex:api")
     _send(driver.stop, session)
     return get_session(project, session_id)
-
-
-def session_actions_body(project: Project, session_id: str) -> dict:
-    """SessionActionsResponse: the plugin actions of a session; none until plugins exist (404 for another
-    project's session)."""
-    session = get_session(project, session_id)
-    return {"sessionId": session.id, "plugins": []}
-
-
-def regenerate_summary(project: Project, session_id: str) -> None:
-    """Regenerate a session's summary: 409 while no summary plugin can be enabled (404 for another project's)."""
-    get_session(project, session_id)
-    raise conflict("no summary plugin enabled for this project; install and enable the session-summary plugin")
 
 
 def stop_idle_session(session_id: str, driver: BotDriver, now: datetime | None = None) -> Session | None:

@@ -49,7 +49,8 @@ def openapi() -> OpenAPI:
     if _openapi is None:
         spec = json.loads((ROOT / "openapi" / "cortex.json").read_text())
         spec["servers"] = [{"url": "http://localhost/"}]
-        config = Config(extra_media_type_deserializers={"application/problem+json": json.loads})
+        config = Config(extra_media_type_deserializers={"application/problem+json": json.loads,
+                                                        "text/markdown": bytes.decode})
         _openapi = OpenAPI.from_dict(spec, config=config)
     return _openapi
 
@@ -193,6 +194,16 @@ def reused_password_hash(password: str) -> str:
     if password not in _password_hashes:
         _password_hashes[password] = real_hash_password(password)
     return _password_hashes[password]
+
+
+@pytest.fixture
+def address_policy_on():
+    """The outbound address policy as it is in production (the suite runs with it off: its receivers are local)."""
+    from cortex.lib import addresses
+
+    addresses.set_allow_private(False)
+    yield
+    addresses.set_allow_private(True)
 
 
 @pytest.fixture

@@ -17,11 +17,12 @@ def names(role, settings) -> list[str]:
 def test_each_engine_is_registered_once_with_the_processes_it_runs_in(settings):
     assert len({spec.name for spec in REGISTRY}) == len(REGISTRY)
     assert names(SERVE, settings) == ["live", "event-retention", "idle-sessions", "debug-audio-cleanup", "webhooks",
-                                      "mail", "sanctions", "gathering-expiry"]
-    assert names(WORKER, settings) == ["webhooks", "mail", "sanctions"]
+                                      "mail", "sanctions", "gathering-expiry", "plugins"]
+    assert names(WORKER, settings) == ["webhooks", "mail", "sanctions", "plugins"]
     dedicated = replace(settings, webhook_worker=False)  # CORTEX_WEBHOOK_WORKER=false: workers deliver
-    assert "webhooks" not in names(SERVE, dedicated) and names(WORKER, dedicated) == ["webhooks", "mail", "sanctions"]
-    assert "sanctions" not in names(SERVE, dedicated)  # event-log consumers run where the webhook fan-out runs
+    assert "webhooks" not in names(SERVE, dedicated) and names(WORKER, dedicated) == ["webhooks", "mail", "sanctions",
+                                                                                         "plugins"]
+    assert "sanctions" not in names(SERVE, dedicated) and "plugins" not in names(SERVE, dedicated)  # event-log consumers run where the webhook fan-out runs
     assert "mail" in names(SERVE, dedicated)  # mail goes out from every process (the claim leases each message)
 
 
@@ -37,10 +38,14 @@ def test_serve_engines_start_in_order_share_the_fanout_and_stop_in_reverse(app, 
         sanctions = engines.get("sanctions")
         assert sanctions.events_committed in engines.fanout._wakers
         assert sanctions.dispatcher._worker.alive and sanctions.clock.alive
+        plugins = engines.get("plugins")
+        assert plugins.events_committed in engines.fanout._wakers
+        assert plugins.dispatcher._worker.alive and plugins.runner.alive
     finally:
         engines.stop()
     assert engines.started == [] and not webhooks.dispatcher._worker.alive
     assert not sanctions.dispatcher._worker.alive and not sanctions.clock.alive
+    assert not plugins.dispatcher._worker.alive and not plugins.runner.alive
 
 
 def test_a_failing_engine_stops_the_ones_already_started(settings):

@@ -11,7 +11,7 @@ SPEC = json.loads((ROOT / "openapi" / "cortex.json").read_text())
 #: Tags whose every operation is implemented, and the exceptions still answering 501.
 IMPLEMENTED_TAGS = {
     "Health", "Auth", "API Keys", "Projects", "App Settings", "Voice", "Sessions", "Participants", "Messages",
-    "Events", "Webhooks", "Sanctions", "Gatherings",
+    "Events", "Webhooks", "Sanctions", "Gatherings", "Plugins", "Plugin Instances",
 }
 #: Operations of built tags that still answer 501.
 NOT_YET: set[str] = set()

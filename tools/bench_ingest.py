@@ -147,9 +147,14 @@ def ingest_request(project: dict, event_type: str, number: int, sign, now_text) 
     else:
         data = {"sessionId": session, "number": number}
         action = "occurred"
+    return signed_request(project, event_type, action, data, sign, now_text())
+
+
+def signed_request(project: dict, event_type: str, action: str, data: dict, sign, timestamp: str) -> bytes:
+    """A signed POST /api/events/ingest of one event with this payload, as bytes (also tools/bench_plugins.py)."""
+    session = project["session"]
     body = json.dumps({"type": event_type, "source": "voice:server", "resourceId": f"session:{session}",
                        "payload": {"action": action, "data": data}}, separators=(",", ":")).encode()
-    timestamp = now_text()
     head = (
         f"POST /api/events/ingest HTTP/1.1\r\nHost: {HOST}\r\nUser-Agent: cortex-bench\r\n"
         f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n"

@@ -55,6 +55,7 @@ FAMILY_DESCRIPTIONS = {
 SCOPE_OVERRIDES = {
     "getSessionAnnotations": "plugin-endpoints",
     "getMessageAnnotationsBatch": "plugin-endpoints",
+    "runPluginAction": "transcripts:read",  # the minutes carry the transcript
 }
 EXTRA_SCOPES = {"plugin-endpoints": "Endpoints analysis plugins call back (session and message annotations)"}
 

@@ -15,8 +15,9 @@ processes it runs in:
 | ``mail`` | serve, worker | sends the durable mail outbox, retrying (``cortex.engines.mail``); several at once are safe |
 | ``sanctions`` | as ``webhooks`` | bot commands for bot-enforced sanctions; announces expiries and scheduled starts (``cortex.engines.sanctions``) |
 | ``gathering-expiry`` | serve | expires gatherings and invitations past their time (``cortex.engines.gatherings``) |
+| ``plugins`` | as ``webhooks`` | runs every enabled plugin instance on its project's events; annotations, auto-sanctions (``cortex.engines.plugins``) |
 
-A new engine (plugins, functions) is one more :class:`EngineSpec` line here.
+A new engine (functions) is one more :class:`EngineSpec` line here.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from cortex.engines.debug_audio import DebugAudioCleanupJob
 from cortex.engines.gatherings import GatheringExpiryJob
 from cortex.engines.idle import IdleSessionSweeper
 from cortex.engines.mail import MailEngine
+from cortex.engines.plugins import PluginEngine
 from cortex.engines.sanctions import SanctionEngine
 from cortex.engines.webhooks import WebhookEngine
 from cortex.events.fanout import LivePipeline
@@ -75,6 +77,9 @@ REGISTRY: tuple[EngineSpec, ...] = (
     # cursor may send a command twice (bots treat it as once), and the clock announces each transition once.
     EngineSpec("sanctions", SanctionEngine.from_settings, _webhook_roles),
     EngineSpec("gathering-expiry", GatheringExpiryJob.from_settings, _serve_only),
+    # A persistent event-log consumer like the webhook fan-out: two processes on one cursor write each annotation
+    # once (unique per instance, target and type) and lease each queued job to one of them.
+    EngineSpec("plugins", PluginEngine.from_settings, _webhook_roles),
 )
 
 

@@ -13,6 +13,7 @@ from connexion.spec import Specification
 from werkzeug.exceptions import HTTPException, MethodNotAllowed
 from werkzeug.middleware.proxy_fix import ProxyFix
 
+from cortex.engines.plugins import PluginEngine
 from cortex.events.sse import StreamSlots
 from cortex.http import security
 from cortex.http.logins import LoginThrottle
@@ -56,6 +57,7 @@ class Runtime:
     #: app built by create_app and served otherwise, the test client) each stream polls the log (cortex/events/sse.py).
     fanout: object | None = None
     event_types: list[str] | None = None  # the document's event types (document_event_types)
+    plugins: PluginEngine | None = None  # runs plugins for requests (regenerateSummary, actions): plugin_engine()
 
 
 def runtime() -> Runtime:
@@ -109,6 +111,14 @@ def token_fetcher() -> HttpTokenFetcher:
 def debug_audio_store() -> DebugAudioStore:
     """Where debug-audio files live (``<data dir>/debug-audio``)."""
     return runtime().debug_audio
+
+
+def plugin_engine() -> PluginEngine:
+    """The plugin engine requests run plugins with (not started: the background one is ``cortex serve``'s)."""
+    services = runtime()
+    if services.plugins is None:
+        services.plugins = PluginEngine.from_settings(services.settings)
+    return services.plugins
 
 
 def current_bot_driver() -> BotDriver:

@@ -108,7 +108,12 @@ class PeriodicJob(Background):
 
     def __init__(self, name: str, interval: float):
         self.interval = interval
+        self._wake = threading.Event()
         self._worker = Worker(name, self.run_forever)
+
+    def wake(self) -> None:
+        """Run now instead of at the end of the current interval."""
+        self._wake.set()
 
     def run_once(self) -> int:
         """One run; how many things it did."""
@@ -117,8 +122,9 @@ class PeriodicJob(Background):
     def run_forever(self, stop_event: threading.Event) -> None:
         """Run every ``interval`` seconds until stopped; failures are logged."""
         while not stop_event.is_set():
+            self._wake.clear()  # before the run: a wake() during it makes the pause below end at once
             try:
                 self.run_once()
             except Exception:
                 log.exception("%s failed; retrying in %s s", self.label, self.interval)
-            pause(stop_event, self.interval)
+            pause(stop_event, self.interval, self._wake)

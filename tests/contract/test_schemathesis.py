@@ -64,11 +64,15 @@ def contract_config(auth: dict) -> SchemathesisConfig:
                     # 400), its dates are ISO 8601 with an offset and endAt comes after startAt (the document types
                     # them as bare strings; the issue requires a 400). Gatherings too: dates with an offset, an
                     # IANA timezone, a whole maxMembers, invitee email addresses, at least one invitee, a room id
-                    # that is not empty.
+                    # that is not empty. Plugin instances too: settings are validated against the plugin's own
+                    # settingsSchema (the document types them as a free object), one instance per plugin (409);
+                    # annotation batches hold at most 500 ids; a plugin action needs the plugin enabled in the
+                    # session's project (409).
                     "include-operation-id": ["upsertAppSettings", "patchAppSettings", "createSubscription",
                                              "updateSubscription", "createSanction", "updateSanction",
                                              "createGathering", "updateGathering", "sendInvitations",
-                                             "startGathering"],
+                                             "startGathering", "createInstance", "updateInstance",
+                                             "getMessageAnnotationsBatch", "runPluginAction"],
                     "checks": {
                         "positive_data_acceptance": {
                             "expected-statuses": ["2xx", "400", "401", "403", "404", "409"],

@@ -230,15 +230,6 @@ def test_retry_is_refused_while_pending_and_requeues_a_finished_event(client, ow
     assert client.post(BASE.format(owner.project.id) + "/events/nope/retry", headers=owner.headers).status_code == 404
 
 
-@pytest.fixture
-def address_policy_on():
-    """The outbound address policy as it is in production (the suite runs with it off: its receivers are local)."""
-    from cortex.lib import addresses
-
-    addresses.set_allow_private(False)
-    yield
-    addresses.set_allow_private(True)
-
 
 @pytest.mark.parametrize("url", [
     "http://127.0.0.1:8080/hook", "http://127.1/hook", "http://2130706433/hook", "http://0x7f000001/hook",
