@@ -100,6 +100,26 @@ def read_commit_stats(workdir: str) -> dict:
         return {"transactions": 0, "events": 0}
 
 
+def seed_projects(user, count: int, label: str, prepare=None) -> list[dict]:
+    """``count`` projects of ``user``, each with its secret cached and one active session (``prepare(project)``
+    adds more to each); ``[{"id", "appId", "secret", "session"}]`` (also tools/bench_plugins.py)."""
+    from models.identity import create_project
+    from models.sessions import Session
+    from models.settings import cached_project_secret, sync_project_secret
+
+    seeded = []
+    for number in range(count):
+        project, _secret = create_project(user, f"{label} {number:02d}")
+        sync_project_secret(project)
+        session = Session.create(project=project.id, tenant_id=user.tenant_id, external_room_id=f"room-{number}",
+                                 title=f"Bench session {number:02d}", created_by_user_id=user.id, status="active")
+        if prepare is not None:
+            prepare(project)
+        seeded.append({"id": project.id, "appId": project.app_id, "secret": cached_project_secret(project),
+                       "session": session.id})
+    return seeded
+
+
 def serve(args) -> int:
     """The real app with the engines of ``cortex serve``; seeds projects; prints {"port", "pid", "token", "projects"}."""
     _loadgen.start_server_process(args.cpu)
@@ -107,24 +127,14 @@ def serve(args) -> int:
     import gevent
 
     from models.base import db
-    from models.identity import create_project
-    from models.sessions import Session
-    from models.settings import cached_project_secret, sync_project_secret
 
     def setting(name, default=""):
         return _loadgen.server_setting(ENV_PREFIX, name, default)
 
     app, settings = _loadgen.cortex_app(args, redis_url=setting("REDIS_URL"))
-    seeded = []
     with db.connection_context():
         user = _loadgen.bench_user()
-        for number in range(int(setting("PROJECTS", "20"))):
-            project, _secret = create_project(user, f"Ingest bench {number:02d}")
-            sync_project_secret(project)
-            session = Session.create(project=project.id, tenant_id=user.tenant_id, external_room_id=f"room-{number}",
-                                     title=f"Bench session {number:02d}", created_by_user_id=user.id, status="active")
-            seeded.append({"id": project.id, "appId": project.app_id, "secret": cached_project_secret(project),
-                           "session": session.id})
+        seeded = seed_projects(user, int(setting("PROJECTS", "20")), "Ingest bench")
         backlog = int(setting("DELETE_BACKLOG", "0"))
         if backlog:
             seeded[0]["subscription"] = seed_backlog(app, user, seeded[0]["id"], backlog)

@@ -88,27 +88,19 @@ def serve(args) -> int:
     _loadgen.start_server_process(args.cpu)
 
     from models.base import db
-    from models.identity import create_project
     from models.plugins import create_instance
-    from models.sessions import Session
-    from models.settings import cached_project_secret, sync_project_secret
 
     def setting(name, default=""):
         return _loadgen.server_setting(ENV_PREFIX, name, default)
 
+    def install_plugins(project):
+        for slug, plugin_settings in PLUGINS.items():
+            create_instance(project, {"pluginId": slug, "settings": plugin_settings})
+
     app, settings = _loadgen.cortex_app(args, redis_url=setting("REDIS_URL"))
-    seeded = []
     with db.connection_context():
         user = _loadgen.bench_user()
-        for number in range(int(setting("PROJECTS", "4"))):
-            project, _secret = create_project(user, f"Plugin bench {number:02d}")
-            sync_project_secret(project)
-            session = Session.create(project=project.id, tenant_id=user.tenant_id, external_room_id=f"room-{number}",
-                                     title=f"Bench session {number:02d}", created_by_user_id=user.id, status="active")
-            for slug, plugin_settings in PLUGINS.items():
-                create_instance(project, {"pluginId": slug, "settings": plugin_settings})
-            seeded.append({"id": project.id, "appId": project.app_id, "secret": cached_project_secret(project),
-                           "session": session.id})
+        seeded = bench_ingest.seed_projects(user, int(setting("PROJECTS", "4")), "Plugin bench", install_plugins)
     return _loadgen.serve_app(app, settings, {"projects": seeded}, user=user, engines=True,
                               profile=setting("PROFILE") or None, cleanup=remove_jobs)
 

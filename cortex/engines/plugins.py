@@ -260,11 +260,7 @@ class PluginEngine:
 
     def drain(self) -> int:
         """Hand every event after the cursor to :meth:`handle`, inline; how many events were read."""
-        read = 0
-        with own_connection():
-            while handled := self.dispatcher.run_once():
-                read += handled
-        return read
+        return self.dispatcher.drain()
 
     def events_committed(self) -> None:
         """This process committed events: read them now, not at the next poll."""

@@ -248,11 +248,7 @@ class SanctionEngine:
 
     def drain(self) -> int:
         """Hand every event after the cursor to :meth:`handle`, inline; how many events were read."""
-        read = 0
-        with own_connection():
-            while handled := self.dispatcher.run_once():
-                read += handled
-        return read
+        return self.dispatcher.drain()
 
     def tick(self, now: datetime | None = None) -> int:
         """One clock run (announce what ``now`` changed), then :meth:`drain`; how many transitions."""

@@ -142,6 +142,14 @@ class Dispatcher:
             self._save_cursor(events[-1].seq if last is None else last)
             return len(events) if last is None else len(rows)
 
+    def drain(self) -> int:
+        """Hand every event after the cursor over, inline (tests, tools); how many events were read."""
+        read = 0
+        with own_connection():
+            while handled := self.run_once():
+                read += handled
+        return read
+
     def wake(self) -> None:
         """Poll now (e.g. right after a request committed events) instead of at the end of the current pause."""
         self._wake.set()
