@@ -68,8 +68,19 @@ def cmd_serve(args) -> int:
 
 
 def cmd_worker(_args) -> int:
-    """cortex worker: migrate, then run the engines of the registry that run in ``cortex worker`` (today the
-    webhook fan-out and delivery, and the mail outbox) until SIGTERM/SIGINT."""
+    """cortex worker: migrate, then run the engines of the registry that run in ``cortex worker`` (the webhook
+    fan-out and delivery, the mail outbox, sanctions, plugins) until SIGTERM/SIGINT."""
+    return _run_engines("worker")
+
+
+def cmd_runtime(_args) -> int:
+    """cortex runtime: migrate, then run only the functions runtime supervisor until SIGTERM/SIGINT."""
+    return _run_engines("runtime")
+
+
+def _run_engines(role: str) -> int:
+    """Run the registry's engines of ``role`` (``worker``, ``runtime``; no HTTP) until SIGTERM/SIGINT; the first
+    line printed says they run. Nothing that imports socket or ssl before the gevent patch."""
     import signal
 
     from cortex.http.serve import patch
@@ -78,15 +89,15 @@ def cmd_worker(_args) -> int:
     import gevent
     from gevent.event import Event
 
-    from cortex.engines import WORKER, start_engines
+    from cortex.engines import start_engines
 
     settings = _database()
     stopping = Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         gevent.signal_handler(signum, stopping.set)
-    engines = start_engines(WORKER, settings)
-    names = ", ".join(name for name, _engine in engines.started)
-    print(f"cortex worker: running {names} (pid {os.getpid()})", flush=True)  # the first line: ready
+    engines = start_engines(role, settings)
+    names = ", ".join(name for name, _engine in engines.started) or "nothing (CORTEX_FUNCTIONS_RUNTIME=false?)"
+    print(f"cortex {role}: running {names} (pid {os.getpid()})", flush=True)  # the first line: ready
     try:
         stopping.wait()
     finally:
@@ -196,6 +207,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     worker = commands.add_parser("worker", help="run the background engines that run outside serve (no HTTP)")
     worker.set_defaults(func=cmd_worker)
+
+    runtime = commands.add_parser("runtime", help="run only the functions runtime supervisor (no HTTP)")
+    runtime.set_defaults(func=cmd_runtime)
 
     demo = commands.add_parser("demo", help="seed a demo user and project, then serve")
     add_listen(demo)

@@ -120,6 +120,13 @@ class Settings:
     max_access_keys_per_project: int = 100  # ODIN access keys of one project
     max_members_per_project: int = 1000  # memberships (any status) of one project
     gathering_idle_hours: float = 24.0  # a lobby or open gathering without a change this long expires
+    functions_runtime: bool = True  # this process supervises project runtimes (`cortex serve`, `cortex runtime`)
+    functions_dir: Path | None = None  # where runtimes live (default <data dir>/functions)
+    node_binary: str | None = None  # the node executable (default: `node` on PATH)
+    npm_registry: str = "https://registry.npmjs.org/"  # where dependencies and package documents come from
+    functions_max_functions: int = 50  # the ceiling of a project's maxFunctions
+    functions_max_memory_mb: int = 1024  # the ceiling of a project's maxMemoryPerFunction (MB)
+    public_url: str = "http://127.0.0.1:8080"  # how functions reach this API (their CORTEX_API_URL)
 
     @classmethod
     def from_env(cls, env: dict | None = None, **overrides) -> Settings:
@@ -179,6 +186,15 @@ class Settings:
             max_members_per_project=_whole_number(env, "CORTEX_MAX_MEMBERS_PER_PROJECT", 1000),
             webhook_log_retention_days=_positive_seconds(env, "CORTEX_WEBHOOK_LOG_RETENTION_DAYS", 30.0),
             gathering_idle_hours=_positive_seconds(env, "CORTEX_GATHERING_IDLE_HOURS", 24.0),
+            functions_runtime=_bool(env.get("CORTEX_FUNCTIONS_RUNTIME"), True),
+            functions_dir=Path(env["CORTEX_FUNCTIONS_DIR"]).resolve() if env.get("CORTEX_FUNCTIONS_DIR")
+            else data_dir / "functions",
+            node_binary=env.get("CORTEX_NODE_BINARY") or None,
+            npm_registry=(env.get("CORTEX_NPM_REGISTRY") or "https://registry.npmjs.org").rstrip("/") + "/",
+            functions_max_functions=_whole_number(env, "CORTEX_FUNCTIONS_MAX_FUNCTIONS", 50),
+            functions_max_memory_mb=_whole_number(env, "CORTEX_FUNCTIONS_MAX_MEMORY_MB", 1024),
+            public_url=(env.get("CORTEX_PUBLIC_URL") or "http://{host}:{port}".format(
+                host=env.get("CORTEX_HOST", "127.0.0.1"), port=env.get("CORTEX_PORT", "8080"))).rstrip("/"),
         )
         if env.get("CORTEX_SPEC_PATH"):
             values["spec_path"] = Path(env["CORTEX_SPEC_PATH"])

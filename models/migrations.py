@@ -4,6 +4,7 @@ from playhouse.migrate import SchemaMigrator, migrate
 
 from models import (
     events,
+    functions,
     gatherings,
     identity,
     ingest,
@@ -98,6 +99,11 @@ def _v11_gathering_code_index(database):
     )
 
 
+def _v13_functions(database):
+    """A project's functions settings and runtime (activation, wanted and observed state, the supervisor lease)."""
+    database.create_tables(functions.MODELS, safe=True)
+
+
 def _v12_plugins(database):
     """Plugin instances, message and session annotations, and the plugin engine's work queue."""
     database.create_tables(plugins.MODELS, safe=True)
@@ -108,6 +114,7 @@ ALL_MODELS = [
     *identity.MODELS, *settings.MODELS, *voice.MODELS, *events.MODELS, *sessions.MODELS, *participants.MODELS,
     *messages.MODELS, *presence.MODELS, *webhooks.MODELS, *mail.MODELS,
     *ingest.MODELS, *sanctions.MODELS, *gatherings.MODELS, *plugins.MODELS,
+    *functions.MODELS,
 ]
 
 #: Versioned migrations: (version, name, function(database)). Append only; never edit an applied one.
@@ -124,4 +131,5 @@ MIGRATIONS = [
     (10, "gatherings", _v10_gatherings),
     (11, "gathering join-code index", _v11_gathering_code_index),
     (12, "plugins", _v12_plugins),
+    (13, "functions runtime", _v13_functions),
 ]

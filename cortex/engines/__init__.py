@@ -16,8 +16,9 @@ processes it runs in:
 | ``sanctions`` | as ``webhooks`` | bot commands for bot-enforced sanctions; announces expiries and scheduled starts (``cortex.engines.sanctions``) |
 | ``gathering-expiry`` | serve | expires gatherings and invitations past their time (``cortex.engines.gatherings``) |
 | ``plugins`` | as ``webhooks`` | runs every enabled plugin instance on its project's events; annotations, auto-sanctions (``cortex.engines.plugins``) |
+| ``functions-runtime`` | serve, runtime (unless ``CORTEX_FUNCTIONS_RUNTIME=false``) | activates projects' functions and supervises their runtime processes, one process per project under a lease (``cortex.engines.functions``) |
 
-A new engine (functions) is one more :class:`EngineSpec` line here.
+A new engine is one more :class:`EngineSpec` line here.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from cortex.engines.debug_audio import DebugAudioCleanupJob
+from cortex.engines.functions import RuntimeSupervisor
 from cortex.engines.gatherings import GatheringExpiryJob
 from cortex.engines.idle import IdleSessionSweeper
 from cortex.engines.mail import MailEngine
@@ -40,6 +42,7 @@ log = logging.getLogger("cortex.engines")
 
 SERVE = "serve"
 WORKER = "worker"
+RUNTIME = "runtime"  # `cortex runtime`: only the functions runtime supervisor
 
 
 @dataclass(frozen=True)
@@ -56,11 +59,15 @@ def _serve_only(role: str, _settings) -> bool:
 
 
 def _webhook_roles(role: str, settings) -> bool:
-    return role == WORKER or settings.webhook_worker
+    return role == WORKER or (role == SERVE and settings.webhook_worker)
 
 
-def _every_role(_role: str, _settings) -> bool:
-    return True
+def _serve_and_worker(role: str, _settings) -> bool:
+    return role in (SERVE, WORKER)
+
+
+def _runtime_roles(role: str, settings) -> bool:
+    return role in (SERVE, RUNTIME) and settings.functions_runtime
 
 
 #: Every engine, in start order (stopped in reverse).
@@ -70,9 +77,9 @@ REGISTRY: tuple[EngineSpec, ...] = (
     EngineSpec("idle-sessions", IdleSessionSweeper.from_settings, _serve_only),
     EngineSpec("debug-audio-cleanup", DebugAudioCleanupJob.from_settings, _serve_only),
     EngineSpec("webhooks", WebhookEngine.from_settings, _webhook_roles),
-    # Every process sends mail: each message is leased to one engine (models.mail.claim), so running several
-    # is safe, and mail goes out whichever processes run.
-    EngineSpec("mail", MailEngine.from_settings, _every_role),
+    # Every serve and worker process sends mail: each message is leased to one engine (models.mail.claim), so
+    # running several is safe, and mail goes out whichever processes run.
+    EngineSpec("mail", MailEngine.from_settings, _serve_and_worker),
     # A persistent event-log consumer like the webhook fan-out, so it runs where that runs: two processes on one
     # cursor may send a command twice (bots treat it as once), and the clock announces each transition once.
     EngineSpec("sanctions", SanctionEngine.from_settings, _webhook_roles),
@@ -80,6 +87,8 @@ REGISTRY: tuple[EngineSpec, ...] = (
     # A persistent event-log consumer like the webhook fan-out: two processes on one cursor write each annotation
     # once (unique per instance, target and type) and lease each queued job to one of them.
     EngineSpec("plugins", PluginEngine.from_settings, _webhook_roles),
+    # Every process that may supervise runtimes runs it; the lease per project decides which one does.
+    EngineSpec("functions-runtime", RuntimeSupervisor.from_settings, _runtime_roles),
 )
 
 

@@ -13,6 +13,7 @@ from connexion.spec import Specification
 from werkzeug.exceptions import HTTPException, MethodNotAllowed
 from werkzeug.middleware.proxy_fix import ProxyFix
 
+from cortex.engines.functions import RuntimeSupervisor
 from cortex.engines.plugins import PluginEngine
 from cortex.events.sse import StreamSlots
 from cortex.http import security
@@ -21,8 +22,10 @@ from cortex.http.problems import domain_problem, problem_response, render_proble
 from cortex.http.routing import CortexApi, DocumentedPaths, HandlerResolver, event_types
 from cortex.integrations.bots import bot_driver
 from cortex.integrations.debug_audio import DebugAudioStore
+from cortex.integrations.functions.provider import RuntimeProvider
 from cortex.integrations.identity import IdentityProvider, make_identity_provider
 from cortex.integrations.mail import Mailer
+from cortex.integrations.npm import NpmRegistryClient
 from cortex.integrations.tokens import HttpTokenFetcher
 from cortex.settings import Settings, apply_to_process
 from models.access import forget_resolved_projects
@@ -58,6 +61,8 @@ class Runtime:
     fanout: object | None = None
     event_types: list[str] | None = None  # the document's event types (document_event_types)
     plugins: PluginEngine | None = None  # runs plugins for requests (regenerateSummary, actions): plugin_engine()
+    functions: RuntimeProvider | None = None  # the functions runtime provider (its catalogue): functions_provider()
+    npm: NpmRegistryClient | None = None  # CORTEX_NPM_REGISTRY, cached answers: npm_client()
 
 
 def runtime() -> Runtime:
@@ -119,6 +124,22 @@ def plugin_engine() -> PluginEngine:
     if services.plugins is None:
         services.plugins = PluginEngine.from_settings(services.settings)
     return services.plugins
+
+
+def functions_provider() -> RuntimeProvider:
+    """The functions runtime provider (packages, locations, versions); the supervisor drives its processes."""
+    services = runtime()
+    if services.functions is None:
+        services.functions = RuntimeSupervisor.from_settings(services.settings).provider
+    return services.functions
+
+
+def npm_client() -> NpmRegistryClient:
+    """The npm registry client of this process (its cache is shared by the process's requests)."""
+    services = runtime()
+    if services.npm is None:
+        services.npm = NpmRegistryClient(services.settings.npm_registry)
+    return services.npm
 
 
 def current_bot_driver() -> BotDriver:

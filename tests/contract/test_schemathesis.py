@@ -26,6 +26,7 @@ from cortex.http.routing import operation_statuses
 from cortex.lib import odin
 from cortex.lib.crypto import encrypt
 from models.base import rfc3339, utcnow
+from tests.npm_registry import NpmRegistry
 
 SPEC = json.loads((ROOT / "openapi" / "cortex.json").read_text())
 IMPLEMENTED = sorted(s.operation_id for s in operation_statuses(SPEC) if s.implemented)
@@ -67,12 +68,17 @@ def contract_config(auth: dict) -> SchemathesisConfig:
                     # that is not empty. Plugin instances too: settings are validated against the plugin's own
                     # settingsSchema (the document types them as a free object), one instance per plugin (409);
                     # annotation batches hold at most 500 ids; a plugin action needs the plugin enabled in the
-                    # session's project (409).
+                    # session's project (409). Functions settings too: limits within the server's ceilings, a
+                    # resource package and location this server offers, npm package names and version specs,
+                    # env-var keys, a known runtime version; lifecycle calls need an activated project.
                     "include-operation-id": ["upsertAppSettings", "patchAppSettings", "createSubscription",
                                              "updateSubscription", "createSanction", "updateSanction",
                                              "createGathering", "updateGathering", "sendInvitations",
                                              "startGathering", "createInstance", "updateInstance",
-                                             "getMessageAnnotationsBatch", "runPluginAction"],
+                                             "getMessageAnnotationsBatch", "runPluginAction",
+                                             "updateSettings", "activateFunctions", "updateDependencies",
+                                             "updateEnvVars", "upgradeRuntime", "startRuntime", "stopRuntime",
+                                             "restartRuntime", "getNpmPackageInfo"],
                     "checks": {
                         "positive_data_acceptance": {
                             "expected-statuses": ["2xx", "400", "401", "403", "404", "409"],
@@ -124,11 +130,16 @@ def token_services(app):
     url = f"http://127.0.0.1:{server.server_port}"
     runtime = app.extensions["cortex"]
     original = runtime.settings
+    npm = NpmRegistry()  # getNpmPackageInfo reads a loopback registry, never the internet
+    npm.start()
+    npm.publish("left-pad", "1.3.0")
     # Event streams end after 0.01 s here, so every fuzzed stream request returns (clients reconnect in life).
-    runtime.settings = replace(original, rooms_api_url=url, sse_max_seconds=0.01)
+    runtime.settings = replace(original, rooms_api_url=url, sse_max_seconds=0.01, npm_registry=npm.url)
+    runtime.npm = None
     _state["token_url"] = f"{url}/token"
     yield url
     runtime.settings = original
+    npm.stop()
     server.shutdown()
     server.server_close()
     thread.join(5)

@@ -56,8 +56,8 @@ def test_real_repository_report() -> None:
     listed = [line for line in result.stdout.splitlines() if re.match(r"  [A-Z]+ /", line)]
     assert len(listed) == total - implemented
     assert (
-        "  GET /api/projects/{projectId}/functions/settings  getSettings  -> "
-        "handlers/functions.py::get_settings"
+        "  GET /api/projects/{projectId}/functions  listFunctions  -> "
+        "handlers/functions.py::list_functions"
         in result.stdout.splitlines()
     )
     assert re.search(r"^orphan handler functions \(no operation\): \d+$", result.stdout, re.M)

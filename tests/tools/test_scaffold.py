@@ -113,8 +113,10 @@ def test_scaffold_twice_does_not_duplicate(copy: Path) -> None:
 def test_scaffold_all_keeps_existing_functions_and_passes_ruff(copy: Path) -> None:
     before = {p.name: p.read_text() for p in (copy / "handlers").glob("*.py")}
     scaffold(copy)
-    for name, text in before.items():
-        assert (copy / "handlers" / name).read_text() == text  # every implemented operation has its function
+    for name, text in before.items():  # every implemented function stays; a partly built module gets stubs appended
+        after = (copy / "handlers" / name).read_text()
+        assert after == text or after.replace("from cortex.http.routing import unimplemented\n", "", 1).startswith(
+            text.rstrip("\n")), name
     ruff_check(copy / "handlers")
     assert "wrote" not in scaffold(copy).stdout
     real = run(CHECK, REPO_ROOT).stdout.splitlines()[0].split()  # implemented: N of M operations
