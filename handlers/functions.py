@@ -1,10 +1,13 @@
-"""Functions tag, part 1: the project's runtime — settings, activation, lifecycle, versions, dependencies and
-environment (``models.functions``; the work is done by the supervisor, ``cortex.engines.functions``, through the
-provider, ``cortex.integrations.functions``). Function code, versions and invocation: issue 18."""
+"""Functions tag: the project's runtime — settings, activation, lifecycle, versions, dependencies and environment
+(``models.functions``; the supervisor, ``cortex.engines.functions``, does the work through the provider,
+``cortex.integrations.functions``) — and the functions themselves: drafts, versions, publish, deploy, logs
+(``models.function_code``) and invocation (``cortex.http.invoke``)."""
 
+from cortex.engines import functions as runtime_ops
 from cortex.engines.functions import package_info
 from cortex.http.app import current_settings, functions_provider, npm_client
-from models import functions
+from cortex.http.invoke import invoke
+from models import function_code, functions
 
 
 def _versions():
@@ -96,3 +99,69 @@ def upgrade_runtime(project, body):
     """POST …/functions/settings/runtime/upgrade: pin a known version and restart on it."""
     versions = _versions()
     return functions.upgrade(project, body["version"], versions, versions[-1])
+
+
+# ---------------------------------------------------------------- functions
+
+
+def list_functions(project):
+    """GET …/functions: oldest first."""
+    return function_code.list_functions(project)
+
+
+def create_function(project, body):
+    """POST …/functions: 400 for bad fields or beyond maxFunctions, 409 for a taken slug."""
+    return function_code.create_function(project, body, functions_provider().node_major()), 201
+
+
+def get_function(project, function_id):
+    """GET …/functions/{functionId}."""
+    return function_code.function_body(function_code.get_function(project, function_id))
+
+
+def update_function(project, function_id, body):
+    """PUT …/functions/{functionId}: the draft only."""
+    return function_code.update_function(project, function_id, body, functions_provider().node_major())
+
+
+def delete_function(project, function_id):
+    """DELETE …/functions/{functionId}: versions, deployments and logs go; invoking it is 404."""
+    return runtime_ops.delete(functions_provider(), project, function_id)
+
+
+def list_versions(project, function_id):
+    """GET …/functions/{functionId}/versions: newest first."""
+    return function_code.list_versions(project, function_id)
+
+
+def publish_version(principal, project, function_id, body=None):
+    """POST …/functions/{functionId}/publish: version N+1, built; a ready one goes live at once."""
+    return runtime_ops.publish(functions_provider(), project, function_id, principal.user_id,
+                               (body or {}).get("changelog"), current_settings().public_url), 201
+
+
+def deploy_function(project, function_id, version_id=None):
+    """POST …/functions/{functionId}/deploy[?versionId=…]: the newest ready version, or a rollback."""
+    return runtime_ops.deploy(functions_provider(), project, function_id, version_id,
+                              current_settings().public_url), 201
+
+
+def stop_deployment(project, function_id):
+    """POST …/functions/{functionId}/stop: off the runtime (invoke → 503) until the next deploy or publish."""
+    return runtime_ops.stop(functions_provider(), project, function_id)
+
+
+def get_function_logs(project, function_id, limit=None, since=None):
+    """GET …/functions/{functionId}/logs: newest first."""
+    return function_code.function_logs(project, function_id, limit, since)
+
+
+# ---------------------------------------------------------------- invocation (ANY /invoke/{projectId}/{slug})
+
+
+def invoke_function(project_id, slug):
+    """ANY /invoke/{projectId}/{slug} (one operation per method in the document; one handler)."""
+    return invoke(functions_provider(), project_id, slug)
+
+
+invoke_function_get = invoke_function_put = invoke_function_patch = invoke_function_delete = invoke_function

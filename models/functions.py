@@ -227,7 +227,7 @@ def update_dependencies(project: Project, items: list) -> dict:
     return settings_body(row)
 
 
-def _clean_env(items: list, previous: list[dict]) -> list[dict]:
+def clean_env(items: list, previous: list[dict]) -> list[dict]:
     if len(items) > MAX_ENV_VARS:
         raise invalid(f"envVars: at most {MAX_ENV_VARS} variables, not {len(items)}")
     before = {item["key"]: item for item in previous}
@@ -255,7 +255,7 @@ def update_env_vars(project: Project, items: list) -> dict:
     sent back as ``***`` keeps its value); encrypted at rest; the runtime restarts with them."""
     with transaction():
         row = runtime_of(project, lock=True)
-        clean = _clean_env(items, env_vars(row))
+        clean = clean_env(items, env_vars(row))
         row.env_encrypted = crypto.encrypt(json.dumps(clean)) if clean else None
         if row.is_activated:
             row.generation += 1

@@ -4,6 +4,7 @@ from playhouse.migrate import SchemaMigrator, migrate
 
 from models import (
     events,
+    function_code,
     functions,
     gatherings,
     identity,
@@ -104,6 +105,11 @@ def _v13_functions(database):
     database.create_tables(functions.MODELS, safe=True)
 
 
+def _v14_function_code(database):
+    """Functions: drafts, versions, deployments, logs and the event-handler queue."""
+    database.create_tables(function_code.MODELS, safe=True)
+
+
 def _v12_plugins(database):
     """Plugin instances, message and session annotations, and the plugin engine's work queue."""
     database.create_tables(plugins.MODELS, safe=True)
@@ -114,7 +120,7 @@ ALL_MODELS = [
     *identity.MODELS, *settings.MODELS, *voice.MODELS, *events.MODELS, *sessions.MODELS, *participants.MODELS,
     *messages.MODELS, *presence.MODELS, *webhooks.MODELS, *mail.MODELS,
     *ingest.MODELS, *sanctions.MODELS, *gatherings.MODELS, *plugins.MODELS,
-    *functions.MODELS,
+    *functions.MODELS, *function_code.MODELS,
 ]
 
 #: Versioned migrations: (version, name, function(database)). Append only; never edit an applied one.
@@ -132,4 +138,5 @@ MIGRATIONS = [
     (11, "gathering join-code index", _v11_gathering_code_index),
     (12, "plugins", _v12_plugins),
     (13, "functions runtime", _v13_functions),
+    (14, "function code, versions, deployments, logs", _v14_function_code),
 ]

@@ -17,11 +17,12 @@ def names(role, settings) -> list[str]:
 def test_each_engine_is_registered_once_with_the_processes_it_runs_in(settings):
     assert len({spec.name for spec in REGISTRY}) == len(REGISTRY)
     assert names(SERVE, settings) == ["live", "event-retention", "idle-sessions", "debug-audio-cleanup", "webhooks",
-                                      "mail", "sanctions", "gathering-expiry", "plugins", "functions-runtime"]
-    assert names(WORKER, settings) == ["webhooks", "mail", "sanctions", "plugins"]
+                                      "mail", "sanctions", "gathering-expiry", "plugins", "functions-runtime",
+                                      "function-events"]
+    assert names(WORKER, settings) == ["webhooks", "mail", "sanctions", "plugins", "function-events"]
     dedicated = replace(settings, webhook_worker=False)  # CORTEX_WEBHOOK_WORKER=false: workers deliver
     assert "webhooks" not in names(SERVE, dedicated) and names(WORKER, dedicated) == ["webhooks", "mail", "sanctions",
-                                                                                         "plugins"]
+                                                                                         "plugins", "function-events"]
     assert "sanctions" not in names(SERVE, dedicated) and "plugins" not in names(SERVE, dedicated)  # event-log consumers run where the webhook fan-out runs
     assert names(RUNTIME, settings) == ["functions-runtime"]  # `cortex runtime`: the supervisor alone
     opted_out = replace(settings, functions_runtime=False)  # CORTEX_FUNCTIONS_RUNTIME=false

@@ -14,6 +14,7 @@ import socket
 import stat
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from pathlib import Path
@@ -23,12 +24,17 @@ import pytest
 from cortex.integrations.functions import local
 from cortex.integrations.functions.local import NODE_DIR, LocalProvider
 from cortex.integrations.functions.provider import (
+    BuildResult,
     InstallResult,
+    InvokeResult,
     RuntimeHandle,
     RuntimeProvider,
     RuntimeUnavailable,
+    RuntimeUnreachable,
     env_digest,
     function_environment,
+    invalid_function_spec,
+    valid_slug,
 )
 from tests.npm_registry import NpmRegistry
 
@@ -103,11 +109,15 @@ def mode(path: Path) -> int:
 def test_catalogue_and_bodies(provider):
     assert isinstance(provider, RuntimeProvider) and provider.name == "local"
     versions = provider.versions()
-    assert [v.version for v in versions] == ["v1"]
+    assert [v.version for v in versions] == ["v1", "v2"]  # oldest first: v2 is the latest
     assert versions[0].body() == {"version": "v1", "node": 20, "releasedAt": "2026-12-05",
                                   "notes": versions[0].notes, "breaking": False}
+    assert versions[1].body() == {"version": "v2", "node": 20, "releasedAt": "2026-12-05",
+                                  "notes": versions[1].notes, "breaking": False}
+    assert "worker" in versions[1].notes and "memory" in versions[1].notes
     for version in versions:  # every version's script ships with the package (package data)
         assert (NODE_DIR / f"runtime-{version.version}.js").is_file()
+    assert (NODE_DIR / "function-worker-v2.js").is_file()
     packages = {p.slug: p for p in provider.resource_packages()}
     assert packages["local-s1"].body() == {"id": 1, "name": "Local S1", "slug": "local-s1", "type": "shared",
                                            "cpuLimit": 1.0, "memoryLimitMiB": 512}
@@ -271,18 +281,19 @@ def test_a_reused_pid_is_not_the_runtime(provider, project_id, started):
         other.wait()
 
 
-def test_the_runtime_exits_when_its_parent_dies(provider, project_id, tmp_path):
+@pytest.mark.parametrize("version", ["v1", "v2"])
+def test_the_runtime_exits_when_its_parent_dies(provider, project_id, tmp_path, version):
     """Started by a Cortex process that then dies (SIGKILL): the orphaned runtime stops on its own."""
     provider.prepare(project_id)
     provider.write_config(project_id, {"projectId": project_id, "env": {}, "apiUrl": API_URL})
     script = (
         "import json, sys, time\n"
         "from cortex.integrations.functions.local import LocalProvider\n"
-        "handle = LocalProvider(sys.argv[1]).start(sys.argv[2], 'v1', 512)\n"
+        "handle = LocalProvider(sys.argv[1]).start(sys.argv[2], sys.argv[3], 512)\n"
         "print(json.dumps(handle.to_json()), flush=True)\n"
         "time.sleep(60)\n"
     )
-    parent = subprocess.Popen([sys.executable, "-c", script, str(tmp_path / "functions"), project_id],
+    parent = subprocess.Popen([sys.executable, "-c", script, str(tmp_path / "functions"), project_id, version],
                               stdout=subprocess.PIPE, text=True, cwd=Path(__file__).resolve().parents[1])
     try:
         handle = RuntimeHandle.from_json(json.loads(parent.stdout.readline()))
@@ -295,6 +306,121 @@ def test_the_runtime_exits_when_its_parent_dies(provider, project_id, tmp_path):
         parent.kill()
         parent.wait()
         parent.stdout.close()
+
+
+def test_v2_keeps_the_runtime_contract(provider, project_id, monkeypatch):
+    """Runtime v2 answers health like v1 (version "v2"), checks the token, gets nothing of our environment, and
+    stops at once on SIGTERM even while a function's worker is stuck in a loop."""
+    monkeypatch.setenv(SENTINEL, "must-not-leak")
+    provider.write_config(project_id, {"projectId": project_id, "env": ENV, "apiUrl": API_URL, "version": "v2"})
+    handle = provider.start(project_id, "v2", 512)
+    try:
+        body = wait_healthy(provider, handle)
+        expected_env = function_environment(project_id, API_URL, ENV)
+        assert body["version"] == "v2" and body["projectId"] == project_id and body["functions"] == 0
+        assert body["envKeys"] == sorted(expected_env) and body["envDigest"] == env_digest(expected_env)
+        assert get(handle.port, "/health", None)[0] == 401 and get(handle.port, "/functions", "wrong")[0] == 401
+        assert get(handle.port, "/functions", handle.token) == (200, [])
+        environ = Path(f"/proc/{handle.pid}/environ").read_bytes().split(b"\0")
+        assert {entry.split(b"=", 1)[0].decode() for entry in environ if entry} == {"NODE_ENV"}
+        provider.deploy(project_id, {"slug": "stuck", "functionId": "f", "versionId": "v", "version": 1,
+                                     "code": "exports.handler = () => { for (;;) {} };", "entrypoint": "handler",
+                                     "timeout": 60000, "memoryMib": 64, "env": {}}, handle)
+        stuck = threading.Thread(target=provider.invoke, args=(handle, "stuck", {}, {}), kwargs={"timeout": 5})
+        stuck.start()
+        time.sleep(0.3)
+        began = time.monotonic()
+        provider.stop(handle)
+        assert time.monotonic() - began < 1.5
+        assert not provider.alive(handle)
+        stuck.join(5)
+    finally:
+        provider.stop(handle, timeout=2)
+
+
+def test_function_specs_and_slugs():
+    good = {"slug": "a-1", "functionId": "f", "versionId": "v", "version": 3, "code": "", "entrypoint": "handler",
+            "timeout": 1000, "memoryMib": 128, "env": {"A": "b"}}
+    assert invalid_function_spec(good) is None
+    for change in ({"slug": "A"}, {"slug": "-a"}, {"slug": "a/b"}, {"slug": "a" * 64}, {"slug": None},
+                   {"code": None}, {"entrypoint": ""}, {"timeout": 0}, {"timeout": 1.5}, {"timeout": True},
+                   {"timeout": 15 * 60 * 1000 + 1}, {"memoryMib": 4}, {"memoryMib": "64"}, {"env": {"A": 1}},
+                   {"env": ["A"]}):
+        assert invalid_function_spec({**good, **change}) is not None, change
+    assert invalid_function_spec([good]) is not None
+    assert valid_slug("a") and valid_slug("0-x") and valid_slug("a" * 63)
+    assert not valid_slug("") and not valid_slug("a_b") and not valid_slug("../x") and not valid_slug("a\n")
+
+
+def test_deploy_files_without_a_runtime(provider, project_id, tmp_path):
+    spec = {"slug": "hello", "functionId": "f", "versionId": "v1", "version": 1, "code": "exports.handler = 1;",
+            "entrypoint": "handler", "timeout": 1000, "memoryMib": 64, "env": {"SECRET": "s3cr3t"}}
+    assert provider.deployed(project_id) == []
+    provider.deploy(project_id, spec)
+    path = provider.project_dir(project_id) / "functions" / "hello.json"
+    assert mode(path) == 0o600 and mode(path.parent) == 0o700
+    assert json.loads(path.read_text()) == spec
+    provider.deploy(project_id, {**spec, "slug": "other"})
+    (path.parent / "not a slug.json").write_text("{}")
+    (path.parent / ".hello.json.tmp").write_text("{}")
+    assert provider.deployed(project_id) == ["hello", "other"]
+    provider.deploy(project_id, {**spec, "version": 2})
+    assert json.loads(path.read_text())["version"] == 2  # replaced
+    provider.undeploy(project_id, "hello")
+    provider.undeploy(project_id, "hello")  # idempotent
+    assert provider.deployed(project_id) == ["other"]
+    with pytest.raises(ValueError):
+        provider.deploy(project_id, {**spec, "slug": "../x"})
+    with pytest.raises(ValueError):
+        provider.deploy(project_id, {**spec, "timeout": "soon"})
+    for bad in ("../x", "A", ""):
+        with pytest.raises(ValueError):
+            provider.undeploy(project_id, bad)
+    with pytest.raises(ValueError):
+        provider.deploy("../etc", spec)
+    with pytest.raises(ValueError):
+        provider.deployed("a/b")
+    elsewhere = RuntimeHandle(pid=1, port=1, token="t", version="v2", started_at=0.0, project_id=str(uuid.uuid4()))
+    with pytest.raises(ValueError, match="another project"):
+        provider.deploy(project_id, spec, elsewhere)
+    # a runtime that is not there (or a v1 runtime, which hosts no functions): stored all the same
+    gone = RuntimeHandle(pid=1, port=_closed_port(), token="t" * 20, version="v2", started_at=0.0,
+                         project_id=project_id)
+    provider.deploy(project_id, {**spec, "slug": "stored"}, gone)
+    provider.deploy(project_id, {**spec, "slug": "on-v1"}, RuntimeHandle(1, gone.port, "t" * 20, "v1", 0.0, project_id))
+    assert provider.deployed(project_id) == ["on-v1", "other", "stored"]
+    provider.undeploy(project_id, "stored", gone)
+    provider.remove(project_id)
+    assert provider.deployed(project_id) == []
+
+
+def test_invoke_and_build_without_a_runtime(provider, project_id):
+    gone = RuntimeHandle(pid=1, port=_closed_port(), token="t" * 20, version="v2", started_at=0.0,
+                         project_id=project_id)
+    result = provider.invoke(gone, "hello", {"a": 1}, {"requestId": "r"}, timeout=2)
+    assert isinstance(result, InvokeResult)
+    assert result.outcome == "unavailable" and result.result is None and result.logs == ()
+    assert "connection refused" in result.error
+    with pytest.raises(ValueError):
+        provider.invoke(gone, "../health", {}, {})
+    with pytest.raises(RuntimeUnreachable):
+        provider.build(gone, "exports.handler = () => 1;", "handler", timeout=2)
+    with pytest.raises(ValueError):
+        provider.build(gone, "x", "")
+    assert BuildResult(True, None, "", ()).handlers == ()
+
+
+def test_node_major(provider, tmp_path):
+    assert provider.node_major() == int(subprocess.run([NODE, "--version"], capture_output=True, text=True)
+                                        .stdout.strip().lstrip("v").split(".")[0]) >= 20
+    assert provider.node_major() == provider.node_major()  # cached
+    assert LocalProvider(tmp_path / "x", node_binary=str(tmp_path / "no-node")).node_major() is None
+
+
+def _closed_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def test_log_is_rotated_at_start(provider, project_id):

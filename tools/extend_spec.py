@@ -57,7 +57,8 @@ SCOPE_OVERRIDES = {
     "getMessageAnnotationsBatch": "plugin-endpoints",
     "runPluginAction": "transcripts:read",  # the minutes carry the transcript
 }
-EXTRA_SCOPES = {"plugin-endpoints": "Endpoints analysis plugins call back (session and message annotations)"}
+EXTRA_SCOPES = {"plugin-endpoints": "Endpoints analysis plugins call back (session and message annotations)",
+                "functions:invoke": "Invoke the project's functions whose authMode is api_key (ANY /invoke/{projectId}/{slug})"}
 
 #: tag → minimum role for changes; reads need only membership (developer).
 WRITE_ROLES = {

@@ -17,6 +17,7 @@ processes it runs in:
 | ``gathering-expiry`` | serve | expires gatherings and invitations past their time (``cortex.engines.gatherings``) |
 | ``plugins`` | as ``webhooks`` | runs every enabled plugin instance on its project's events; annotations, auto-sanctions (``cortex.engines.plugins``) |
 | ``functions-runtime`` | serve, runtime (unless ``CORTEX_FUNCTIONS_RUNTIME=false``) | activates projects' functions and supervises their runtime processes, one process per project under a lease (``cortex.engines.functions``) |
+| ``function-events`` | as ``webhooks`` | calls published functions' ``on<EventType>`` handlers with their project's events, in order per function, retried (``cortex.engines.function_events``) |
 
 A new engine is one more :class:`EngineSpec` line here.
 """
@@ -28,6 +29,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from cortex.engines.debug_audio import DebugAudioCleanupJob
+from cortex.engines.function_events import FunctionEventEngine
 from cortex.engines.functions import RuntimeSupervisor
 from cortex.engines.gatherings import GatheringExpiryJob
 from cortex.engines.idle import IdleSessionSweeper
@@ -89,6 +91,8 @@ REGISTRY: tuple[EngineSpec, ...] = (
     EngineSpec("plugins", PluginEngine.from_settings, _webhook_roles),
     # Every process that may supervise runtimes runs it; the lease per project decides which one does.
     EngineSpec("functions-runtime", RuntimeSupervisor.from_settings, _runtime_roles),
+    # A persistent event-log consumer like the webhook fan-out (a queued call is taken by one process at a time).
+    EngineSpec("function-events", FunctionEventEngine.from_settings, _webhook_roles),
 )
 
 

@@ -34,7 +34,7 @@ import uuid
 from datetime import timedelta
 
 from cortex.integrations.functions.local import LocalProvider
-from cortex.integrations.functions.provider import RuntimeHandle, RuntimeProvider
+from cortex.integrations.functions.provider import RuntimeHandle, RuntimeProvider, RuntimeUnreachable
 from cortex.integrations.npm import (
     InvalidPackageName,
     NpmRegistryClient,
@@ -42,6 +42,7 @@ from cortex.integrations.npm import (
     RegistryUnavailable,
 )
 from cortex.lib.background import PeriodicJob
+from models import function_code as code
 from models import functions as store
 from models.base import DomainError, own_connection, utcnow
 from models.functions import ACTIVATING, FunctionRuntime
@@ -49,6 +50,7 @@ from models.functions import ACTIVATING, FunctionRuntime
 log = logging.getLogger("cortex.functions")
 
 INTERVAL = 1.0  # seconds between two passes
+RUNTIMES_WITHOUT_FUNCTIONS = ("v1",)  # runtime versions that only answer health checks
 HEALTH_WAIT = 15.0  # seconds a started runtime has to answer its health check
 HEALTH_MISSES = 3  # failed health checks in a row before a running runtime is restarted
 MAX_BACKOFF = 60.0  # seconds: the longest wait before starting a runtime that keeps dying
@@ -245,7 +247,19 @@ class RuntimeSupervisor(PeriodicJob):
         package = next((p for p in self.provider.resource_packages() if p.slug == row.resource_package), None)
         return package.memory_limit_mib if package else row.max_memory_per_function
 
+    def _deploy_all(self, row: FunctionRuntime) -> None:
+        """Write the files of the project's live functions (with the current env vars) and remove stale ones, so
+        the runtime about to start loads exactly what is deployed."""
+        live = {}
+        for function, version in code.live_functions(row.project_id):
+            live[function.slug] = code.deploy_spec(function, version, row, self.api_url, self._memory(row))
+        for slug in set(self.provider.deployed(row.project_id)) - set(live):
+            self.provider.undeploy(row.project_id, slug)
+        for spec in live.values():
+            self.provider.deploy(row.project_id, spec)
+
     def _start(self, row: FunctionRuntime) -> RuntimeHandle:
+        self._deploy_all(row)
         handle = self.provider.start(row.project_id, row.runtime_version or self.latest(), self._memory(row))
         self.handles[row.project_id] = handle
         self.misses.pop(row.project_id, None)
@@ -314,3 +328,82 @@ class ActivationFailed(Exception):
 def _tail(output: str, limit: int = 4000) -> str:
     output = (output or "").strip()
     return output if len(output) <= limit else "…" + output[-limit:]
+
+
+# ---------------------------------------------------------------- what requests ask of the runtime
+
+
+def running_handle(provider: RuntimeProvider, project_id: str) -> RuntimeHandle | None:
+    """The project's runtime process as its supervisor recorded it, when it is running."""
+    row = FunctionRuntime.get_or_none(FunctionRuntime.project == project_id)
+    recorded = store.handle_of(row) if row is not None and row.runtime_status == "running" else None
+    return RuntimeHandle.from_json(recorded) if recorded else None
+
+
+def _memory_cap(provider: RuntimeProvider, row: FunctionRuntime) -> int | None:
+    package = next((p for p in provider.resource_packages() if p.slug == row.resource_package), None)
+    return package.memory_limit_mib if package else None
+
+
+def deploy_live(provider: RuntimeProvider, project, function, version, api_url: str) -> None:
+    """Put ``version`` of ``function`` on the project's runtime (its file, and the running process at once)."""
+    row = store.runtime_of(project)
+    spec = code.deploy_spec(function, version, row, api_url, _memory_cap(provider, row))
+    provider.deploy(project.id, spec, running_handle(provider, project.id))
+
+
+def publish(provider: RuntimeProvider, project, function_id: str, user_id: str | None, changelog,
+            api_url: str) -> dict:
+    """publishVersion: freeze the draft as version N+1, build it in the runtime (syntax and load check in an
+    isolated worker); a ready version goes live at once, a failed one leaves the previous live version serving."""
+    version = code.new_version(project, function_id, user_id, changelog)
+    function = code.get_function(project, function_id)
+    handle = running_handle(provider, project.id)
+    result_ok, logs, handlers = False, "", ()
+    if handle is None:
+        error = "the functions runtime is not running; start it and publish again"
+    elif handle.version in RUNTIMES_WITHOUT_FUNCTIONS:
+        error = f"runtime {handle.version} does not host functions; upgradeRuntime to {provider.versions()[-1].version}"
+    else:
+        try:
+            built = provider.build(handle, version.code, version.entrypoint)
+            result_ok, logs, error, handlers = built.ok, built.logs, built.error, built.handlers
+        except RuntimeUnreachable as exc:
+            error = str(exc)
+    version = code.finish_build(version, result_ok, logs, error, handlers)
+    if version.status == "ready":
+        deploy_live(provider, project, function, version, api_url)
+        code.record_deployment(function, version)
+        message = f"Version {version.version} published successfully"
+    else:
+        message = f"Version {version.version} failed to build: {version.build_error}"
+    return {"version": code.version_body(version), "message": message}
+
+
+def deploy(provider: RuntimeProvider, project, function_id: str, version_id: str | None, api_url: str) -> dict:
+    """deployFunction: (re)deploy the newest ready version, or ``version_id`` (a rollback)."""
+    function = code.get_function(project, function_id)
+    version = code.ready_version(project, function, version_id)
+    deploy_live(provider, project, function, version, api_url)
+    deployment = code.record_deployment(function, version)
+    invoke_url = invoke_url_of(api_url, project.id, function.slug)
+    return {"deployment": code.deployment_body(deployment, invoke_url), "invokeUrl": invoke_url,
+            "message": f"Version {version.version} deployed"}
+
+
+def stop(provider: RuntimeProvider, project, function_id: str) -> dict:
+    """stopDeployment: off the runtime until the next deploy or publish (invoke → 503)."""
+    function = code.stop_deployment(project, function_id)
+    provider.undeploy(project.id, function.slug, running_handle(provider, project.id))
+    return {"message": "Function stopped successfully"}
+
+
+def delete(provider: RuntimeProvider, project, function_id: str) -> dict:
+    """deleteFunction: the rows go (versions, deployments, logs, queued events), and the runtime unloads it."""
+    function = code.delete_function(project, function_id)
+    provider.undeploy(project.id, function.slug, running_handle(provider, project.id))
+    return {"message": "Function deleted successfully"}
+
+
+def invoke_url_of(api_url: str, project_id: str, slug: str) -> str:
+    return f"{api_url}/invoke/{project_id}/{slug}"

@@ -31,7 +31,7 @@ import json
 import logging
 from datetime import datetime
 
-from cortex.events.dispatcher import Dispatcher
+from cortex.events.dispatcher import ConsumerEngine, Dispatcher
 from cortex.integrations.outbound import Sender
 from cortex.lib.background import PeriodicJob
 from cortex.lib.plugins import find
@@ -120,14 +120,14 @@ def _when(value, fallback: datetime) -> datetime:
         return fallback
 
 
-class PluginEngine:
+class PluginEngine(ConsumerEngine):
     """The dispatcher and the job runner (see the module doc)."""
 
     def __init__(self, context: OutboundContext | None = None, *, poll_interval: float = POLL_INTERVAL,
                  job_interval: float = JOB_INTERVAL):
         self.context = context or OutboundContext()
         self.dispatcher = Dispatcher(CONSUMER, self.handle, poll_interval=poll_interval, skip_types=SKIPPED)
-        self.runner = PluginJobRunner(self, job_interval)
+        self.runner = self.companion = PluginJobRunner(self, job_interval)
         self._settings: dict[str, tuple[datetime, dict]] = {}  # instance id → (updatedAt, full settings)
         self.failures = 0  # plugin runs that raised (tests read it)
 
@@ -255,24 +255,6 @@ class PluginEngine:
                 ran += 1
             if len(jobs) < limit:
                 return ran
-
-    # ------------------------------------------------------------------ lifecycle
-
-    def drain(self) -> int:
-        """Hand every event after the cursor to :meth:`handle`, inline; how many events were read."""
-        return self.dispatcher.drain()
-
-    def events_committed(self) -> None:
-        """This process committed events: read them now, not at the next poll."""
-        self.dispatcher.wake()
-
-    def start(self) -> None:
-        self.dispatcher.start()
-        self.runner.start()
-
-    def stop(self, timeout: float = 10.0) -> None:
-        self.runner.stop(timeout)
-        self.dispatcher.stop(timeout)
 
 
 def _reason(exc: Exception) -> str:

@@ -40,7 +40,7 @@ from __future__ import annotations
 import logging
 from datetime import datetime
 
-from cortex.events.dispatcher import Dispatcher
+from cortex.events.dispatcher import ConsumerEngine, Dispatcher
 from cortex.integrations.bots import bot_driver
 from cortex.lib.background import PeriodicJob
 from models.base import as_utc, own_connection, rfc3339, utcnow
@@ -92,14 +92,14 @@ def command_sanction(row: Sanction, participant_id: str | None, type_: str | Non
             "participantId": row.participant_id or participant_id, "scope": row.scope, "endAt": rfc3339(row.end_at)}
 
 
-class SanctionEngine:
+class SanctionEngine(ConsumerEngine):
     """The command dispatcher and the clock (see the module doc)."""
 
     def __init__(self, driver: BotDriver, *, poll_interval: float = POLL_INTERVAL,
                  clock_interval: float = CLOCK_INTERVAL):
         self.driver = driver
         self.dispatcher = Dispatcher(CONSUMER, self.handle, poll_interval=poll_interval, skip_types=SKIPPED)
-        self.clock = SanctionClock(self.dispatcher.wake, clock_interval)
+        self.clock = self.companion = SanctionClock(self.dispatcher.wake, clock_interval)
         self.sent = 0  # commands the driver accepted (tests read it)
         self.failed = 0  # commands the driver could not deliver
         self._batch: set[tuple[str, str, str]] | None = None
@@ -246,29 +246,11 @@ class SanctionEngine:
 
     # ------------------------------------------------------------------ running
 
-    def drain(self) -> int:
-        """Hand every event after the cursor to :meth:`handle`, inline; how many events were read."""
-        return self.dispatcher.drain()
-
     def tick(self, now: datetime | None = None) -> int:
         """One clock run (announce what ``now`` changed), then :meth:`drain`; how many transitions."""
         announced = self.clock.run_once(now)
         self.drain()
         return announced
-
-    def events_committed(self) -> None:
-        """This process committed events (``LiveFanout.nudge``): read them now, not at the next poll."""
-        self.dispatcher.wake()
-
-    def start(self) -> None:
-        """Start the dispatcher and the clock in the background."""
-        self.dispatcher.start()
-        self.clock.start()
-
-    def stop(self, timeout: float = 10.0) -> None:
-        """Stop the clock, then the dispatcher."""
-        self.clock.stop(timeout)
-        self.dispatcher.stop(timeout)
 
 
 class SanctionClock(PeriodicJob):

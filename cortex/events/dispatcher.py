@@ -183,3 +183,28 @@ class Dispatcher:
     def stop(self, timeout: float = 10.0) -> None:
         """Stop the background loop and wait for it."""
         self._worker.stop(timeout)
+
+
+class ConsumerEngine:
+    """An engine made of a persistent :class:`Dispatcher` (``self.dispatcher``) and a companion background job
+    (``self.companion``: a job runner, a clock) — the sanctions, plugins and function-events engines. Started together,
+    stopped companion first; a write of this process wakes the dispatcher."""
+
+    dispatcher: Dispatcher
+    companion: object  # start() / stop(timeout)
+
+    def drain(self) -> int:
+        """Hand every event after the cursor over, inline; how many events were read."""
+        return self.dispatcher.drain()
+
+    def events_committed(self) -> None:
+        """This process committed events: read them now, not at the next poll."""
+        self.dispatcher.wake()
+
+    def start(self) -> None:
+        self.dispatcher.start()
+        self.companion.start()
+
+    def stop(self, timeout: float = 10.0) -> None:
+        self.companion.stop(timeout)
+        self.dispatcher.stop(timeout)

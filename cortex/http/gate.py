@@ -62,7 +62,9 @@ class OperationGate:
             if parameter.argument in seen:
                 parameter.argument = f"{parameter.argument}_{parameter.location}"
             seen.add(parameter.argument)
-        body = raw.get("requestBody")
+        # x-cortex-raw-body: the handler reads the body itself, after its own authentication (function invocation:
+        # any content type, credentials that depend on the function) — the gate neither reads nor parses it.
+        body = None if raw.get("x-cortex-raw-body") else raw.get("requestBody")
         self.body_required = bool(body and body.get("required"))
         self.body_validator = None
         if body:

@@ -70,7 +70,9 @@ def contract_config(auth: dict) -> SchemathesisConfig:
                     # annotation batches hold at most 500 ids; a plugin action needs the plugin enabled in the
                     # session's project (409). Functions settings too: limits within the server's ceilings, a
                     # resource package and location this server offers, npm package names and version specs,
-                    # env-var keys, a known runtime version; lifecycle calls need an activated project.
+                    # env-var keys, a known runtime version; lifecycle calls need an activated project. Functions:
+                    # timeout/memory ranges, slugs, entrypoints, maxFunctions; publish needs an activated project,
+                    # deploy a ready version, stop a running deployment; log `since` is ISO 8601 with an offset.
                     "include-operation-id": ["upsertAppSettings", "patchAppSettings", "createSubscription",
                                              "updateSubscription", "createSanction", "updateSanction",
                                              "createGathering", "updateGathering", "sendInvitations",
@@ -78,7 +80,9 @@ def contract_config(auth: dict) -> SchemathesisConfig:
                                              "getMessageAnnotationsBatch", "runPluginAction",
                                              "updateSettings", "activateFunctions", "updateDependencies",
                                              "updateEnvVars", "upgradeRuntime", "startRuntime", "stopRuntime",
-                                             "restartRuntime", "getNpmPackageInfo"],
+                                             "restartRuntime", "getNpmPackageInfo", "createFunction",
+                                             "updateFunction", "publishVersion", "deployFunction",
+                                             "stopDeployment", "getFunctionLogs"],
                     "checks": {
                         "positive_data_acceptance": {
                             "expected-statuses": ["2xx", "400", "401", "403", "404", "409"],

@@ -160,7 +160,7 @@ def test_activation_walks_every_step_visible_to_a_polling_client(client, owner, 
     layout = supervisor.provider.project_dir(owner.project.id)
     assert (layout / "package.json").exists() and (layout / "runtime.json").exists()
     state = status(client, owner)
-    assert state["status"] == "running" and state["serverCount"] == 1 and state["runtimeVersion"] == "v1"
+    assert state["status"] == "running" and state["serverCount"] == 1 and state["runtimeVersion"] == "v2"
     assert state["upgradeAvailable"] is False
     assert activate(client, owner).status_code == 400  # complete
 
@@ -207,13 +207,21 @@ def test_stop_start_restart_and_upgrade_change_the_real_process(client, owner, s
     assert third != second and running(third) and not running(second)
     unknown = client.post(url(owner, "/settings/runtime/upgrade"), json={"version": "v99"}, headers=owner.headers)
     assert unknown.status_code == 400 and "v99" in unknown.get_json()["detail"]
-    upgraded = client.post(url(owner, "/settings/runtime/upgrade"), json={"version": "v1"}, headers=owner.headers)
-    assert upgraded.status_code == 200 and upgraded.get_json()["runtimeVersion"] == "v1"
+    pinned = client.post(url(owner, "/settings/runtime/upgrade"), json={"version": "v1"}, headers=owner.headers)
+    assert pinned.status_code == 200 and pinned.get_json()["runtimeVersion"] == "v1"  # back to v1 …
+    assert pinned.get_json()["upgradeAvailable"] is True
     supervisor.run_once()
     fourth = pid_of(owner)
     assert fourth != third and running(fourth) and status(client, owner)["status"] == "running"
     handle = RuntimeHandle.from_json(handle_of(FunctionRuntime.get(FunctionRuntime.project == owner.project.id)))
     assert supervisor.provider.health(handle)["version"] == "v1"
+    upgraded = client.post(url(owner, "/settings/runtime/upgrade"), json={"version": "v2"}, headers=owner.headers)
+    assert upgraded.get_json()["runtimeVersion"] == "v2" and upgraded.get_json()["upgradeAvailable"] is False
+    supervisor.run_once()  # … and up to v2: a new process on the new runtime file
+    fifth = pid_of(owner)
+    assert fifth != fourth and not running(fourth) and running(fifth)
+    handle = RuntimeHandle.from_json(handle_of(FunctionRuntime.get(FunctionRuntime.project == owner.project.id)))
+    assert supervisor.provider.health(handle)["version"] == "v2"
 
 
 def test_a_runtime_killed_from_outside_is_brought_back(client, owner, supervisor):

@@ -50,16 +50,11 @@ def test_real_repository_report() -> None:
     result = run()
     assert result.returncode == 0, result.stderr
     implemented, total = implemented_count(result.stdout)
-    assert 0 < implemented < total
+    assert 0 < implemented <= total
     unimplemented = re.search(r"^unimplemented \(answer 501\): (\d+)$", result.stdout, re.M)
     assert unimplemented and int(unimplemented[1]) == total - implemented
     listed = [line for line in result.stdout.splitlines() if re.match(r"  [A-Z]+ /", line)]
     assert len(listed) == total - implemented
-    assert (
-        "  GET /api/projects/{projectId}/functions  listFunctions  -> "
-        "handlers/functions.py::list_functions"
-        in result.stdout.splitlines()
-    )
     assert re.search(r"^orphan handler functions \(no operation\): \d+$", result.stdout, re.M)
 
 

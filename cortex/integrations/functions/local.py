@@ -11,6 +11,8 @@ Layout under ``functions_dir`` (``CORTEX_FUNCTIONS_DIR``, default ``<data dir>/f
             package-lock.json          what npm resolved (when it wrote one)
             node_modules/
             runtime.json               0600: the runtime's config (env values and the token: secrets)
+            functions/<slug>.json      0600: a deployed function (code, limits and its whole environment),
+                                       loaded by runtime v2+ at start and pushed to it by ``deploy``
             logs/runtime.log           the process's stdout + stderr, appended; runtime.log.1 is the previous
                                        10 MiB (rotated at start, and by health checks while it runs)
             .staging/                  the install in progress (``install``), swapped in on success
@@ -24,6 +26,10 @@ database — by its command line (``/proc/<pid>/cmdline`` on Linux, ``ps`` elsew
 taken for the runtime, and never signalled.
 
 Nothing here waits for a runtime to come up or decides about restarts: that is the supervisor's job.
+
+Functions (runtime v2): ``build`` / ``deploy`` / ``undeploy`` / ``invoke`` talk to the running runtime over
+loopback HTTP through one pooled :class:`~cortex.integrations.outbound.Sender` per timeout (keep-alive: an
+invocation costs one request on a warm connection, one JSON encode and one decode here).
 """
 
 from __future__ import annotations
@@ -31,6 +37,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import json
+import logging
 import os
 import re
 import secrets
@@ -47,13 +54,18 @@ from typing import Any
 
 from cortex.integrations.functions.provider import (
     TOKEN_HEADER,
+    BuildResult,
     InstallResult,
+    InvokeResult,
     Location,
     ResourcePackage,
     RuntimeHandle,
     RuntimeUnavailable,
+    RuntimeUnreachable,
     RuntimeVersion,
     invalid_dependency,
+    invalid_function_spec,
+    valid_slug,
 )
 from cortex.integrations.outbound import Sender
 
@@ -64,6 +76,15 @@ DEFAULT_REGISTRY = "https://registry.npmjs.org/"
 LOG_CAP = 10 * 1024 * 1024  # bytes of logs/runtime.log before it is rotated to runtime.log.1
 OUTPUT_CAP = 16 * 1024  # bytes of npm's output kept in an InstallResult
 STOP_POLL = 0.02  # seconds between checks while waiting for a runtime to exit
+BUILD_LIMIT_MS = 5000  # the longest a runtime spends checking a build (its own limit)
+DEPLOY_TIMEOUT = 5.0  # seconds for PUT/DELETE /functions/<slug>
+INVOKE_MAX_BODY = 16 * 1024 * 1024  # bytes of an invoke answer (the runtime caps results at 6 MiB + logs)
+INVOKE_MAX_REQUEST = 6 * 1024 * 1024  # bytes of {event, ctx, handler} as JSON (the runtime's limit too)
+INVOKE_CONNECTIONS = 64  # kept-alive connections per runtime (concurrent invocations beyond open extra ones)
+MAX_SENDERS = 16  # pooled Senders kept per kind (one per distinct timeout)
+
+log = logging.getLogger(__name__)
+_TOO_LARGE = f"the invocation (event and ctx as JSON) is larger than {INVOKE_MAX_REQUEST // 1048576} MiB"
 
 _PROJECT_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}\Z")  # UUIDs and the like: no dots, no separators
 _SWAPPED = ("package.json", "package-lock.json", "node_modules")  # what a successful install replaces
@@ -73,6 +94,7 @@ _LINUX_PROC = Path("/proc/self/stat").exists()
 # sees a child exit reaps it (no zombies), including a handle loaded from the database into a fresh provider.
 _children: dict[int, subprocess.Popen] = {}
 _children_lock = threading.Lock()
+_WITHOUT_FUNCTIONS = frozenset({"v1"})  # runtime versions that host no functions: nothing is pushed to them
 
 
 class LocalProvider:
@@ -102,8 +124,9 @@ class LocalProvider:
         self.npm_registry = npm_registry
         self._health_sender = health_sender
         self.npm_fetch_retries = npm_fetch_retries
-        self._senders: dict[float, Sender] = {}
+        self._senders: dict[tuple[float, int, int], Sender] = {}
         self._senders_lock = threading.Lock()
+        self._node_major: int | None = None
 
     # --- catalogue ----------------------------------------------------------------------------------------
 
@@ -114,6 +137,14 @@ class LocalProvider:
                 "v1", 20, "2026-12-05",
                 "First runtime: a Node.js 20 HTTP server on loopback with a token-checked health endpoint and "
                 "the project's environment.",
+                False,
+            ),
+            RuntimeVersion(
+                "v2", 20, "2026-12-05",
+                "Hosts the project's functions: each runs in worker threads (up to 4 per function, kept warm) "
+                "with its own environment, a time limit (the worker is terminated) and a memory limit (V8 heap), "
+                "console output captured per invocation, build checks in an isolated worker, and on<Event> "
+                "handlers for Cortex events.",
                 False,
             ),
         )
@@ -340,7 +371,129 @@ class LocalProvider:
         _kill_group_leftovers(pid)
         _reap(pid, wait=1.0)
 
+    # --- functions (runtime v2) ---------------------------------------------------------------------------
+
+    def node_major(self) -> int | None:
+        """``node --version``'s major number (cached once found); None without a working node binary."""
+        if self._node_major is not None:
+            return self._node_major
+        try:
+            node = self._node_binary()
+            result = subprocess.run([node, "--version"],  # nosec B603 - fixed argument list, no shell
+                                    capture_output=True, text=True, timeout=10, env={}, stdin=subprocess.DEVNULL)
+            found = re.match(r"v?(\d+)\.", result.stdout.strip())
+        except (RuntimeUnavailable, OSError, subprocess.SubprocessError):
+            return None
+        if result.returncode != 0 or not found:
+            return None
+        self._node_major = int(found.group(1))
+        return self._node_major
+
+    def functions_path(self, project_id: str) -> Path:
+        """``<project dir>/functions``: one ``<slug>.json`` per deployed function."""
+        return self.project_dir(project_id) / "functions"
+
+    def build(self, handle: RuntimeHandle, code: str, entrypoint: str, timeout: float = 10.0) -> BuildResult:
+        """``POST /build`` to the runtime; its own limit is 5 s (less when ``timeout`` is shorter)."""
+        if not isinstance(code, str):
+            raise ValueError("code must be a string")
+        if not isinstance(entrypoint, str) or not entrypoint:
+            raise ValueError("entrypoint must be a non-empty string")
+        limit_ms = max(100, min(BUILD_LIMIT_MS, int(timeout * 1000) - 500))
+        body = json.dumps({"code": code, "entrypoint": entrypoint, "timeoutMs": limit_ms}).encode("ascii")
+        outcome = self._sender(timeout, INVOKE_MAX_BODY).request(
+            "POST", f"http://127.0.0.1:{int(handle.port)}/build", body, self._headers(handle))
+        if outcome.status != 200 or outcome.truncated:
+            raise RuntimeUnreachable(f"the functions runtime did not check the code: {outcome.error or 'no answer'}")
+        try:
+            data = json.loads(outcome.body)
+            return BuildResult(ok=data["ok"] is True, error=data.get("error"), logs=str(data.get("logs") or ""),
+                               handlers=tuple(str(name) for name in data.get("handlers") or ()))
+        except (ValueError, TypeError, KeyError, AttributeError):
+            raise RuntimeUnreachable("the functions runtime's answer to a build check is not valid") from None
+
+    def deploy(self, project_id: str, spec: dict, handle: RuntimeHandle | None = None) -> None:
+        """Write ``functions/<slug>.json`` atomically (0600), then ``PUT /functions/<slug>`` to the running
+        runtime of ``handle`` (skipped for a runtime version that hosts no functions; no answer is fine)."""
+        problem = invalid_function_spec(spec)
+        if problem:
+            raise ValueError(problem)
+        self._check_handle(project_id, handle)
+        directory = self.functions_path(project_id)
+        self.prepare(project_id)
+        _make_dir(directory)
+        data = json.dumps(dict(spec), separators=(",", ":")).encode("ascii")  # \u escapes: lone surrogates too
+        _write_atomic(directory / f"{spec['slug']}.json", data, 0o600)
+        if handle is None or handle.version in _WITHOUT_FUNCTIONS:
+            return
+        outcome = self._sender(DEPLOY_TIMEOUT).request(
+            "PUT", f"http://127.0.0.1:{int(handle.port)}/functions/{spec['slug']}", data, self._headers(handle))
+        if outcome.status == 400:  # the runtime refused the spec; checked above, so a bug somewhere
+            raise ValueError(f"the runtime refused function {spec['slug']}: {_runtime_error(outcome.body)}")
+        if outcome.status != 204:
+            log.info("function %s of project %s stored; the runtime did not load it now (%s): it will at its "
+                     "next start", spec["slug"], project_id, outcome.error)
+
+    def undeploy(self, project_id: str, slug: str, handle: RuntimeHandle | None = None) -> None:
+        """Delete ``functions/<slug>.json`` (if there) and ``DELETE /functions/<slug>`` in the running runtime."""
+        if not valid_slug(slug):
+            raise ValueError(f"invalid function slug {slug!r}")
+        self._check_handle(project_id, handle)
+        with contextlib.suppress(FileNotFoundError):
+            (self.functions_path(project_id) / f"{slug}.json").unlink()
+        if handle is None or handle.version in _WITHOUT_FUNCTIONS:
+            return
+        outcome = self._sender(DEPLOY_TIMEOUT).request(
+            "DELETE", f"http://127.0.0.1:{int(handle.port)}/functions/{slug}", None, self._headers(handle))
+        if outcome.status not in (204, 404):
+            log.info("function %s of project %s removed; the runtime did not unload it now (%s)", slug,
+                     project_id, outcome.error)
+
+    def deployed(self, project_id: str) -> list[str]:
+        directory = self.functions_path(project_id)
+        try:
+            names = os.listdir(directory)
+        except (FileNotFoundError, NotADirectoryError):
+            return []
+        return sorted(name[:-5] for name in names if name.endswith(".json") and valid_slug(name[:-5]))
+
+    def invoke(self, handle: RuntimeHandle, slug: str, event: dict, ctx: dict, handler: str | None = None,
+               timeout: float = 330.0) -> InvokeResult:
+        """``POST /invoke/<slug>`` on a kept-alive connection of the provider's pool."""
+        if not valid_slug(slug):
+            raise ValueError(f"invalid function slug {slug!r}")
+        body = json.dumps({"event": event, "ctx": ctx, "handler": handler},
+                          separators=(",", ":")).encode("ascii")  # \u escapes: any str (lone surrogates) goes
+        if len(body) > INVOKE_MAX_REQUEST:
+            return InvokeResult("error", None, _TOO_LARGE, (), 0.0)
+        outcome = self._sender(timeout, INVOKE_MAX_BODY, INVOKE_CONNECTIONS).request(
+            "POST", f"http://127.0.0.1:{int(handle.port)}/invoke/{slug}", body,
+            {TOKEN_HEADER: handle.token, "Content-Type": "application/json"})
+        if outcome.status == 413:
+            return InvokeResult("error", None, _TOO_LARGE, (), outcome.duration_ms)
+        if outcome.status != 200:
+            return InvokeResult("unavailable", None, f"the functions runtime did not answer: {outcome.error}", (),
+                                outcome.duration_ms)
+        try:
+            if outcome.truncated:
+                raise ValueError("truncated")
+            data = json.loads(outcome.body)
+            return InvokeResult(str(data["outcome"]), data["result"], data["error"], tuple(data["logs"]),
+                                float(data["durationMs"]))
+        except (ValueError, TypeError, KeyError):
+            return InvokeResult("unavailable", None, "the functions runtime's answer is not valid", (),
+                                outcome.duration_ms)
+
     # --- internals ----------------------------------------------------------------------------------------
+
+    @staticmethod
+    def _headers(handle: RuntimeHandle) -> dict[str, str]:
+        return {TOKEN_HEADER: handle.token, "Accept": "application/json", "Content-Type": "application/json"}
+
+    def _check_handle(self, project_id: str, handle: RuntimeHandle | None) -> None:
+        self.project_dir(project_id)  # ValueError for a bad id
+        if handle is not None and handle.project_id and handle.project_id != project_id:
+            raise ValueError("the runtime handle belongs to another project")
 
     def _is_runtime(self, handle: RuntimeHandle) -> bool:
         """Whether ``handle.pid`` is a live (not zombie) ``node runtime-<version>.js <project's runtime.json>``."""
@@ -379,13 +532,21 @@ class LocalProvider:
         except (OSError, ValueError):
             pass
 
-    def _sender(self, timeout: float) -> Sender:
-        if self._health_sender is not None:
+    def _sender(self, timeout: float, max_body: int = 65536, connections: int = 10) -> Sender:
+        """The pooled Sender for this timeout and size (``health_sender`` for health checks when given)."""
+        if self._health_sender is not None and max_body == 65536 and connections == 10:
             return self._health_sender
+        key = (float(timeout), max_body, connections)
+        sender = self._senders.get(key)  # the hot path: no lock once it exists
+        if sender is not None:
+            return sender
         with self._senders_lock:
-            sender = self._senders.get(timeout)
+            sender = self._senders.get(key)
             if sender is None:
-                sender = self._senders[timeout] = Sender(allow_private=True, timeout=timeout, max_body=65536)
+                if len(self._senders) >= MAX_SENDERS:  # many distinct timeouts: drop the oldest pool
+                    self._senders.pop(next(iter(self._senders))).close()
+                sender = self._senders[key] = Sender(allow_private=True, timeout=timeout, max_body=max_body,
+                                                     connections_per_host=connections)
             return sender
 
     def _node_binary(self) -> str:
@@ -410,6 +571,13 @@ class LocalProvider:
 
 
 # --- helpers ----------------------------------------------------------------------------------------------
+
+
+def _runtime_error(body: str) -> str:
+    try:
+        return str(json.loads(body)["error"])
+    except (ValueError, TypeError, KeyError):
+        return body[:200]
 
 
 def _executable(setting: str, what: str) -> str:

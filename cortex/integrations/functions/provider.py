@@ -17,22 +17,38 @@ from dataclasses import asdict, dataclass
 from typing import Any, Protocol, runtime_checkable
 
 __all__ = [
+    "FUNCTION_SLUG",
+    "INVOKE_OUTCOMES",
     "RESERVED_ENV_KEYS",
     "TOKEN_HEADER",
+    "BuildResult",
     "InstallResult",
+    "InvokeResult",
     "Location",
     "ResourcePackage",
     "RuntimeHandle",
     "RuntimeProvider",
     "RuntimeUnavailable",
+    "RuntimeUnreachable",
     "RuntimeVersion",
     "env_digest",
     "function_environment",
     "invalid_dependency",
+    "invalid_function_spec",
+    "valid_slug",
 ]
 
 TOKEN_HEADER = "X-Cortex-Runtime-Token"  # every request to a runtime carries the handle's token in this header
 RESERVED_ENV_KEYS = ("CORTEX_API_URL", "CORTEX_PROJECT_ID")  # set by the runtime itself; not allowed in ``env``
+FUNCTION_SLUG = re.compile(r"[a-z0-9][a-z0-9-]{0,62}\Z")  # a function's slug (its file name and URL segment)
+# InvokeResult.outcome values: the runtime's five, plus "unavailable" (the provider's: no answer from the runtime)
+INVOKE_OUTCOMES = ("ok", "timeout", "memory", "error", "not_found", "unavailable")
+MAX_FUNCTION_TIMEOUT_MS = 15 * 60 * 1000  # the longest ``timeout`` a function spec may have (runtime v2)
+
+
+class RuntimeUnreachable(ConnectionError):
+    """The project's runtime did not answer a request that needs its answer (:meth:`RuntimeProvider.build`):
+    it is not running, still starting, or stuck. Not the function code's fault."""
 
 
 class RuntimeUnavailable(RuntimeError):
@@ -126,6 +142,79 @@ class InstallResult:
 
     ok: bool
     output: str  # npm's combined stdout + stderr (the last 16 KiB at most), plus a note on timeout
+
+
+@dataclass(frozen=True)
+class BuildResult:
+    """The outcome of :meth:`RuntimeProvider.build`: whether the code compiles and loads as a CommonJS module
+    and exports ``entrypoint`` as a function."""
+
+    ok: bool
+    error: str | None  # why not: "SyntaxError: <message> (line N)", "the module threw while loading: …",
+    #                    "the module does not export a function named …", "loading the module took longer …"
+    logs: str  # what the module printed while loading (one line per console call, capped at 64 KiB)
+    handlers: tuple[str, ...]  # exported functions named like event handlers (/^on[A-Z][A-Za-z0-9]*$/), sorted
+
+
+@dataclass(frozen=True)
+class InvokeResult:
+    """The outcome of :meth:`RuntimeProvider.invoke`.
+
+    ``outcome`` (one of :data:`INVOKE_OUTCOMES`):
+
+    * ``ok``: ``result`` is ``{"statusCode": int, "headers": {name: str | [str]}, "body": …}``; ``body`` is what
+      the function returned as its body: a str stays a str, an object/array/number/bool/None is a JSON value
+      (serialising it is the caller's business).
+    * ``error``: the function threw (``error`` is the message only, never the stack), its module failed to
+      load, it does not export the handler, or its response was invalid (statusCode, headers, not JSON, > 6 MiB);
+      also: the invocation itself (``event`` and ``ctx`` as JSON) is larger than 6 MiB, or the function's
+      worker ended before it answered (``process.exit``, an uncaught exception in a timer).
+    * ``timeout``: it ran (or waited for a free worker) past its ``timeout``; its worker was terminated.
+    * ``memory``: its worker exceeded the function's memory limit and was ended.
+    * ``not_found``: no function with that slug is loaded in the runtime.
+    * ``unavailable``: the runtime did not answer (not running, refused, timed out, a broken answer).
+
+    ``logs``: the invocation's console lines, ``{"time": ISO, "level": "log|info|warn|error|debug", "message",
+    "requestId"}`` (at most 200 lines / 64 KiB; a last ``warn`` line says how many were dropped), also for
+    failed invocations. ``duration_ms``: as measured by the runtime from the request's arrival to the answer
+    (waiting for a worker included); for ``unavailable``, the provider's own time spent.
+    """
+
+    outcome: str
+    result: dict | None
+    error: str | None
+    logs: tuple[dict, ...]
+    duration_ms: float
+
+
+def valid_slug(slug: object) -> bool:
+    """Whether ``slug`` is a function slug: ``^[a-z0-9][a-z0-9-]{0,62}$``."""
+    return isinstance(slug, str) and FUNCTION_SLUG.match(slug) is not None
+
+
+def invalid_function_spec(spec: object) -> str | None:
+    """Why ``spec`` cannot be deployed (:meth:`RuntimeProvider.deploy`), or None when it can. A spec is
+    ``{"slug", "functionId", "versionId", "version", "code", "entrypoint", "timeout" (ms, 1..900000),
+    "memoryMib" (>= 8), "env" (name → str: the function's whole environment)}``."""
+    if not isinstance(spec, Mapping):
+        return "a function spec must be an object"
+    if not valid_slug(spec.get("slug")):
+        return f"invalid function slug {spec.get('slug')!r}"
+    if not isinstance(spec.get("code"), str):
+        return "code must be a string"
+    entrypoint = spec.get("entrypoint")
+    if not isinstance(entrypoint, str) or not entrypoint:
+        return "entrypoint must be a non-empty string"
+    timeout = spec.get("timeout")
+    if isinstance(timeout, bool) or not isinstance(timeout, int) or not 1 <= timeout <= MAX_FUNCTION_TIMEOUT_MS:
+        return f"timeout must be a whole number of milliseconds from 1 to {MAX_FUNCTION_TIMEOUT_MS}"
+    memory = spec.get("memoryMib")
+    if isinstance(memory, bool) or not isinstance(memory, int) or memory < 8:
+        return "memoryMib must be a whole number of MiB, 8 or more"
+    env = spec.get("env", {})
+    if not isinstance(env, Mapping) or not all(isinstance(k, str) and isinstance(v, str) for k, v in env.items()):
+        return "env must map names to string values"
+    return None
 
 
 # npm package names (lower case, optionally scoped) and registry version specs: semver ranges ("^1.2.0",
@@ -245,4 +334,47 @@ class RuntimeProvider(Protocol):
     def remove(self, project_id: str) -> None:
         """Delete everything :meth:`prepare`, :meth:`install` and :meth:`write_config` created (idempotent).
         Stop the runtime first."""
+        ...
+
+    # --- functions (runtime v2 and later) -------------------------------------------------------------------
+
+    def node_major(self) -> int | None:
+        """The major version of the Node.js that runs the runtimes (e.g. 20), or None when there is none (or it
+        does not run). Cached once found. Never raises."""
+        ...
+
+    def build(self, handle: RuntimeHandle, code: str, entrypoint: str, timeout: float = 10.0) -> BuildResult:
+        """Check ``code`` in the running runtime of ``handle``: compile it as a CommonJS module, evaluate it (in a
+        fresh isolated worker: no environment, a small heap, ended after at most 5 s) and check that
+        ``exports[entrypoint]`` is a function. Code that does not pass is an answer (``ok=False``), not an
+        exception. ``ValueError`` for a ``code``/``entrypoint`` that is not a (non-empty) string;
+        :class:`RuntimeUnreachable` when the runtime does not answer within ``timeout`` seconds."""
+        ...
+
+    def deploy(self, project_id: str, spec: dict, handle: RuntimeHandle | None = None) -> None:
+        """Store the function ``spec`` (see :func:`invalid_function_spec`; ``ValueError`` if invalid) so that the
+        project's runtime loads it at every start, replacing the function's previous version. With the
+        ``handle`` of a running runtime, also load it there now: its workers of the previous version finish
+        their invocation and exit. A runtime that cannot be reached is not an error (it loads the stored spec
+        when it starts). The spec holds the function's environment: stored readable only by the server's user."""
+        ...
+
+    def undeploy(self, project_id: str, slug: str, handle: RuntimeHandle | None = None) -> None:
+        """Forget the function (idempotent) and, with a ``handle``, unload it from the running runtime (its
+        running invocations are answered ``error``, waiting ones ``not_found``). ``ValueError`` for an invalid
+        slug."""
+        ...
+
+    def deployed(self, project_id: str) -> list[str]:
+        """The slugs of the project's stored functions, sorted."""
+        ...
+
+    def invoke(self, handle: RuntimeHandle, slug: str, event: dict, ctx: dict, handler: str | None = None,
+               timeout: float = 330.0) -> InvokeResult:
+        """Run ``exports[handler or entrypoint](event, ctx)`` of the function ``slug`` in the runtime of
+        ``handle`` and wait for its outcome (see :class:`InvokeResult`). ``event`` and ``ctx`` must be JSON
+        values; ``ctx["requestId"]`` tags the log lines. Never raises for the runtime's or the function's
+        failures (those are outcomes; ``unavailable`` when no answer came within ``timeout`` seconds — keep it
+        above the function's own timeout); ``ValueError`` for an invalid slug. The hot path: one pooled
+        keep-alive connection per concurrent call, one JSON encode and decode."""
         ...
