@@ -325,3 +325,44 @@ def test_publishing_needs_a_runtime_that_hosts_functions(client, project, superv
     stopped = publish(client, project, function["id"])
     assert "not running" in stopped["version"]["buildError"]
     assert invoke(client, project, "hello-world").status_code == 503  # never went live
+
+
+def test_each_project_has_its_own_runtime_process_and_the_app_id_works(client, project, stranger,
+                                                                       supervisor):  # noqa: F811
+    pid_code = "exports.handler = async () => ({ body: { pid: process.pid } });"
+    live(client, project, name="Pid", code=pid_code)
+    activated(client, stranger, supervisor)
+    live(client, stranger, name="Pid", code=pid_code)
+    mine = invoke(client, project, "pid").get_json()["pid"]
+    theirs = invoke(client, stranger, "pid").get_json()["pid"]
+    assert mine != theirs
+    by_app_id = client.get(f"/invoke/{project.project.app_id}/pid")
+    assert by_app_id.status_code == 200 and by_app_id.get_json()["pid"] == mine
+
+
+def test_a_slow_handler_never_holds_up_another_functions_events(client, project, receiver,
+                                                                supervisor):  # noqa: F811
+    slow = ("exports.handler = async () => ({});\n"
+            f"exports.onSessionCreated = async () => {{ await new Promise(r => setTimeout(r, 3000)); "
+            f"await fetch('{receiver}', {{ method: 'POST', body: JSON.stringify({{who: 'slow'}}) }}); }};")
+    fast = ("exports.handler = async () => ({});\n"
+            f"exports.onSessionCreated = async () => {{ await fetch('{receiver}', "
+            "{ method: 'POST', body: JSON.stringify({who: 'fast'}) }); };")
+    live(client, project, name="Slow", code=slow)
+    live(client, project, name="Fast", code=fast)
+    engine = FunctionEventEngine(supervisor.provider)
+    from models.sessions import Session, _emit
+    with transaction():
+        session = Session.create(project=project.project.id, tenant_id=project.project.tenant_id,
+                                 external_room_id="room", title="race", created_by_user_id=project.user.id)
+        _emit(session, "created", {"id": session.id, "title": "race"})
+    engine.drain()
+    started = time.monotonic()
+    assert engine.run_due() == 2  # both calls start at once, each in its own thread
+    deadline = time.monotonic() + 10
+    while not Receiver.received and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert Receiver.received[0]["who"] == "fast" and time.monotonic() - started < 2.5
+    while len(Receiver.received) < 2 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert [item["who"] for item in Receiver.received] == ["fast", "slow"]
