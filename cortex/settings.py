@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 import os
 import secrets
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from cortex import ROOT
@@ -55,6 +55,17 @@ def _whole_number(env: dict, name: str, default: int, minimum: int = 1) -> int:
     return value
 
 
+def _choice(env: dict, name: str, choices: tuple[str, ...], default: str) -> str:
+    """One of ``choices`` (case-insensitive) from ``env[name]`` (``default`` when unset); ConfigurationError naming it."""
+    raw = env.get(name)
+    if raw is None or raw.strip() == "":
+        return default
+    value = raw.strip().lower()
+    if value not in choices:
+        raise ConfigurationError(f"{name} must be one of {', '.join(choices)}, not {raw!r}")
+    return value
+
+
 def _schedule(env: dict, name: str, default: tuple[float, ...]) -> tuple[float, ...]:
     """Comma-separated non-negative seconds (e.g. ``1,1,1``); an empty list means no retries ("none")."""
     raw = env.get(name)
@@ -89,6 +100,8 @@ class Settings:
     db_pool_size: int = 32
     api_key_touch_interval: int = 60
     log_level: str = "INFO"
+    log_format: str = "text"  # CORTEX_LOG_FORMAT: text, or json (one JSON object per line)
+    metrics_token: str | None = field(default=None, repr=False)  # CORTEX_METRICS_TOKEN: bearer token of GET /metrics
     identity_provider: str = "embedded"
     max_body_bytes: int = 1024 * 1024
     smtp_url: str | None = None
@@ -153,6 +166,8 @@ class Settings:
             db_pool_size=int(env.get("CORTEX_DB_POOL_SIZE", 32)),
             api_key_touch_interval=int(env.get("CORTEX_API_KEY_TOUCH_INTERVAL", 60)),
             log_level=env.get("CORTEX_LOG_LEVEL", "INFO"),
+            log_format=_choice(env, "CORTEX_LOG_FORMAT", ("text", "json"), "text"),
+            metrics_token=env.get("CORTEX_METRICS_TOKEN") or None,
             identity_provider=env.get("CORTEX_IDENTITY_PROVIDER", "embedded"),
             max_body_bytes=int(env.get("CORTEX_MAX_BODY_BYTES", 1024 * 1024)),
             smtp_url=env.get("CORTEX_SMTP_URL") or None,

@@ -25,6 +25,7 @@ from datetime import datetime, timedelta
 
 import peewee as pw
 
+from cortex.lib.metrics import count_events
 from models.base import (
     ConnectionCoalescer,
     JSONField,
@@ -129,16 +130,19 @@ def append(events: list[DomainEvent]) -> None:
     if is_sqlite():
         for event in events:
             event.seq = _insert(event)
-        return
-    _lock_log()
-    if len(events) == 1:
+    elif len(events) == 1:
+        _lock_log()
         events[0].seq = _insert(events[0])
-        return
-    fields = [DomainEvent._meta.fields[name] for name in _INSERT_FIELDS]
-    cursor = insert_rows(DomainEvent, fields, events, 'RETURNING "id", "seq"')
-    seqs = dict(cursor.fetchall())  # RETURNING's row order is not promised: match by id
-    for event in events:
-        event.seq = seqs[event.id]
+    else:
+        _lock_log()
+        fields = [DomainEvent._meta.fields[name] for name in _INSERT_FIELDS]
+        cursor = insert_rows(DomainEvent, fields, events, 'RETURNING "id", "seq"')
+        seqs = dict(cursor.fetchall())  # RETURNING's row order is not promised: match by id
+        for event in events:
+            event.seq = seqs[event.id]
+    # cortex_events_total{type} (GET /metrics): counted when written, so an event whose transaction rolls back
+    # afterwards (rare; a failed group-commit batch whose items are then written one by one) counts too.
+    count_events(event.type for event in events)
 
 
 _locked = weakref.WeakSet()  # outermost transactions (peewee objects) that hold the event-log lock

@@ -123,7 +123,11 @@ def function_env(row: FunctionRuntime) -> dict[str, str]:
 
 def handle_of(row: FunctionRuntime) -> dict | None:
     """The running process as the supervisor recorded it (pid, port, token, version, startedAt), or None."""
-    return json.loads(crypto.decrypt(row.runtime_encrypted)) if row.runtime_encrypted else None
+    return decrypt_handle(row.runtime_encrypted)
+
+
+def decrypt_handle(encrypted: str | None) -> dict | None:
+    return json.loads(crypto.decrypt(encrypted)) if encrypted else None
 
 
 def settings_body(row: FunctionRuntime) -> dict:

@@ -27,7 +27,8 @@ warm-up + ``--duration`` (10) s):
 1. paced at ``--rate`` (200) invocations/s: ``GET /invoke/{projectId}/trivial`` through Cortex, and the same
    invocation sent to the runtime itself (``POST http://127.0.0.1:<port>/invoke/trivial`` with
    ``X-Cortex-Runtime-Token`` and the ``{event, ctx, handler}`` body Cortex sends): **overhead = p50 through
-   Cortex - p50 direct**, the headline (no queueing at this rate);
+   Cortex - p50 direct**, the headline (at a moderate rate the overhead is the invocation's own cost, not
+   mostly queueing — as long as the server's CPU share printed with the row is well below 100 %);
 2. unpaced (saturation): the same two; through Cortex gives the invocations/s, the overhead there is extra (it
    includes queueing);
 3. ``trivial`` paced at ``--rate`` through Cortex while ``--spinners`` (4) clients keep invoking ``spin`` (each

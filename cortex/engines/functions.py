@@ -336,8 +336,25 @@ def _tail(output: str, limit: int = 4000) -> str:
 def running_handle(provider: RuntimeProvider, project_id: str) -> RuntimeHandle | None:
     """The project's runtime process as its supervisor recorded it, when it is running."""
     row = FunctionRuntime.get_or_none(FunctionRuntime.project == project_id)
-    recorded = store.handle_of(row) if row is not None and row.runtime_status == "running" else None
-    return RuntimeHandle.from_json(recorded) if recorded else None
+    return handle_from(row.runtime_encrypted) if row is not None and row.runtime_status == "running" else None
+
+
+_handles: dict[str, RuntimeHandle] = {}  # the recorded (encrypted) handle → decrypted; a new start is a new text
+
+
+def handle_from(encrypted: str | None) -> RuntimeHandle | None:
+    """The runtime handle of a ``runtime_encrypted`` value (decrypted once per value: the invoke path's hot read)."""
+    if not encrypted:
+        return None
+    handle = _handles.get(encrypted)
+    if handle is None:
+        recorded = store.decrypt_handle(encrypted)
+        if recorded is None:
+            return None
+        if len(_handles) > 1000:
+            _handles.clear()
+        handle = _handles[encrypted] = RuntimeHandle.from_json(recorded)
+    return handle
 
 
 def _memory_cap(provider: RuntimeProvider, row: FunctionRuntime) -> int | None:

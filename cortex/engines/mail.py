@@ -26,6 +26,7 @@ import time
 from datetime import datetime
 
 from cortex.integrations.mail import Mailer, MailError
+from cortex.lib import metrics
 from cortex.lib.background import Background, Worker, pause
 from models.base import own_connection, utcnow
 from models.mail import (
@@ -104,8 +105,10 @@ class MailEngine(Background):
         with own_connection():
             if error is None:
                 self.sent += 1
+                metrics.count(metrics.MAIL_SENT, "sent")
                 return "sent" if mark_sent(claimed, message_id, at) else None
             status = mark_failed_attempt(claimed, error, self.policy, at, permanent=permanent)
+        metrics.count(metrics.MAIL_SENT, "failed" if status == FAILED else "retry")
         attempts = claimed.attempts + 1
         if status == FAILED:
             hours = (at - claimed.created_at).total_seconds() / 3600

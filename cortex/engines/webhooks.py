@@ -28,6 +28,7 @@ from concurrent.futures import ThreadPoolExecutor
 from cortex.events.dispatcher import Dispatcher
 from cortex.events.listener import CommitListener
 from cortex.integrations.outbound import Sender
+from cortex.lib import metrics
 from cortex.lib.background import PeriodicJob, Worker, gevent_patched, pause
 from cortex.lib.webhook_signing import sign, signing_key
 from models.base import own_connection, utcnow
@@ -141,6 +142,7 @@ class WebhookEngine:
                              at=utcnow())
         status = self.recorder.run(result)
         self.delivered += 1
+        metrics.count(metrics.WEBHOOK_DELIVERIES, _outcome(result, status))
         return status
 
     # ------------------------------------------------------------------ inline (tests, scripts)
@@ -236,6 +238,13 @@ class WebhookEngine:
             self._pool.shutdown(timeout)
             self._pool = None
         self.sender.close()
+
+
+def _outcome(attempt: Attempt, status: str | None) -> str:
+    """cortex_webhook_deliveries_total's outcome of a recorded attempt: delivered, failed (given up) or retry."""
+    if attempt.error is None and attempt.status_code is not None and 200 <= attempt.status_code < 300:
+        return "delivered"
+    return "failed" if status == "failed" else "retry"
 
 
 class WebhookLogRetentionJob(PeriodicJob):

@@ -75,7 +75,7 @@ import peewee as pw
 
 from cortex.integrations.debug_audio import DebugAudioStore
 from cortex.integrations.shared_state import RedisLink, redis_client
-from cortex.lib import crypto
+from cortex.lib import crypto, metrics
 from models.base import (
     ConnectionCoalescer,
     DomainError,
@@ -940,11 +940,25 @@ def replay_guard(redis_url: str | None) -> DatabaseReplays | RedisReplays:
 def ingest(project_ref: str, timestamp: str, signature: str, body: dict, raw_body: bytes, *,
            redis_url: str | None, audio_store: DebugAudioStore) -> str:
     """POST /api/events/ingest: authenticate (401); a byte-identical copy of a recorded request answers the
-    recorded event's id and writes nothing; else rate-limit (429), validate (400), record; the event id."""
-    target = authenticate(project_ref, timestamp, signature, raw_body)
+    recorded event's id and writes nothing; else rate-limit (429), validate (400), record; the event id. Counted in
+    ``cortex_ingest_events_total{outcome}``: accepted, replayed, rejected (401), rate_limited, invalid (400)."""
+    recorded = []
 
     def accept(guarded: Target) -> str:
         check_rate(guarded.project.id, redis_url)
-        return record(guarded, parse(body), audio_store)
+        event_id = record(guarded, parse(body), audio_store)
+        recorded.append(event_id)
+        return event_id
 
-    return replay_guard(redis_url).run(target, accept)
+    try:
+        target = authenticate(project_ref, timestamp, signature, raw_body)
+        event_id = replay_guard(redis_url).run(target, accept)
+    except DomainError as exc:
+        metrics.count(metrics.INGEST_EVENTS, _INGEST_OUTCOMES.get(exc.kind, "invalid"))
+        raise
+    metrics.count(metrics.INGEST_EVENTS, "accepted" if recorded else "replayed")
+    return event_id
+
+
+#: DomainError kind → cortex_ingest_events_total outcome
+_INGEST_OUTCOMES = {"unauthenticated": "rejected", "rate_limited": "rate_limited", "invalid": "invalid"}

@@ -20,6 +20,7 @@ from jsonschema import ValidationError
 from cortex.http import security
 from cortex.http.problems import ApiProblem
 from cortex.http.validation import SchemaValidator
+from cortex.lib import logs
 from models.access import project_for
 from models.base import release_connection
 
@@ -83,6 +84,9 @@ class OperationGate:
     def __call__(self, **view_args):
         """Serve one request (Flask view function)."""
         request = flask.request
+        context = logs.current()  # the request's log context and metrics label (cortex.http.observability)
+        if context is not None:
+            context.operation = self.operation_id
         for pattern in self.shadows:  # the URL is a more concrete resource without this method
             if pattern.match(request.path):
                 flask.abort(405)
@@ -103,6 +107,8 @@ class OperationGate:
             kwargs["principal"] = principal
         if self.project_param is not None and principal is not None:
             project = project_for(principal, kwargs[self.project_param.argument], self.role)
+            if context is not None:
+                context.project = project.id
             if self.wants("project"):
                 kwargs["project"] = project
         if not self.accepts_any:

@@ -7,9 +7,11 @@ import json
 from connexion.exceptions import ProblemException
 from flask import Response
 
+from cortex.lib.logs import current_request_id
 from models.base import DomainError
 
 PROBLEM_MIMETYPE = "application/problem+json"
+REQUEST_URN = "urn:request:"  # a problem's ``instance``: this prefix + the request's X-Request-Id
 
 TITLES = {
     400: "Bad Request",
@@ -43,10 +45,14 @@ class ApiProblem(ProblemException):
 
 
 def problem_response(status: int, detail: str, *, title: str | None = None, headers=None, ext=None) -> Response:
-    """Render a problem document as a Flask response."""
+    """Render a problem document as a Flask response; ``instance`` names the request (``urn:request:<id>``, its
+    ``X-Request-Id``) unless the problem names one itself."""
     body = {"type": "about:blank", "title": title or TITLES.get(status, "Error"), "status": status}
     if detail:
         body["detail"] = detail
+    request_id = current_request_id()
+    if request_id is not None:
+        body["instance"] = f"{REQUEST_URN}{request_id}"
     if ext:
         body.update(ext)
     response = Response(json.dumps(body), status=status, mimetype=PROBLEM_MIMETYPE)

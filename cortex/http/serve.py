@@ -77,15 +77,30 @@ def make_server(app, host: str, port: int, backlog: int = 2048, client_timeout: 
     return server
 
 
+def log_greenlet_errors() -> None:
+    """A greenlet's unhandled exception goes to the log (CORTEX_LOG_FORMAT: JSON too), not as bare text to
+    stderr, which gevent's hub does by default."""
+    import gevent
+
+    def print_exception(context, kind, value, traceback) -> None:
+        log.error("unhandled error in %s", context, exc_info=(kind, value, traceback))
+
+    gevent.get_hub().print_exception = print_exception
+
+
 def serve(app, host: str, port: int) -> None:
     """Serve until interrupted."""
     settings = app.extensions["cortex"].settings
     server = make_server(app, host, port, client_timeout=settings.client_timeout,
                          max_connections=settings.max_connections)
     log.info("Cortex listening on http://%s:%s (API docs: /api/docs/)", host, server.server_port)
+    log_greenlet_errors()
     try:
         server.serve_forever()
     except KeyboardInterrupt:
         pass
     finally:
         server.stop(timeout=5)
+        from cortex.http.observability import process_exiting
+
+        process_exiting()  # PROMETHEUS_MULTIPROC_DIR: this process's open-stream gauge stops counting

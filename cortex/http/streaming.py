@@ -7,6 +7,8 @@ import flask
 from cortex.events import sse
 from cortex.http.app import runtime
 from cortex.http.problems import ApiProblem
+from cortex.lib.logs import set_streaming
+from cortex.lib.metrics import SSE_STREAMS
 from models.access import Principal
 
 MIMETYPE = "text/event-stream"
@@ -28,10 +30,17 @@ def open_stream(principal: Principal, project, types: str | None, resources: str
         raise ApiProblem(429, f"At most {settings.sse_max_streams_per_principal} open event streams per user or API "
                               "key (CORTEX_SSE_MAX_STREAMS_PER_PRINCIPAL); close one, or retry after "
                               f"{SLOT_RETRY_SECONDS} s", headers={"Retry-After": str(SLOT_RETRY_SECONDS)})
+    SSE_STREAMS.inc()  # cortex_sse_streams: until the stream ends (EventStream calls on_close once)
+    set_streaming()  # the stream's log lines carry the request's id until it ends
+
+    def closed() -> None:
+        SSE_STREAMS.dec()
+        release()
+
     try:
         stream = sse.open_stream(principal, project, types, resources, last_event_id, fanout=services.fanout,
-                                 max_seconds=settings.sse_max_seconds, on_close=release)
+                                 max_seconds=settings.sse_max_seconds, on_close=closed)
     except BaseException:
-        release()
+        closed()
         raise
     return flask.Response(stream, mimetype=MIMETYPE, headers=HEADERS)
