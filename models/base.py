@@ -182,6 +182,12 @@ def insert_rows(model, fields, rows: list, returning: str = ""):
     return db.execute_sql(sql, [field.db_value(item.__data__.get(field.name)) for item in rows for field in fields])
 
 
+def insert_new(model, values: dict) -> bool:
+    """Insert one row unless a unique index has it already; whether it was inserted (idempotent writes of
+    at-least-once consumers)."""
+    return bool(model.insert(**values).on_conflict_ignore().as_rowcount().execute())
+
+
 def parse_instant(value, field: str) -> datetime:
     """A client's date-time that must say its offset: ISO 8601 with ``Z`` or ``±hh:mm`` → aware UTC at millisecond
     precision (what both databases keep); invalid (400) naming ``field`` otherwise."""

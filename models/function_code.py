@@ -34,6 +34,7 @@ from models.base import (
     Prepared,
     UTCDateTimeField,
     conflict,
+    insert_new,
     invalid,
     new_id,
     not_found,
@@ -614,9 +615,8 @@ def enqueue_events(jobs: list[tuple[str, int, str]], now: datetime | None = None
     new = 0
     with transaction():
         for function_id, seq, handler in jobs:
-            new += bool(FunctionEventJob.insert(id=new_id(), created_at=now, function=function_id, event_seq=seq,
-                                                handler=handler, attempts=0, due_at=now)
-                        .on_conflict_ignore().as_rowcount().execute())
+            new += insert_new(FunctionEventJob, dict(id=new_id(), created_at=now, function=function_id,
+                                                     event_seq=seq, handler=handler, attempts=0, due_at=now))
     return new
 
 

@@ -39,6 +39,7 @@ from models.base import (
     UTCDateTimeField,
     conflict,
     found,
+    insert_new,
     insert_rows,
     invalid,
     is_sqlite,
@@ -357,21 +358,16 @@ class Finding:
     occurred_at: datetime
 
 
-def _insert_ignore(model, values: dict) -> bool:
-    """Insert one row unless the unique index has it already; whether it was inserted."""
-    return bool(model.insert(**values).on_conflict_ignore().as_rowcount().execute())
-
-
 _ANNOTATION_FIELDS = tuple(MessageAnnotation._meta.sorted_fields)
 
 
-def _insert_new(rows: list[MessageAnnotation]) -> set[str]:
+def _insert_annotations(rows: list[MessageAnnotation]) -> set[str]:
     """Insert the annotations the unique index does not have yet; the ids of those inserted. PostgreSQL: one
     multi-row ``INSERT … ON CONFLICT DO NOTHING RETURNING`` (one round trip per batch: measured, a statement per
     row was most of the engine's time under load); SQLite runs in-process, a statement per row costs no round
     trip."""
     if is_sqlite():
-        return {row.id for row in rows if _insert_ignore(MessageAnnotation, row.__data__)}
+        return {row.id for row in rows if insert_new(MessageAnnotation, row.__data__)}
     cursor = insert_rows(MessageAnnotation, _ANNOTATION_FIELDS, rows, 'ON CONFLICT DO NOTHING RETURNING "id"')
     return {row_id for (row_id,) in cursor.fetchall()}
 
@@ -397,7 +393,7 @@ def record_message_annotations(findings: list[Finding], now: datetime | None = N
                     message=finding.message_id, session_id=finding.session_id,
                     external_user_id=finding.external_user_id, occurred_at=finding.occurred_at, type=finding.type,
                     data=finding.data), finding)
-        inserted = _insert_new([row for row, _finding in rows.values()]) if rows else set()
+        inserted = _insert_annotations([row for row, _finding in rows.values()]) if rows else set()
         events = []
         profane: dict[tuple[str, str], Finding] = {}  # (instance, player) → a finding that may trigger a sanction
         for row, finding in rows.values():
@@ -496,7 +492,7 @@ def record_session_annotation(instance: PluginInstance, session_id: str, type_: 
         row_id = new_id()
         values = dict(id=row_id, created_at=now, tenant_id=instance.tenant_id, project_id=instance.project_id,
                       plugin_instance_id=instance.id, session=session_id, type=type_, data=data)
-        if not _insert_ignore(SessionAnnotation, values):
+        if not insert_new(SessionAnnotation, values):
             return None
         append([new_event("session.annotation.created", tenant_id=instance.tenant_id,
                           project_id=instance.project_id, resource_id=f"session:{session_id}", action="created",
@@ -536,7 +532,7 @@ def schedule_jobs(jobs: list[tuple[PluginInstance, str, str]], due: datetime | N
     new = 0
     with transaction():
         for instance, kind, target in jobs:
-            new += _insert_ignore(PluginJob, dict(id=new_id(), created_at=utcnow(), project_id=instance.project_id,
+            new += insert_new(PluginJob, dict(id=new_id(), created_at=utcnow(), project_id=instance.project_id,
                                                   instance_id=instance.id, kind=kind, target_id=target,
                                                   attempts=attempts, due_at=due, last_error=error))
     return new

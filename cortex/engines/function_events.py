@@ -50,8 +50,7 @@ class FunctionEventEngine(ConsumerEngine):
 
     @classmethod
     def from_settings(cls, settings) -> FunctionEventEngine:
-        return cls(LocalProvider(settings.functions_dir or settings.data_dir / "functions", settings.node_binary,
-                                 settings.npm_registry))
+        return cls(LocalProvider.from_settings(settings))
 
     def handle(self, events: list[DomainEvent]) -> None:
         handlers = code.event_handlers(e.project_id for e in events if e.project_id)

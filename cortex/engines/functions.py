@@ -78,9 +78,7 @@ class RuntimeSupervisor(PeriodicJob):
 
     @classmethod
     def from_settings(cls, settings) -> RuntimeSupervisor:
-        provider = LocalProvider(settings.functions_dir or settings.data_dir / "functions", settings.node_binary,
-                                 settings.npm_registry)
-        return cls(provider, settings.public_url)
+        return cls(LocalProvider.from_settings(settings), settings.public_url)
 
     # ------------------------------------------------------------------ one pass
 
@@ -243,16 +241,12 @@ class RuntimeSupervisor(PeriodicJob):
     def latest(self) -> str:
         return self.provider.versions()[-1].version
 
-    def _memory(self, row: FunctionRuntime) -> int:
-        package = next((p for p in self.provider.resource_packages() if p.slug == row.resource_package), None)
-        return package.memory_limit_mib if package else row.max_memory_per_function
-
     def _deploy_all(self, row: FunctionRuntime) -> None:
         """Write the files of the project's live functions (with the current env vars) and remove stale ones, so
         the runtime about to start loads exactly what is deployed."""
         live = {}
         for function, version in code.live_functions(row.project_id):
-            live[function.slug] = code.deploy_spec(function, version, row, self.api_url, self._memory(row))
+            live[function.slug] = code.deploy_spec(function, version, row, self.api_url, package_memory(self.provider, row))
         for slug in set(self.provider.deployed(row.project_id)) - set(live):
             self.provider.undeploy(row.project_id, slug)
         for spec in live.values():
@@ -260,7 +254,7 @@ class RuntimeSupervisor(PeriodicJob):
 
     def _start(self, row: FunctionRuntime) -> RuntimeHandle:
         self._deploy_all(row)
-        handle = self.provider.start(row.project_id, row.runtime_version or self.latest(), self._memory(row))
+        handle = self.provider.start(row.project_id, row.runtime_version or self.latest(), package_memory(self.provider, row))
         self.handles[row.project_id] = handle
         self.misses.pop(row.project_id, None)
         store.record(row.project_id, self.owner, handle=handle.to_json())
@@ -357,15 +351,16 @@ def handle_from(encrypted: str | None) -> RuntimeHandle | None:
     return handle
 
 
-def _memory_cap(provider: RuntimeProvider, row: FunctionRuntime) -> int | None:
+def package_memory(provider: RuntimeProvider, row: FunctionRuntime) -> int:
+    """The heap limit (MiB) of the project's resource package: the runtime's, and every function's cap."""
     package = next((p for p in provider.resource_packages() if p.slug == row.resource_package), None)
-    return package.memory_limit_mib if package else None
+    return package.memory_limit_mib if package else row.max_memory_per_function
 
 
 def deploy_live(provider: RuntimeProvider, project, function, version, api_url: str) -> None:
     """Put ``version`` of ``function`` on the project's runtime (its file, and the running process at once)."""
     row = store.runtime_of(project)
-    spec = code.deploy_spec(function, version, row, api_url, _memory_cap(provider, row))
+    spec = code.deploy_spec(function, version, row, api_url, package_memory(provider, row))
     provider.deploy(project.id, spec, running_handle(provider, project.id))
 
 

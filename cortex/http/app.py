@@ -13,7 +13,6 @@ from connexion.spec import Specification
 from werkzeug.exceptions import HTTPException, MethodNotAllowed
 from werkzeug.middleware.proxy_fix import ProxyFix
 
-from cortex.engines.functions import RuntimeSupervisor
 from cortex.engines.plugins import PluginEngine
 from cortex.events.sse import StreamSlots
 from cortex.http import observability, security
@@ -22,6 +21,7 @@ from cortex.http.problems import domain_problem, problem_response, render_proble
 from cortex.http.routing import CortexApi, DocumentedPaths, HandlerResolver, event_types
 from cortex.integrations.bots import bot_driver
 from cortex.integrations.debug_audio import DebugAudioStore
+from cortex.integrations.functions.local import LocalProvider
 from cortex.integrations.functions.provider import RuntimeProvider
 from cortex.integrations.identity import IdentityProvider, make_identity_provider
 from cortex.integrations.mail import Mailer
@@ -131,7 +131,7 @@ def functions_provider() -> RuntimeProvider:
     """The functions runtime provider (packages, locations, versions); the supervisor drives its processes."""
     services = runtime()
     if services.functions is None:
-        services.functions = RuntimeSupervisor.from_settings(services.settings).provider
+        services.functions = LocalProvider.from_settings(services.settings)
     return services.functions
 
 

@@ -130,6 +130,13 @@ class LocalProvider:
 
     # --- catalogue ----------------------------------------------------------------------------------------
 
+    @classmethod
+    def from_settings(cls, settings) -> LocalProvider:
+        """The provider ``settings`` configure (``CORTEX_FUNCTIONS_DIR``, ``CORTEX_NODE_BINARY``,
+        ``CORTEX_NPM_REGISTRY``): the one way the server builds it."""
+        return cls(settings.functions_dir or settings.data_dir / "functions", settings.node_binary,
+                   settings.npm_registry)
+
     def versions(self) -> tuple[RuntimeVersion, ...]:
         """Oldest first; ``vN`` runs ``node/runtime-vN.js``."""
         return (
