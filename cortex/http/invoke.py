@@ -122,6 +122,8 @@ def invoke(provider, project_ref: str, slug: str) -> flask.Response:
                "version": target.version, "requestId": rid}
         outcome = provider.invoke(handle, target.slug, _event(request, raw), ctx,
                                   timeout=target.timeout / 1000 + GRACE)
+        invoked = True
+        metrics.count(metrics.FUNCTION_INVOCATIONS, outcome.outcome)
         code.record_invocation(target.deployment_id, target.function_id, [dict(line) for line in outcome.logs])
         if outcome.outcome == "ok":
             return _answer(outcome.result or {})

@@ -192,6 +192,7 @@ def test_limits_are_enforced_and_everything_answers_again_at_once(client, projec
     live(client, project, name="Loop", code=LOOP, timeout=1000)
     live(client, project, name="Hog", code=HOG, memory=128, timeout=20000)
     live(client, project, name="Thrower", code=THROW)
+    before = invocation_counts()
 
     started = time.monotonic()
     looped = invoke(client, project, "loop")
@@ -214,6 +215,16 @@ def test_limits_are_enforced_and_everything_answers_again_at_once(client, projec
                  headers={"Content-Type": "text/plain"})
     assert big.status_code == 413
     assert invoke(client, project, "healthy").headers["X-Request-Id"]
+    # cortex_function_invocations_total{outcome}: each invocation once, by what became of it
+    counted = {outcome: n - before[outcome] for outcome, n in invocation_counts().items() if n != before[outcome]}
+    assert counted == {"ok": 4, "timeout": 2, "memory": 1, "error": 1, "rejected": 1}
+
+
+def invocation_counts() -> dict:
+    from cortex.lib import metrics
+
+    return {outcome: metrics.FUNCTION_INVOCATIONS.labels(outcome)._value.get()
+            for outcome in metrics.INVOCATION_OUTCOMES}
 
 
 # ---------------------------------------------------------------- environment, logs, counters
