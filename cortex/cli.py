@@ -44,7 +44,7 @@ def _print(obj) -> None:
     print(json.dumps(obj))
 
 
-def serve_with_engines(app, host: str, port: int) -> None:
+def serve_with_engines(app, host: str, port: int, listen_fd: int | None = None) -> None:
     """Serve with every engine of the registry that runs in ``cortex serve`` (``cortex.engines``)."""
     from cortex.engines import SERVE, start_engines
     from cortex.http.serve import serve
@@ -52,17 +52,28 @@ def serve_with_engines(app, host: str, port: int) -> None:
     engines = start_engines(SERVE, app.extensions["cortex"].settings)
     app.extensions["cortex"].fanout = engines.fanout
     try:
-        serve(app, host, port)
+        serve(app, host, port, listen_fd=listen_fd)
     finally:
         engines.stop()
 
 
 def cmd_serve(args) -> int:
-    """cortex serve: migrate, then serve on gevent with the background engines."""
-    from cortex.http.serve import patch
+    """cortex serve: migrate, then serve on gevent with the background engines; ``--workers N``: N such
+    processes on one port under a supervisor (``cortex.http.workers``)."""
+    if args.workers < 1:
+        print("cortex serve: --workers must be at least 1", file=sys.stderr)
+        return 2
+    if args.workers > 1 and args.listen_fd is None:
+        from cortex.http import workers
+
+        _database()  # migrations once, before any worker starts (workers are new processes: nothing inherited)
+        return workers.run(args.host, args.port, args.workers, workers.child_argv(args.host, args.port))
+    from cortex.http.serve import patch, stop_with_parent
 
     patch()
-    serve_with_engines(_app(), args.host, args.port)
+    if args.listen_fd is not None:
+        stop_with_parent()
+    serve_with_engines(_app(), args.host, args.port, listen_fd=args.listen_fd)
     return 0
 
 
@@ -199,10 +210,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     def add_listen(sub):
         sub.add_argument("--host", default=os.environ.get("CORTEX_HOST", "127.0.0.1"))
-        sub.add_argument("--port", type=int, default=int(os.environ.get("CORTEX_PORT", "8080")))
+        sub.add_argument("--port", type=int, default=os.environ.get("CORTEX_PORT", "8080"))  # argparse converts
 
     serve = commands.add_parser("serve", help="apply migrations and serve the API")
     add_listen(serve)
+    serve.add_argument("--workers", type=int, default=os.environ.get("CORTEX_WORKERS", "1"),
+                       help="serving processes sharing the port (default 1; CORTEX_WORKERS)")
+    serve.add_argument("--listen-fd", type=int, help=argparse.SUPPRESS)  # a worker of `--workers`
     serve.set_defaults(func=cmd_serve)
 
     worker = commands.add_parser("worker", help="run the background engines that run outside serve (no HTTP)")

@@ -272,7 +272,8 @@ def free_port() -> int:
 class Server:
     """One `cortex serve` subprocess on a free loopback port."""
 
-    def __init__(self, tmp_path, name: str, settings, redis_url: str | None, extra_env: dict | None = None):
+    def __init__(self, tmp_path, name: str, settings, redis_url: str | None, extra_env: dict | None = None,
+                 args: tuple = ()):
         self.port = free_port()
         data_dir = tmp_path / name
         data_dir.mkdir()
@@ -293,7 +294,7 @@ class Server:
         env.update(extra_env or {})
         self.log = open(tmp_path / f"{name}.log", "w+")  # noqa: SIM115 (closed in stop)
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "cortex.cli", "serve", "--host", "127.0.0.1", "--port", str(self.port)],
+            [sys.executable, "-m", "cortex.cli", "serve", "--host", "127.0.0.1", "--port", str(self.port), *args],
             cwd=ROOT,
             env=env,
             stdin=subprocess.DEVNULL,
@@ -355,12 +356,12 @@ class Server:
 
 @pytest.fixture
 def servers(request, tmp_path, settings, app):
-    """Factory: servers(count, redis_url, **env) → started, ready servers (``env``: more environment variables);
-    all stopped afterwards."""
+    """Factory: servers(count, redis_url, args=(), **env) → started, ready servers (``args``: more `cortex serve`
+    arguments, ``env``: more environment variables); all stopped afterwards."""
     started: list[Server] = []
 
-    def start(count: int, redis_url: str | None, **env: str) -> list[Server]:
-        new = [Server(tmp_path, f"server{len(started) + i}", settings, redis_url, env) for i in range(count)]
+    def start(count: int, redis_url: str | None, args: tuple = (), **env: str) -> list[Server]:
+        new = [Server(tmp_path, f"server{len(started) + i}", settings, redis_url, env, args) for i in range(count)]
         started.extend(new)
         for server in new:
             server.wait_ready()

@@ -24,13 +24,32 @@ from sending that POST to its marker arriving (one clock: CLOCK_MONOTONIC is sys
 /proc/<pid>/status before the subscribers connect and after they are all receiving. With 2+ CPUs the server is
 pinned to one CPU and everything else (parent, clients) to another.
 
+``--idle N`` measures something else: N idle streams on one serving process while ``GET /api`` must keep p99
+under 100 ms. One server (stack ``cortex``; ``cortex+redis`` when ``--redis-url`` is given), N authenticated
+``GET /api/events/stream`` held by ``--clients`` client processes; every process raises its own open-file limit
+(RLIMIT_NOFILE) to the hard limit, and the run stops with exit status 2 when the hard limit is too low for N.
+Cortex's defaults refuse 10,000 streams on one process in two places, and the bench does what an operator
+would do: the per-principal cap (``CORTEX_SSE_MAX_STREAMS_PER_PRINCIPAL``, 100) stays, the streams are spread
+over API keys created through the API (``POST /api/api-keys``, scope ``events:read``, at most the cap each — many
+clients are many principals); the connection bound of one process (``CORTEX_MAX_CONNECTIONS``, 1,000) is raised
+to N + 1,000 for the bench server. Everything else keeps its default (client timeout 60 s, stream life
+``CORTEX_SSE_MAX_SECONDS`` 300 s: the measured phase must end before the first stream's life does). Once every
+stream has its first bytes (``retry:``), ``GET /api`` is probed at ``--api-rate`` per second over
+``--api-connections`` keep-alive connections for ``--duration`` seconds (at least one 15 s heartbeat period),
+and ``--idle-events`` events are published meanwhile: each must reach each stream exactly once. Printed: streams
+open / requested, connect time, server RSS and open fds before/after (per stream), ``GET /api`` p50/p99/max and
+errors, deliveries, heartbeats seen, server CPU, load average; PASS/FAIL against p99 < 100 ms (exit status 1
+on FAIL).
+
 Everything talks to 127.0.0.1 only, every wait is bounded, subprocesses and temporary directories are removed
-on exit and on Ctrl-C; with ``--database-url`` the seeded tenant and its events are deleted again.
+on exit and on Ctrl-C; with ``--database-url`` the seeded tenant, its API keys and its events are deleted again.
 
 Usage:
     tools/bench_sse.py [--subscribers 1000] [--clients 4] [--events 100] [--rate 5]
                        [--redis-url redis://127.0.0.1:6379/0] [--stacks cortex,cortex+redis,flask-sse]
                        [--database-url postgresql://…] [--json]
+    tools/bench_sse.py --idle 10000 [--clients 4] [--duration 30] [--idle-events 3] [--api-rate 100]
+                       [--api-connections 4] [--redis-url redis://…] [--database-url postgresql://…] [--json]
 """
 
 from __future__ import annotations
@@ -64,7 +83,7 @@ from bench_http import pin_to_cpu, raise_fd_limit  # noqa: E402
 def serve(args) -> int:
     """Seed, print {"port", "token", "pid", "project"}, then serve like `cortex serve` until SIGINT."""
     pin_to_cpu(args.cpu)
-    raise_fd_limit()
+    fd_limit = raise_fd_limit()
     from cortex.http.serve import patch
 
     patch()  # first: before anything imports socket, threading or ssl
@@ -81,14 +100,19 @@ def serve(args) -> int:
     from models.base import db
     from models.database import upgrade
     from models.events import DomainEvent
-    from models.identity import Project, Tenant, User, create_project, create_user
+    from models.identity import ApiKey, Project, Tenant, User, create_project, create_user
 
     os.makedirs(args.data_dir, exist_ok=True)
+    env = {"CORTEX_LOG_LEVEL": "WARNING"}  # not os.environ
+    if args.setting is None:
+        # Every subscriber is the same user, and thousands of them are the point: the per-principal stream cap
+        # and the connection bound of `cortex serve` are raised for this bench.
+        env.update({"CORTEX_SSE_MAX_SECONDS": "3600", "CORTEX_MAX_CONNECTIONS": "100000",
+                    "CORTEX_SSE_MAX_STREAMS_PER_PRINCIPAL": "100000"})
+    else:  # --idle: exactly the settings the parent names (it prints them), the defaults otherwise
+        env.update(item.split("=", 1) for item in args.setting)
     settings = Settings.from_env(
-        # not os.environ. Every subscriber is the same user, and thousands of them are the point: the per-principal
-        # stream cap and the connection bound of `cortex serve` are raised for this bench.
-        env={"CORTEX_LOG_LEVEL": "WARNING", "CORTEX_SSE_MAX_SECONDS": "3600", "CORTEX_MAX_CONNECTIONS": "100000",
-             "CORTEX_SSE_MAX_STREAMS_PER_PRINCIPAL": "100000"},
+        env=env,
         data_dir=args.data_dir,
         database_url=args.database_url or None,
         secret_key=secrets.token_urlsafe(48),
@@ -117,7 +141,13 @@ def serve(args) -> int:
         os.kill(os.getpid(), 2)
 
     threading.Thread(target=watch_parent, daemon=True).start()
-    print(json.dumps({"port": port, "token": token, "pid": os.getpid(), "project": project.id}), flush=True)
+    from cortex.events.sse import HEARTBEAT_SECONDS
+
+    effective = {name: getattr(settings, name) for name in (
+        "max_connections", "sse_max_streams_per_principal", "max_api_keys_per_user", "client_timeout",
+        "sse_max_seconds")}
+    print(json.dumps({"port": port, "token": token, "pid": os.getpid(), "project": project.id, "fd_limit": fd_limit,
+                      "settings": effective, "heartbeat_seconds": HEARTBEAT_SECONDS}), flush=True)
     try:
         serve_with_engines(app, HOST, port)  # returns on SIGINT (KeyboardInterrupt), engines stopped
     finally:
@@ -125,6 +155,7 @@ def serve(args) -> int:
             try:
                 with db.connection_context():
                     DomainEvent.delete().where(DomainEvent.tenant_id == user.tenant_id).execute()
+                    ApiKey.delete().where(ApiKey.tenant == user.tenant_id).execute()  # --idle creates some
                     User.delete().where(User.id == user.id).execute()
                     Project.delete().where(Project.tenant == user.tenant_id).execute()
                     Tenant.delete().where(Tenant.id == user.tenant_id).execute()
@@ -137,7 +168,13 @@ def serve(args) -> int:
 
 
 def client(args) -> int:
-    """Hold ``--count`` streams; answer "status" and "stop" lines on stdin with one JSON line each."""
+    """Hold ``--count`` streams; answer "status", "mark" and "stop" lines on stdin with one JSON line each.
+
+    The body is split into SSE frames (at the blank line): a frame naming ``bench-m000042`` is a delivery of
+    event 42 (its first arrival per stream is timed, a second one counts as a duplicate), ``: heartbeat`` a
+    heartbeat. "mark" starts counting heartbeats afresh (per stream, and per 100 ms of arrival).
+    With ``--keys-file`` (a JSON list of API keys) stream i authenticates with key (offset + i) mod len(keys).
+    """
     pin_to_cpu(args.cpu)
     raise_fd_limit()
     import re
@@ -153,18 +190,30 @@ def client(args) -> int:
     lines = [f"GET {args.path} HTTP/1.1", f"Host: {HOST}", "Accept: text/event-stream", "User-Agent: cortex-bench-sse"]
     if args.token:
         lines.append(f"Authorization: Bearer {args.token}")
-    raw = ("\r\n".join(lines) + "\r\n\r\n").encode()
+    keys: list[str] = []
+    if args.keys_file:
+        with open(args.keys_file) as handle:
+            keys = json.load(handle)
+
+    def request_bytes(index: int) -> bytes:
+        extra = [f"X-API-Key: {keys[(args.offset + index) % len(keys)]}"] if keys else []
+        return ("\r\n".join(lines + extra) + "\r\n\r\n").encode()
+
     gate = BoundedSemaphore(100)
     times: dict[int, list[float]] = defaultdict(list)
     state = Counter()
     sockets = []
+    beats = [0] * args.count  # heartbeats per stream
+    marked = [0] * args.count  # … at the last "mark"
+    beat_slots: Counter = Counter()  # heartbeats per 100 ms (CLOCK_MONOTONIC) since the last "mark"
+    marking = [False]
 
     def read(index: int) -> None:
         try:
             with gate:
                 sock = gsocket.create_connection((HOST, args.port), timeout=None)
                 sockets.append(sock)
-                sock.sendall(raw)
+                sock.sendall(request_bytes(index))
             buf = b""
             while b"\r\n\r\n" not in buf:
                 data = sock.recv(65536)
@@ -178,7 +227,7 @@ def client(args) -> int:
                 state[f"HTTP {status}"] += 1
                 return
             seen: set[int] = set()
-            tail = b""
+            pending = b""  # the incomplete frame (chunked-encoding lines stay in the frames: harmless)
             ready = False
             while True:
                 if data:
@@ -186,19 +235,30 @@ def client(args) -> int:
                         ready = True
                         state["ready"] += 1
                     now = time.clock_gettime(time.CLOCK_MONOTONIC)
-                    window = tail + data
-                    for match in pattern.finditer(window):
-                        number = int(match.group(1))
-                        if number not in seen:
-                            seen.add(number)
-                            times[number].append(now)
-                    tail = window[-16:]
+                    pending += data
+                    if b"\n\n" in pending:
+                        *frames, pending = pending.split(b"\n\n")
+                        for frame in frames:
+                            if b"bench-m" in frame:
+                                for number in {int(found) for found in pattern.findall(frame)}:
+                                    if number in seen:
+                                        state["duplicate deliveries"] += 1
+                                    else:
+                                        seen.add(number)
+                                        times[number].append(now)
+                            elif b": heartbeat" in frame:
+                                beats[index] += 1
+                                if marking[0]:
+                                    beat_slots[int(now * 10)] += 1
                 data = sock.recv(65536)
                 if not data:
                     state["closed by server"] += 1
                     return
         except Exception as exc:  # counted and reported
             state[type(exc).__name__] += 1
+
+    def beating() -> int:
+        return sum(1 for now, then in zip(beats, marked, strict=True) if now > then)
 
     import gc
 
@@ -217,9 +277,16 @@ def client(args) -> int:
         while b"\n" in pending:
             command, pending = pending.split(b"\n", 1)
             if command == b"status":
-                print(json.dumps({"ready": state["ready"], "state": dict(state)}), flush=True)
+                print(json.dumps({"ready": state["ready"], "state": dict(state), "beats": sum(beats),
+                                  "beating": beating()}), flush=True)
+            elif command == b"mark":
+                marked[:] = beats
+                beat_slots.clear()
+                marking[0] = True
+                print(json.dumps({"marked": True}), flush=True)
             elif command == b"stop":
-                report = {"ready": state["ready"], "state": dict(state), "times": times}
+                report = {"ready": state["ready"], "state": dict(state), "times": times, "beats": sum(beats),
+                          "beating": beating(), "beat_slots": beat_slots}
                 print(json.dumps(report), flush=True)
                 gevent.killall(greenlets, timeout=5)
                 for sock in sockets:
@@ -246,7 +313,7 @@ def run(args) -> int:
     if limit < args.subscribers // args.clients + 256:
         print(f"bench: open-file limit {limit} is too low", file=sys.stderr)
         return 2
-    stacks = [name.strip() for name in args.stacks.split(",") if name.strip()]
+    stacks = [name.strip() for name in (args.stacks or "cortex,cortex+redis,flask-sse").split(",") if name.strip()]
     for name in stacks:
         if name not in ("cortex", "cortex+redis", "flask-sse"):
             print(f"bench: unknown stack {name!r}", file=sys.stderr)
@@ -401,8 +468,9 @@ def post_participant(port: int, token: str, project: str, name: str):
     return head.encode() + body
 
 
-def probe_api(port: int, rate: float, connections: int, seconds: float) -> dict:
-    """GET /api at ``rate`` per second over ``connections`` keep-alive connections for ``seconds``."""
+def probe_api(port: int, rate: float, connections: int, seconds: float, samples: list | None = None) -> dict:
+    """GET /api at ``rate`` per second over ``connections`` keep-alive connections for ``seconds``; ``samples``
+    (if given) gets (sent at, latency or None for an error) per request, on CLOCK_MONOTONIC."""
     import time
 
     import gevent
@@ -426,11 +494,15 @@ def probe_api(port: int, rate: float, connections: int, seconds: float) -> dict:
                 if status != 200:
                     errors[0] += 1
                 latencies.append(time.monotonic() - began)
+                if samples is not None:
+                    samples.append((began, latencies[-1] if status == 200 else None))
                 if not keep:
                     connection.close()
                     connection = None
             except Exception:
                 errors[0] += 1
+                if samples is not None:
+                    samples.append((began, None))
                 if connection:
                     connection.close()
                 connection = None
@@ -679,6 +751,456 @@ def summary_table(results: list[dict]) -> str:
     return "\n".join(rows)
 
 
+# ----------------------------------------------------------------- --idle N: idle streams, API responsiveness
+
+IDLE_SERVER_FDS = 512  # open files the server needs beside the streams (listener, database, probes, logs…)
+IDLE_CLIENT_FDS = 128
+IDLE_GRACE = 3.0  # seconds after the phase before the deliveries are collected
+EVENT_WINDOW = 1.0  # a GET /api sent within this many seconds after a publish counts as "near an event"
+
+
+def idle_plan(count: int, clients: int) -> dict:
+    """What the server must allow for ``count`` streams with Cortex's defaults, and how the bench gets there."""
+    from cortex.settings import Settings
+
+    defaults = {name: field.default for name, field in Settings.__dataclass_fields__.items()}
+    cap, max_keys = defaults["sse_max_streams_per_principal"], defaults["max_api_keys_per_user"]
+    settings: dict[str, str] = {}
+    keys = -(-count // cap)
+    notes = []
+    if keys <= max_keys:
+        notes.append(
+            f"CORTEX_SSE_MAX_STREAMS_PER_PRINCIPAL kept at its default {cap}: the {count} streams are spread over "
+            f"{keys} API keys created with POST /api/api-keys (scope events:read, ≤ {cap} streams each), as "
+            f"{count} real clients would be many principals")
+    else:  # more keys than one user may hold: raise the cap instead, as an operator would
+        per_key = -(-count // max_keys)
+        keys = max_keys
+        settings["CORTEX_SSE_MAX_STREAMS_PER_PRINCIPAL"] = str(per_key)
+        notes.append(
+            f"CORTEX_SSE_MAX_STREAMS_PER_PRINCIPAL={per_key} (default {cap}): {count} streams need more than the "
+            f"{max_keys} API keys one user may hold at {cap} streams each; spread over {keys} keys")
+    wanted_connections = count + 1000
+    if wanted_connections > defaults["max_connections"]:
+        settings["CORTEX_MAX_CONNECTIONS"] = str(wanted_connections)
+        notes.append(
+            f"CORTEX_MAX_CONNECTIONS={wanted_connections} (default {defaults['max_connections']}): one process serves "
+            f"at most that many connections at once, further ones wait in the listen backlog — a process meant to "
+            f"hold {count} streams must allow them (plus room for requests)")
+    notes.append(
+        f"CORTEX_CLIENT_TIMEOUT {defaults['client_timeout']:g} s and CORTEX_SSE_MAX_SECONDS "
+        f"{defaults['sse_max_seconds']:g} s kept (heartbeat every 15 s; the phase must end before the first stream "
+        f"does)")
+    return {"settings": settings, "keys": keys, "notes": notes, "server_fds": count + IDLE_SERVER_FDS,
+            "client_fds": -(-count // clients) + IDLE_CLIENT_FDS}
+
+
+def fd_count(pid: int) -> int:
+    return len(os.listdir(f"/proc/{pid}/fd"))
+
+
+def run_idle(args) -> int:
+    """``--idle N``: the checks, the header, one run per stack, the verdict (0 PASS, 1 FAIL, 2 cannot run)."""
+    import resource
+    import signal
+
+    import gevent
+
+    hub = gevent.get_hub()
+    hub.NOT_ERROR = (*hub.NOT_ERROR, KeyboardInterrupt)
+
+    def on_sigterm(_signum, _frame):
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, on_sigterm)
+    plan = idle_plan(args.idle, args.clients)
+    _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    needed = max(plan["server_fds"], plan["client_fds"])
+    if hard != resource.RLIM_INFINITY and hard < needed:
+        print(
+            f"bench: --idle {args.idle} needs an open-file limit (RLIMIT_NOFILE) of at least {plan['server_fds']} "
+            f"for the server process ({args.idle} streams + {IDLE_SERVER_FDS}) and {plan['client_fds']} for each of "
+            f"the {args.clients} client processes, but the hard limit here is {hard} (`ulimit -Hn`). Raise the hard "
+            f"limit (as root: `ulimit -Hn {needed}` in the shell that starts the bench, `LimitNOFILE={needed}` in a "
+            f"systemd unit, `nofile` in /etc/security/limits.conf, `--ulimit nofile={needed}:{needed}` for "
+            f"Docker), or ask for fewer streams.", file=sys.stderr)
+        return 2
+    try:
+        with open("/proc/sys/net/ipv4/ip_local_port_range") as handle:
+            low, high = (int(value) for value in handle.read().split())
+    except OSError:
+        low, high = 0, 65535
+    if high - low + 1 < args.idle + 1000:
+        print(f"bench: --idle {args.idle} needs {args.idle + 1000} local ports towards 127.0.0.1, but "
+              f"net.ipv4.ip_local_port_range is {low}–{high}; widen it or ask for fewer streams", file=sys.stderr)
+        return 2
+    if args.stacks is None:
+        stacks = ["cortex+redis" if args.redis_url else "cortex"]
+    else:
+        stacks = [name.strip() for name in args.stacks.split(",") if name.strip()]
+    for name in stacks:
+        if name not in ("cortex", "cortex+redis"):
+            print(f"bench: --idle measures the stacks cortex and cortex+redis, not {name!r}", file=sys.stderr)
+            return 2
+        if name == "cortex+redis" and not args.redis_url:
+            print("bench: the stack cortex+redis needs --redis-url", file=sys.stderr)
+            return 2
+    allowed = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []
+    cpus = (allowed[0], allowed[1]) if len(allowed) >= 2 else (None, None)
+    if cpus[1] is not None:
+        os.sched_setaffinity(0, {cpus[1]})
+    raise_fd_limit()
+    pinning = (
+        f"server on CPU {cpus[0]}; parent (GET /api prober, publisher) and {args.clients} client processes on CPU "
+        f"{cpus[1]}" if cpus[0] is not None else "not pinned (fewer than 2 CPUs)"
+    )
+    import platform
+    import tempfile
+    from datetime import datetime
+
+    load = os.getloadavg()
+    print(f"Cortex SSE benchmark, idle streams  {datetime.now().astimezone():%Y-%m-%d %H:%M:%S %z}")
+    print(f"python    {platform.python_implementation()} {platform.python_version()}, {os.cpu_count()} CPUs; {pinning}")
+    print(f"database  {args.database_url or 'sqlite (temporary file)'}; redis {args.redis_url or 'none'}")
+    print(f"load      {args.idle} idle streams in {args.clients} client processes; GET /api at {args.api_rate:g}/s over "
+          f"{args.api_connections} keep-alive connections for {args.duration:g} s; {args.idle_events} events published "
+          f"meanwhile")
+    print(f"limits    open files: hard {hard if hard != resource.RLIM_INFINITY else 'unlimited'}, every process raises "
+          f"its soft limit to min(hard, 65536); local ports {low}–{high}")
+    print(f"machine   load average {load[0]:.2f} {load[1]:.2f} {load[2]:.2f} (1/5/15 min) at the start")
+    print("settings  " + "\n          ".join(plan["notes"]), flush=True)
+    results = []
+    workdir = tempfile.mkdtemp(prefix="cortex-bench-sse-")
+    try:
+        for stack in stacks:
+            results.append(idle_stack(args, stack, workdir, cpus, plan))
+    except KeyboardInterrupt:
+        print("bench: interrupted; processes stopped", file=sys.stderr)
+        return 130
+    finally:
+        import shutil
+
+        shutil.rmtree(workdir, ignore_errors=True)
+    print()
+    print(idle_table(results))
+    failed = False
+    for result in results:
+        print(f"\n[{result['stack']}] {'PASS' if not result['failures'] else 'FAIL'}: {result['ready']}/"
+              f"{result['streams']} idle streams, GET /api p99 {result['api']['p99_ms']} ms (target < "
+              f"{TARGET_API_P99 * 1000:g} ms)" + "".join(f"\n  - {failure}" for failure in result["failures"]))
+        failed = failed or bool(result["failures"])
+    if args.json:
+        print(json.dumps(results, indent=2))
+    return 1 if failed else 0
+
+
+def idle_stack(args, stack: str, workdir: str, cpus, plan: dict) -> dict:
+    """One server, N idle streams, the measured phase; the figures of one run."""
+    import time
+
+    import gevent
+    from _loadgen import HttpConnection, build_request, percentile
+
+    print(f"\n[{stack}]", flush=True)
+    data_dir = os.path.join(workdir, "idle-" + stack.replace("+", "-"))
+    argv = ["--serve", "--data-dir", data_dir]
+    for name, value in plan["settings"].items():
+        argv += ["--setting", f"{name}={value}"]
+    if not plan["settings"]:
+        argv += ["--setting", "CORTEX_LOG_LEVEL=WARNING"]  # --setting given: no bench overrides
+    if cpus[0] is not None:
+        argv += ["--cpu", str(cpus[0])]
+    if args.database_url:
+        argv += ["--database-url", args.database_url]
+    if stack != "cortex":
+        argv += ["--redis-url", args.redis_url]
+    log_path = os.path.join(workdir, f"idle-{stack}.log")
+    server = Proc(argv, log_path=log_path)
+    clients: list[Proc] = []
+    try:
+        info = server.line(90)
+        port, token, project, pid = info["port"], info["token"], info["project"], info["pid"]
+        settings = info["settings"]
+        if info["fd_limit"] < plan["server_fds"]:
+            raise RuntimeError(f"the server's open-file limit is {info['fd_limit']}, {plan['server_fds']} needed")
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                connection = HttpConnection(port, 2.0)
+                status, _, _ = connection.request(build_request("/api"))
+                connection.close()
+                if status == 200:
+                    break
+            except OSError:
+                pass
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"server not answering; see {log_path}")
+            gevent.sleep(0.1)
+
+        # The API keys the streams authenticate with, created like any client would.
+        publisher = HttpConnection(port, 30.0)
+        keys = []
+        for number in range(plan["keys"]):
+            body = {"name": f"bench idle {number:03d}", "scopes": ["events:read"]}
+            status, answer, _ = publisher.request(
+                build_request("/api/api-keys", token, method="POST", body=body))
+            if status != 201:
+                raise RuntimeError(f"POST /api/api-keys answered {status}: {answer[:200]!r}")
+            keys.append(json.loads(answer)["key"])
+        keys_file = os.path.join(workdir, f"idle-{stack}-keys.json")
+        with open(keys_file, "w") as handle:
+            json.dump(keys, handle)
+        per_key = -(-args.idle // len(keys))
+        print(f"  {len(keys)} API keys created, ≤ {per_key} streams each (cap per principal "
+              f"{settings['sse_max_streams_per_principal']}); server: CORTEX_MAX_CONNECTIONS "
+              f"{settings['max_connections']}, client timeout {settings['client_timeout']:g} s, stream life "
+              f"{settings['sse_max_seconds']:g} s, heartbeat {info['heartbeat_seconds']:g} s, open-file limit "
+              f"{info['fd_limit']}", flush=True)
+        counter = iter(range(1, 10**6))
+
+        def publish(prefix: str, number: int | None = None) -> tuple[float, float]:
+            number = next(counter) if number is None else number
+            started = time.clock_gettime(time.CLOCK_MONOTONIC)
+            status, body, _ = publisher.request(post_participant(port, token, project, f"{prefix}{number:06d}"))
+            if status != 201:
+                raise RuntimeError(f"POST participant answered {status}: {body[:200]!r}")
+            return started, time.clock_gettime(time.CLOCK_MONOTONIC)
+
+        publish("bench-x")  # warm the write path
+        idle_api = probe_api(port, args.api_rate, args.api_connections, 3.0)
+        rss_before, fds_before, cpu_before = vm_rss_kib(pid), fd_count(pid), cpu_seconds(pid)
+
+        shares = [args.idle // args.clients + (i < args.idle % args.clients) for i in range(args.clients)]
+        opened = time.monotonic()
+        offset = 0
+        for number, share in enumerate(shares):
+            client_argv = ["--client", "--port", str(port), "--path", "/api/events/stream", "--count", str(share),
+                           "--keys-file", keys_file, "--offset", str(offset)]
+            if cpus[1] is not None:
+                client_argv += ["--cpu", str(cpus[1])]
+            clients.append(Proc(client_argv, log_path=os.path.join(workdir, f"idle-{stack}-client{number}.log"),
+                                stdin=True))
+            offset += share
+        # every stream must be open before its life (CORTEX_SSE_MAX_SECONDS) could end within the phase
+        budget = settings["sse_max_seconds"] - args.duration - IDLE_GRACE - 20
+        ready, failed, state = 0, 0, {}
+        while True:
+            gevent.sleep(1.0)
+            ready, state = 0, {}
+            for proc in clients:
+                proc.send("status")
+                report = proc.line(30)
+                ready += report["ready"]
+                for key, value in report["state"].items():
+                    state[key] = state.get(key, 0) + value
+            failed = sum(value for key, value in state.items() if key not in ("ready", "duplicate deliveries"))
+            if ready >= args.idle or ready + failed >= args.idle:
+                break
+            if time.monotonic() - opened > budget:
+                break
+        connect_seconds = time.monotonic() - opened
+        cpu_connect = cpu_seconds(pid) - cpu_before
+        if ready < args.idle:
+            print(f"  only {ready}/{args.idle} streams open after {connect_seconds:.1f} s; client states {state}",
+                  flush=True)
+        gevent.sleep(2)
+        rss_after, fds_after = vm_rss_kib(pid), fd_count(pid)
+        print(
+            f"  {ready}/{args.idle} streams open and receiving after {connect_seconds:.1f} s (server CPU "
+            f"{cpu_connect:.1f} s, {cpu_connect / max(ready, 1) * 1e3:.2f} ms per stream); server RSS "
+            f"{rss_before / 1024:.1f} → {rss_after / 1024:.1f} MiB "
+            f"({(rss_after - rss_before) / max(ready, 1):.1f} KiB per stream); open fds {fds_before} → {fds_after}",
+            flush=True,
+        )
+
+        # The measured phase: GET /api throughout, a few events, at least one heartbeat period.
+        for proc in clients:
+            proc.send("mark")
+            proc.line(30)
+        samples: list[tuple[float, float | None]] = []
+        published: dict[int, tuple[float, float]] = {}
+
+        def publisher_loop(start: float) -> None:
+            for number in range(1, args.idle_events + 1):
+                at = start + args.duration * (number - 0.5) / args.idle_events
+                gevent.sleep(max(0.0, at - time.monotonic()))
+                published[number] = publish("bench-m", number)
+
+        import gc
+
+        gc.disable()  # the parent's GC pauses must not show up as the server's latency (re-enabled below)
+        load_start = os.getloadavg()
+        cpu0, wall0, core0 = cpu_seconds(pid), time.monotonic(), cpu_busy(cpus[0])
+        start = time.monotonic()
+        prober = gevent.spawn(probe_api, port, args.api_rate, args.api_connections, args.duration, samples)
+        publishing = gevent.spawn(publisher_loop, start)
+        publishing.join(timeout=args.duration + 60)
+        if not publishing.successful():
+            raise RuntimeError(f"publishing failed: {publishing.exception}")
+        api = prober.get(timeout=args.duration + 30)
+        wall = time.monotonic() - wall0
+        server_cpu = (cpu_seconds(pid) - cpu0) / wall
+        core1 = cpu_busy(cpus[0])
+        core_busy = (core1[0] - core0[0]) / max(1, core1[1] - core0[1])
+        others = (max(0.0, core_busy - server_cpu) if cpus[0] is not None
+                  else max(0.0, core_busy * (os.cpu_count() or 1) - server_cpu))
+        load_end = os.getloadavg()
+        gc.enable()
+        gevent.sleep(IDLE_GRACE)
+        rss_end, fds_end = vm_rss_kib(pid), fd_count(pid)
+
+        per_event: dict[int, int] = {number: 0 for number in published}
+        latencies: list[float] = []
+        beats = beating = 0
+        slots: dict[int, int] = {}
+        state = {}
+        ready_end = 0
+        for proc in clients:
+            proc.send("stop")
+            report = proc.line(120)
+            ready_end += report["ready"]
+            beats += report["beats"]
+            beating += report["beating"]
+            for key, value in report["state"].items():
+                state[key] = state.get(key, 0) + value
+            for slot, value in report["beat_slots"].items():
+                slots[int(slot)] = slots.get(int(slot), 0) + value
+            for number, arrivals in report["times"].items():
+                number = int(number)
+                if number in published:
+                    per_event[number] += len(arrivals)
+                    latencies += [arrival - published[number][0] for arrival in arrivals]
+        duplicates = state.get("duplicate deliveries", 0)
+        closed = {key: value for key, value in state.items() if key not in ("ready", "duplicate deliveries")}
+        deliveries = sum(per_event.values())
+        expected = len(published) * ready
+
+        # GET /api around the events: slow requests near a publish, and the p99 away from them
+        publish_times = [sent for sent, _ in published.values()]
+
+        def near_event(at: float) -> bool:
+            return any(0 <= at - sent < EVENT_WINDOW for sent in publish_times)
+
+        ok = [(at, latency) for at, latency in samples if latency is not None]
+        away = [latency for at, latency in ok if not near_event(at)]
+        slow = [(at, latency) for at, latency in ok if latency >= TARGET_API_P99]
+        per_second: dict[int, int] = {}
+        for slot, value in slots.items():
+            per_second[slot // 10] = per_second.get(slot // 10, 0) + value
+        result = {
+            "stack": stack,
+            "streams": args.idle,
+            "ready": ready,
+            "open_at_end": ready_end - sum(closed.get(key, 0) for key in ("closed by server",)),
+            "connect_seconds": round(connect_seconds, 1),
+            "connect_server_cpu_ms_per_stream": round(cpu_connect / max(ready, 1) * 1000, 2),
+            "api_keys": len(keys),
+            "server_settings": settings,
+            "bench_settings": plan["settings"],
+            "fd_limit_server": info["fd_limit"],
+            "rss_before_mib": round(rss_before / 1024, 1),
+            "rss_after_mib": round(rss_after / 1024, 1),
+            "rss_end_mib": round(rss_end / 1024, 1),
+            "rss_per_stream_kib": round((rss_after - rss_before) / max(ready, 1), 1),
+            "fds_before": fds_before,
+            "fds_after": fds_after,
+            "fds_end": fds_end,
+            "api_idle_before_streams": idle_api,
+            "api": api,
+            "api_p99_away_from_events_ms": ms(percentile(away, 99)),
+            "api_slow_requests": len(slow),
+            "api_slow_near_events": sum(1 for at, _ in slow if near_event(at)),
+            # when (seconds into the phase) the slow ones were sent, and how long they took (ms): the first 50
+            "api_slow_at": [[round(at - start, 2), ms(latency)] for at, latency in slow[:50]],
+            "events_at": [round(sent - start, 2) for sent in sorted(publish_times)],
+            "events": len(published),
+            "deliveries": deliveries,
+            "expected_deliveries": expected,
+            "deliveries_per_event": [per_event[number] for number in sorted(per_event)],
+            "duplicate_deliveries": duplicates,
+            "delivery_p50_ms": ms(percentile(latencies, 50)),
+            "delivery_p99_ms": ms(percentile(latencies, 99)),
+            "delivery_max_ms": ms(max(latencies) if latencies else None),
+            "post_ms": [ms(done - sent) for sent, done in (published[number] for number in sorted(published))],
+            "heartbeat_seconds": info["heartbeat_seconds"],
+            "heartbeats_in_phase": sum(slots.values()),
+            "streams_with_heartbeat_in_phase": beating,
+            "heartbeats_peak_per_100ms": max(slots.values()) if slots else 0,
+            "heartbeats_peak_per_second": max(per_second.values()) if per_second else 0,
+            # heartbeats that arrived per second of the phase (from its start)
+            "heartbeats_per_second": [per_second.get(second, 0) for second in
+                                      range(int(start), int(start + wall + IDLE_GRACE) + 1)],
+            "phase_seconds": round(wall, 1),
+            "server_cpu_percent": round(server_cpu * 100, 1),
+            "others_on_server_cpu_percent": round(others * 100),
+            "load_average_start": [round(value, 2) for value in load_start],
+            "load_average_end": [round(value, 2) for value in load_end],
+            "client_state": state,
+        }
+        failures = []
+        if ready < args.idle:
+            failures.append(f"only {ready} of {args.idle} streams opened ({closed or 'no errors'})")
+        if (api["p99_ms"] or 1e9) >= TARGET_API_P99 * 1000:
+            failures.append(f"GET /api p99 {api['p99_ms']} ms ≥ {TARGET_API_P99 * 1000:g} ms "
+                            f"({len(slow)} requests ≥ 100 ms, {result['api_slow_near_events']} of them within "
+                            f"{EVENT_WINDOW:g} s after a publish; p99 away from events {result['api_p99_away_from_events_ms']} ms)")
+        if api["errors"]:
+            failures.append(f"GET /api: {api['errors']} errors")
+        if deliveries != expected or duplicates:
+            failures.append(f"deliveries {deliveries}/{expected}, {duplicates} duplicates")
+        if closed:
+            failures.append(f"streams failed or closed: {closed}")
+        result["failures"] = failures
+        print(
+            f"  GET /api before the streams: p50 {idle_api['p50_ms']} / p99 {idle_api['p99_ms']} ms\n"
+            f"  GET /api with {ready} idle streams, {wall:.1f} s: p50 {api['p50_ms']} ms, p99 {api['p99_ms']} ms, max "
+            f"{api['max_ms']} ms ({api['requests']} requests, {api['errors']} errors; {len(slow)} ≥ 100 ms, "
+            f"{result['api_slow_near_events']} of them within {EVENT_WINDOW:g} s after a publish; p99 away from the "
+            f"events {result['api_p99_away_from_events_ms']} ms)\n"
+            f"  events: {deliveries}/{expected} deliveries ({result['deliveries_per_event']} per event), "
+            f"{duplicates} duplicates; publish→receive p50 {result['delivery_p50_ms']} / p99 "
+            f"{result['delivery_p99_ms']} / max {result['delivery_max_ms']} ms (POST {result['post_ms']} ms)\n"
+            f"  heartbeats in the phase: {result['heartbeats_in_phase']} on {beating}/{ready} streams; peak "
+            f"{result['heartbeats_peak_per_100ms']} per 100 ms, {result['heartbeats_peak_per_second']} per second\n"
+            f"  server CPU {result['server_cpu_percent']}% during the phase (others took "
+            f"{result['others_on_server_cpu_percent']}% of its CPU); RSS at the end {rss_end / 1024:.1f} MiB, open fds "
+            f"{fds_end}; load average {load_start[0]:.2f} → {load_end[0]:.2f}\n"
+            f"  client states {state}",
+            flush=True,
+        )
+        return result
+    except Exception:
+        if server.log:
+            server.log.flush()
+        if os.path.exists(log_path):
+            with open(log_path, "rb") as handle:
+                print(f"--- {stack} server log (tail) ---\n{handle.read()[-4000:].decode(errors='replace')}",
+                      file=sys.stderr)
+        raise
+    finally:
+        for proc in clients:
+            proc.stop()
+        server.stop()
+
+
+def idle_table(results: list[dict]) -> str:
+    rows = [
+        "| stack | streams open | connect | RSS per stream | server fds | GET /api p50 / p99 / max | deliveries "
+        "| heartbeats (streams) | server CPU | load average |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for r in results:
+        ok = "✓" if (r["api"]["p99_ms"] or 1e9) < TARGET_API_P99 * 1000 else "✗"
+        rows.append(
+            f"| {r['stack']} | {r['ready']}/{r['streams']} | {r['connect_seconds']} s | {r['rss_per_stream_kib']} KiB "
+            f"| {r['fds_before']} → {r['fds_after']} | {r['api']['p50_ms']} / {r['api']['p99_ms']} / "
+            f"{r['api']['max_ms']} ms {ok} | {r['deliveries']}/{r['expected_deliveries']} "
+            f"| {r['streams_with_heartbeat_in_phase']}/{r['ready']} | {r['server_cpu_percent']}% "
+            f"| {r['load_average_start'][0]} → {r['load_average_end'][0]} |"
+        )
+    return "\n".join(rows)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         description="SSE benchmark of one Cortex server process (latency, memory, API responsiveness).",
@@ -690,8 +1212,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--rate", type=float, default=5.0, help="events per second")
     parser.add_argument("--api-rate", type=float, default=100.0, help="GET /api requests per second meanwhile")
     parser.add_argument("--api-connections", type=int, default=4)
-    parser.add_argument("--stacks", default="cortex,cortex+redis,flask-sse",
-                        help="which to measure (the Redis ones need --redis-url)")
+    parser.add_argument("--stacks", help="which to measure (the Redis ones need --redis-url); default "
+                        "cortex,cortex+redis,flask-sse, with --idle cortex (cortex+redis with --redis-url)")
+    parser.add_argument("--idle", type=int, metavar="N",
+                        help="hold N idle streams and measure GET /api meanwhile (see the module documentation)")
+    parser.add_argument("--duration", type=float, default=30.0, help="--idle: seconds GET /api is measured")
+    parser.add_argument("--idle-events", type=int, default=3, help="--idle: events published in that time")
     parser.add_argument("--database-url", help="default: SQLite in a temporary directory")
     parser.add_argument("--redis-url", help="e.g. redis://127.0.0.1:6379/0")
     parser.add_argument("--json", action="store_true", help="also print the figures as JSON")
@@ -705,6 +1231,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--path", help=argparse.SUPPRESS)
     parser.add_argument("--count", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--token", help=argparse.SUPPRESS)
+    parser.add_argument("--keys-file", help=argparse.SUPPRESS)
+    parser.add_argument("--offset", type=int, default=0, help=argparse.SUPPRESS)
+    parser.add_argument("--setting", action="append", help=argparse.SUPPRESS)
     return parser
 
 
@@ -714,6 +1243,14 @@ def main(argv=None) -> int:
         return serve(args)
     if args.client:
         return client(args)
+    if args.idle is not None:
+        if args.idle < 1 or args.clients < 1 or args.duration <= 0 or args.idle_events < 1 or args.api_rate <= 0 \
+                or args.api_connections < 1:
+            print("bench: --idle, --clients, --idle-events, --api-connections must be >= 1, --duration and "
+                  "--api-rate > 0", file=sys.stderr)
+            return 2
+        sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+        return run_idle(args)
     if args.subscribers < 1 or args.clients < 1 or args.events < 1 or args.rate <= 0 or args.api_rate <= 0:
         print("bench: --subscribers, --clients, --events must be >= 1, --rate and --api-rate > 0", file=sys.stderr)
         return 2

@@ -46,8 +46,11 @@ def _make_psycopg2_green() -> None:
 
 
 def make_server(app, host: str, port: int, backlog: int = 2048, client_timeout: float | None = None,
-                max_connections: int | None = None):
+                max_connections: int | None = None, listen_fd: int | None = None):
     """A gevent WSGIServer bound to host:port with TCP_NODELAY on every accepted connection.
+
+    ``listen_fd``: serve on this already listening socket instead (``cortex serve --workers``: the socket the
+    supervisor bound and handed to every worker process).
 
     ``client_timeout``: a connection whose client neither sends nor accepts data for this many seconds is
     closed (an idle keep-alive connection, or a stream reader that stopped reading and would otherwise block
@@ -71,6 +74,8 @@ def make_server(app, host: str, port: int, backlog: int = 2048, client_timeout: 
             super().__init__(sock, address, server, rfile)
 
     listener = (host, port)
+    if listen_fd is not None:  # after patch(): a gevent socket over the inherited descriptor
+        listener, backlog = socket.socket(fileno=listen_fd), None  # listening already, with its backlog
     spawn = Pool(max_connections) if max_connections else "default"
     server = WSGIServer(listener, app, handler_class=NoDelayHandler, backlog=backlog, log=None, error_log=log,
                         spawn=spawn)
@@ -88,15 +93,43 @@ def log_greenlet_errors() -> None:
     gevent.get_hub().print_exception = print_exception
 
 
-def serve(app, host: str, port: int) -> None:
-    """Serve until interrupted."""
+def stop_with_parent(interval: float = 1.0) -> None:
+    """A worker of ``cortex serve --workers``: end this process (SIGTERM to itself, a clean stop) once the
+    supervisor that started it is gone, e.g. after a SIGKILL — no orphan keeps serving the shared port."""
+    import os
+    import signal
+
+    import gevent
+
+    parent = os.getppid()
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            gevent.sleep(interval)
+        log.error("the supervisor (pid %d) is gone; stopping", parent)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    gevent.spawn(watch)
+
+
+def serve(app, host: str, port: int, listen_fd: int | None = None) -> None:
+    """Serve until SIGTERM or SIGINT, then stop accepting and give open requests up to 5 s to finish."""
+    import signal
+
+    import gevent
+    from gevent.event import Event
+
     settings = app.extensions["cortex"].settings
     server = make_server(app, host, port, client_timeout=settings.client_timeout,
-                         max_connections=settings.max_connections)
-    log.info("Cortex listening on http://%s:%s (API docs: /api/docs/)", host, server.server_port)
+                         max_connections=settings.max_connections, listen_fd=listen_fd)
     log_greenlet_errors()
+    stopping = Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        gevent.signal_handler(signum, stopping.set)
     try:
-        server.serve_forever()
+        server.start()
+        log.info("Cortex listening on http://%s:%s (API docs: /api/docs/)", host, server.server_port)
+        stopping.wait()
     except KeyboardInterrupt:
         pass
     finally:
