@@ -52,7 +52,7 @@ def serve_with_engines(app, host: str, port: int, listen_fd: int | None = None) 
     engines = start_engines(SERVE, app.extensions["cortex"].settings)
     app.extensions["cortex"].fanout = engines.fanout
     try:
-        serve(app, host, port, listen_fd=listen_fd)
+        serve(app, host, port, listen_fd=listen_fd, draining=engines.fanout and engines.fanout.close_subscriptions)
     finally:
         engines.stop()
 

@@ -106,7 +106,7 @@ def test_two_workers_share_the_port_the_data_the_events_and_the_metrics(servers,
         stream.close()
 
 
-def test_a_killed_worker_is_replaced_and_sigterm_stops_everything(servers):
+def test_a_killed_worker_is_replaced_and_sigterm_stops_everything(servers, owner):
     [server] = servers(1, None, args=("--workers", "2"))
     first = until(lambda: len(worker_pids(server)) == 2 and worker_pids(server), "two workers")
     victim = min(first)
@@ -119,7 +119,13 @@ def test_a_killed_worker_is_replaced_and_sigterm_stops_everything(servers):
     assert "exited with status -9; starting another in 1 s" in server.log_text()
     assert len({i[:16] for i in request_ids(server, 16)}) >= 1
 
+    stream = Stream(server, "/api/events/stream", owner.headers)
     server.process.send_signal(signal.SIGTERM)
+    rest = b""
+    while chunk := stream.response.read1(65536):  # the stream is ended, not left for the 5 s grace
+        rest += chunk
+    stream.close()
+    assert rest.endswith(b": closed (stopped)\n\n"), rest
     assert server.process.wait(timeout=WAIT) == 0
     for pid in replaced:
         until(lambda pid=pid: not os.path.exists(f"/proc/{pid}") or _zombie(pid), f"worker {pid} gone")

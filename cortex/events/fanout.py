@@ -288,9 +288,15 @@ class LiveFanout:
         self._worker.stop(timeout)
         with self._lock:
             client, self._redis = self._redis, None
-            subscribers, self._subscribers = list(self._subscribers), set()
         if client is not None:
             client.close()
+        self.close_subscriptions()
+
+    def close_subscriptions(self) -> None:
+        """Close every open subscription (reason "stopped"): their event streams end with ``: closed (stopped)``
+        and their clients reconnect (with ``Last-Event-ID``), e.g. to another process while this one stops."""
+        with self._lock:
+            subscribers, self._subscribers = list(self._subscribers), set()
         for subscription in subscribers:
             subscription._close("stopped")
 

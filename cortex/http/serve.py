@@ -112,8 +112,9 @@ def stop_with_parent(interval: float = 1.0) -> None:
     gevent.spawn(watch)
 
 
-def serve(app, host: str, port: int, listen_fd: int | None = None) -> None:
-    """Serve until SIGTERM or SIGINT, then stop accepting and give open requests up to 5 s to finish."""
+def serve(app, host: str, port: int, listen_fd: int | None = None, draining=None) -> None:
+    """Serve until SIGTERM or SIGINT, then stop accepting, call ``draining()`` (``cortex serve``: end the open
+    event streams, whose clients reconnect elsewhere) and give the other open requests up to 5 s to finish."""
     import signal
 
     import gevent
@@ -133,6 +134,9 @@ def serve(app, host: str, port: int, listen_fd: int | None = None) -> None:
     except KeyboardInterrupt:
         pass
     finally:
+        server.stop_accepting()
+        if draining is not None:
+            draining()
         server.stop(timeout=5)
         from cortex.http.observability import process_exiting
 
