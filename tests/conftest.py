@@ -43,6 +43,63 @@ PASSWORD = "correct horse battery"
 _openapi = None
 
 
+def pytest_configure(config) -> None:
+    """Under pytest-xdist (``-n 2``, as CI and the README run the suite) each worker process gets a database and a
+    Redis database of its own: PostgreSQL ``<DATABASE_URL's database>_<worker>`` (dropped and created afresh, so
+    migrations run from zero every run) and Redis database ``(n + worker number) % 16`` — every test empties its
+    database first, which must not touch another worker's. SQLite tests have their own files anyway."""
+    worker = os.environ.get("PYTEST_XDIST_WORKER")
+    if not worker:
+        return
+    number = int(worker.removeprefix("gw"))
+    url = os.environ.get("DATABASE_URL", "")
+    if url.startswith("postgres"):
+        os.environ["DATABASE_URL"] = fresh_postgres_database(url, worker)
+    redis_url = os.environ.get("REDIS_URL")
+    if redis_url:
+        from urllib.parse import urlsplit, urlunsplit
+
+        parts = urlsplit(redis_url)
+        base = int(parts.path.strip("/") or 0)
+        os.environ["REDIS_URL"] = urlunsplit(parts._replace(path=f"/{(base + number) % 16}"))
+
+
+def fresh_postgres_database(url: str, suffix: str) -> str:
+    """``url`` with its database renamed ``<name>_<suffix>``, which is dropped and created empty."""
+    from urllib.parse import urlsplit, urlunsplit
+
+    import psycopg2
+    from psycopg2 import sql
+
+    parts = urlsplit(url)
+    name = f"{parts.path.strip('/') or 'postgres'}_{suffix}"
+    admin = psycopg2.connect(urlunsplit(parts._replace(path="/postgres")))
+    try:
+        admin.autocommit = True
+        with admin.cursor() as cursor:
+            cursor.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+            cursor.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+    finally:
+        admin.close()
+    return urlunsplit(parts._replace(path=f"/{name}"))
+
+
+def pubsub_message(pubsub, wanted, timeout: float = 5.0) -> dict:
+    """The first message on ``pubsub`` whose decoded JSON body satisfies ``wanted(body)`` (other processes — another
+    test worker, a server — may publish on the same channel: Redis pub/sub ignores database numbers)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        message = pubsub.get_message(timeout=max(0.01, deadline - time.monotonic()))
+        if message and message["type"] == "message":
+            try:
+                body = json.loads(message["data"])
+            except ValueError:
+                continue
+            if wanted(body):
+                return {**message, "body": body}
+    raise AssertionError(f"no matching message within {timeout} s")
+
+
 def openapi() -> OpenAPI:
     """The served document as an openapi-core validator (built once)."""
     global _openapi

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import re
 
 import pytest
@@ -13,6 +12,7 @@ from cortex.lib import crypto, odin
 from cortex.settings import Settings
 from models.sessions import BotCommandError, create_session
 from models.settings import AppSettings
+from tests.conftest import pubsub_message
 
 REDIS_TEST_URL = "redis://127.0.0.1:6379/15"
 
@@ -45,12 +45,12 @@ def test_redis_driver_publishes_the_command(listener, session, command):
     try:
         pubsub.get_message(timeout=1)
         getattr(driver, command)(session)
-        message = pubsub.get_message(timeout=5)
+        message = pubsub_message(pubsub, lambda body: body.get("sessionId") == session.id)
     finally:
         driver.client.close()
         pubsub.close()
     assert message["channel"] == b"cortex:bot:commands"
-    sent = json.loads(message["data"])
+    sent = message["body"]
     assert sent == {
         "command": command,
         "sessionId": session.id,

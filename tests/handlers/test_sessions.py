@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from dataclasses import replace
 
 import pytest
@@ -14,6 +13,7 @@ from cortex.lib import crypto, odin
 from models.events import DomainEvent
 from models.sessions import Session
 from models.settings import AppSettings
+from tests.conftest import pubsub_message
 
 REDIS_TEST_URL = "redis://127.0.0.1:6379/15"
 
@@ -248,11 +248,10 @@ def test_start_publishes_on_redis(client, app, configured, monkeypatch):
         pubsub.get_message(timeout=1)  # the subscription confirmation
         body = create(client, configured).get_json()
         assert body["status"] == "starting"  # the worker reports back later through ingest
-        message = pubsub.get_message(timeout=5)
-        command = json.loads(message["data"])
-        assert command["command"] == "start" and command["sessionId"] == body["id"]
+        ours = lambda command: command.get("sessionId") == body["id"]  # noqa: E731
+        assert pubsub_message(pubsub, ours)["body"]["command"] == "start"
         assert client.post(url(configured.project, f"/{body['id']}/stop"), headers=configured.headers).status_code == 201
-        assert json.loads(pubsub.get_message(timeout=5)["data"])["command"] == "stop"
+        assert pubsub_message(pubsub, ours)["body"]["command"] == "stop"
         assert Session.get_by_id(body["id"]).status == "stopping"
     finally:
         pubsub.close()
