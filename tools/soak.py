@@ -52,7 +52,9 @@ Prints a summary (requests per operation with status counts and p50/p99, events,
 the burst) and each violated invariant; ``--json`` prints the figures as JSON too. Exit status 0 when every
 invariant holds, 1 when one does not (the servers' and worker's log tails are printed then), 2 without a
 PostgreSQL ``--database-url`` and a ``--redis-url`` (or ``DATABASE_URL``/``REDIS_URL``), 130 when interrupted.
-The seeded tenant is deleted from the database after a passing run (kept after a failure, and with ``--keep``).
+The seeded tenant is deleted from the database after a passing or interrupted run (kept after a failure, to be
+looked at, and with ``--keep``). The processes get an access-token lifetime longer than the run (its one token
+drives every request and stream).
 
 Usage:
     tools/soak.py --database-url postgresql://postgres@127.0.0.1:5432/cortex_soak \\
@@ -96,6 +98,9 @@ BURST_ATTEMPTS = 3  # bursts at most, until one put more than the limit into one
 NEVER_DELIVERED = "webhook.delivery.updated"  # streamed, never sent to webhooks
 START_TIMEOUT = 90.0  # seconds for a process to come up, a CLI command to finish
 REQUEST_TIMEOUT = 30.0
+#: A keep-alive connection idle this long is not reused: the server closes idle ones after CORTEX_CLIENT_TIMEOUT
+#: (60 s), and a request sent just as it does is reset without an answer (the race every HTTP/1.1 client has).
+IDLE_REUSE = 20.0
 SSE_READ_TIMEOUT = 60.0  # a stream sends a heartbeat every 15 s
 USERS_PER_SESSION = 12  # external users the ingest load speaks as, per session
 HOOKS = {"all": ["*"], "lifecycle": ["session.*", "gathering.*", "participant.*"]}
@@ -481,9 +486,10 @@ class HeadConnection(_loadgen.HttpConnection):
 
 @dataclass
 class Answer:
+    """A response: status and body."""
+
     status: int
     body: bytes
-    retry_after: str | None = None
 
     def json(self):
         return json.loads(self.body)
@@ -499,6 +505,7 @@ class Api:
         self.stats = stats
         self.rng = rng or random.Random()
         self.connections: dict[int, HeadConnection] = {}
+        self.used: dict[int, float] = {}  # port → when its connection last had an answer
 
     def port(self) -> int:
         """One of the serving processes, at random."""
@@ -507,6 +514,8 @@ class Api:
     def raw(self, op: str, raw: bytes, port: int | None = None) -> Answer | None:
         """Send pre-built request bytes; the answer, or None when none came (counted as a failure)."""
         port = port or self.port()
+        if time.monotonic() - self.used.get(port, math.inf) > IDLE_REUSE:
+            self._drop(port)
         began = time.perf_counter()
         try:
             connection = self.connections.get(port)
@@ -518,10 +527,10 @@ class Api:
             self._drop(port)
             return None
         self.stats.answered(op, status, time.perf_counter() - began)
-        answer = Answer(status, body, connection.header("Retry-After") if status == 429 else None)
+        self.used[port] = time.monotonic()
         if not keep:
             self._drop(port)
-        return answer
+        return Answer(status, body)
 
     def call(self, op: str, method: str, path: str, body=None, port: int | None = None) -> Answer | None:
         """One JSON request (bearer token)."""
@@ -705,7 +714,7 @@ class Receiver:
         return f"http://{HOST}:{self.servers[name].server_port}/hook/{name}"
 
     def _hook(self, name: str, environ, start_response):
-        import orjson
+        import orjson  # (imported once; afterwards a dictionary look-up)
 
         from cortex.lib.webhook_signing import verify
 
@@ -746,6 +755,8 @@ def cortex_env(args, workdir: str, secret_key: str) -> dict:
         CORTEX_FUNCTIONS_RUNTIME="false",  # no Node.js runtimes
         CORTEX_OUTBOUND_ALLOW_PRIVATE="true",  # the webhook receiver is on loopback: these processes only
         CORTEX_SSE_MAX_SECONDS=str(args.sse_max_seconds),
+        # the streams reconnect with the one token of the run: it must outlive the run (default 1 h)
+        CORTEX_ACCESS_TOKEN_TTL=str(max(3600, math.ceil(args.duration + args.drain_timeout) + 900)),
         CORTEX_BOT_DRIVER="local",
         CORTEX_LOG_LEVEL="WARNING",
     )
@@ -812,7 +823,7 @@ class Deployment:
     def pids(self) -> dict[str, int]:
         return {name: child.pid for name, child in self.children.items()}
 
-    def alive(self) -> list[str]:
+    def exited(self) -> list[str]:
         """The processes that exited early (names)."""
         return [name for name, child in self.children.items() if child.proc.poll() is not None]
 
@@ -831,11 +842,18 @@ class Deployment:
             counts[name] = len(re.findall(rb" (?:ERROR|CRITICAL) |Traceback \(most recent call last\)", text))
         return counts
 
-    def stop(self) -> None:
-        """SIGTERM to every process at once (a server gives open requests up to 5 s), then wait for each."""
+    def stop(self, timeout: float = 20.0) -> None:
+        """SIGTERM to every process at once, then wait for them without blocking this process's event loop (the
+        worker finishes its delivery attempts in flight first, and the receiver answering them runs here), at
+        most ``timeout`` s; ``Child.stop`` kills what is left."""
+        import gevent
+
         for child in self.children.values():
             if child.proc.poll() is None:
                 child.proc.terminate()
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline and any(child.proc.poll() is None for child in self.children.values()):
+            gevent.sleep(0.05)
         for child in reversed(list(self.children.values())):
             child.stop()
         self.children.clear()
@@ -864,7 +882,8 @@ class Soak:
         self.burst: list[BurstRequest] = []
         self.hooks: list[HookRecord] = []
         self.counts = Counter()  # sessions created/stopped, ingests by type, rushes
-        self.stopping = False
+        self.actors: list = []  # the load's greenlets
+        self.stream_greenlets: list = []
         self.figures: dict = {}
         self.seeded: dict = {}
 
@@ -882,12 +901,12 @@ class Soak:
         email, password = f"soak-{self.suffix}@soak.invalid", secrets.token_urlsafe(18)
         self.deployment = Deployment(env, self.workdir)
         self.deployment.start()  # starts while the CLI seeds
-        user = cli(env, "admin", "create-user", "--email", email, "--password", password, "--name", "Soak")
-        jobs = [gevent.get_hub().threadpool.spawn(cli, env, "admin", "create-project", "--owner", email, "--name",
-                                                  f"Soak {kind} {self.suffix}") for kind in ("main", "burst")]
+        # --option=value: a random password may start with "-", which argparse would take for an option
+        user = cli(env, "admin", "create-user", f"--email={email}", f"--password={password}", "--name=Soak")
+        self.seeded = {"email": email, "userId": user["userId"], "tenantId": user["tenantId"]}  # removed later
+        jobs = [gevent.get_hub().threadpool.spawn(cli, env, "admin", "create-project", f"--owner={email}",
+                                                  f"--name=Soak {kind} {self.suffix}") for kind in ("main", "burst")]
         main, burst = [job.get(timeout=START_TIMEOUT) for job in jobs]
-        self.seeded = {"email": email, "userId": user["userId"], "tenantId": user["tenantId"],
-                       "main": main["id"], "burst": burst["id"]}
         self.deployment.wait_ready()
         self.ports = self.deployment.ports
         self.figures["startup_s"] = round(time.monotonic() - began, 1)
@@ -964,7 +983,7 @@ class Soak:
                     "description": f"soak {name}"}
             ids[name] = api.expect("createSubscription", "POST",
                                    f"/api/projects/{self.main['id']}/webhooks/subscriptions", 201, body)["id"]
-        with _database():
+        with self.database():
             starts = dict(WebhookSubscription.select(WebhookSubscription.id, WebhookSubscription.start_seq)
                           .where(WebhookSubscription.id.in_(list(ids.values()))).tuples())
         self.hooks = [HookRecord(name, self.main["id"], HOOKS[name], starts[ids[name]]) for name in HOOKS]
@@ -976,7 +995,7 @@ class Soak:
 
         from models.events import DomainEvent
 
-        with _database():
+        with self.database():
             after = DomainEvent.get(DomainEvent.id == self.marker).seq
         self.marker_seq = after
         for port in self.ports:
@@ -999,11 +1018,11 @@ class Soak:
         """Every actor for ``--duration`` seconds, then wait for them to finish what they were doing."""
         import gevent
 
-        self.stopping = False
         deadline = time.monotonic() + self.args.duration
-        actors = [gevent.spawn(self._sessions, deadline), gevent.spawn(self._reader, deadline),
-                  gevent.spawn(self._rushes, deadline)]
-        actors += [gevent.spawn(self._ingest, deadline, number) for number in range(2)]
+        actors = self.actors = [gevent.spawn(self._sessions, deadline), gevent.spawn(self._reader, deadline),
+                                gevent.spawn(self._rushes, deadline)]
+        senders = max(2, math.ceil(self.args.ingest_rate / 10))  # each waits for its answers: ~10/s apiece
+        actors += [gevent.spawn(self._ingest, deadline, number, senders) for number in range(senders)]
         for record in self.gatherings:
             actors += [gevent.spawn(self._player, deadline, record, player) for player in self.players[record.id]]
         before = _loadgen.cpu_mark(None)
@@ -1055,32 +1074,37 @@ class Soak:
         finally:
             api.close()
 
-    def _ingest(self, deadline: float, number: int) -> None:
-        """Signed ingest at ``--ingest-rate``/2 events/s: participant.joined/left and message.created (70 %) into
-        the ingest sessions, each request signed afresh."""
+    def _ingest(self, deadline: float, number: int, senders: int) -> None:
+        """Signed ingest at ``--ingest-rate``/``senders`` events/s: participant.joined/left and message.created
+        (70 %) into the ingest sessions, each request signed afresh."""
         from bench_ingest import signed_request
 
         from cortex.events.ingest import sign
 
         api = Api(self.ports, None, self.stats, random.Random(10 + number))
-        interval = 2 / self.args.ingest_rate
-        tick = time.monotonic() + number * interval / 2
+        interval = senders / self.args.ingest_rate
+        tick = time.monotonic() + number * interval / senders
         sequence = 0
+        peers: dict[tuple[str, int], list[int]] = defaultdict(list)  # (session, user) → peers this sender joined
         try:
             while time.monotonic() < deadline:
                 self._sleep_until(tick)
-                tick += interval
+                tick = max(tick + interval, time.monotonic())  # late: go on from now, no catch-up burst
                 sequence += 1
                 session = api.rng.choice(self.ingest_sessions)
                 user = api.rng.randrange(USERS_PER_SESSION)
                 roll = api.rng.random()
-                if roll < 0.2:
+                if roll < 0.2:  # a new peer of the user (unique: its body is never a byte-identical replay)
                     kind, action = "participant.joined", "created"
+                    peer = number * 10_000_000 + sequence
+                    peers[(session, user)].append(peer)
                     data = {"sessionId": session, "userId": f"soak-user-{user}", "displayName": f"User {user}",
-                            "peerId": number * 10_000_000 + sequence}
-                elif roll < 0.3:
+                            "peerId": peer}
+                elif roll < 0.3:  # one of its peers leaves (a peer never joined, when it has none)
                     kind, action = "participant.left", "deleted"
-                    data = {"sessionId": session, "userId": f"soak-user-{user}", "peerId": sequence}
+                    joined_peers = peers[(session, user)]
+                    peer = joined_peers.pop(0) if joined_peers else number * 10_000_000 + sequence
+                    data = {"sessionId": session, "userId": f"soak-user-{user}", "peerId": peer}
                 else:
                     kind, action = "message.created", "created"
                     data = {"sessionId": session, "userId": f"soak-user-{user}", "senderName": f"User {user}",
@@ -1128,9 +1152,11 @@ class Soak:
         try:
             while time.monotonic() + RUSH_INTERVAL < deadline:
                 self._sleep_until(time.monotonic() + RUSH_INTERVAL / 2)
-                gathering = api.expect("createGathering", "POST", base, 201,
-                                       {"name": f"Soak rush {self.counts['rushes']}", "type": "lobby",
-                                        "maxMembers": CAPACITY})
+                answer = api.call("createGathering", "POST", base, {"name": f"Soak rush {self.counts['rushes']}",
+                                                                     "type": "lobby", "maxMembers": CAPACITY})
+                if answer is None or answer.status != 201:  # counted (a 5xx fails invariant 1); next rush
+                    continue
+                gathering = answer.json()
                 record = GatheringRecord(gathering["id"], gathering["joinCode"], CAPACITY, kind="rush",
                                          joiners=RUSH_JOINERS)
                 self.gatherings.append(record)
@@ -1142,21 +1168,26 @@ class Soak:
                     joiners.append((joiner, participant))
                 go = Event()
 
-                def join(joiner: Api, participant: str, record=record, go=go) -> None:
+                def join(joiner: Api, participant: str, record=record, go=go) -> bool:
                     go.wait()
                     answer = joiner.call("joinByCode", "POST", f"{base}/join",
                                          {"joinCode": record.code, "participantId": participant})
                     if answer is not None and answer.status == 200:
                         record.joins += 1
                         record.max_answered = max(record.max_answered, answer.json()["gathering"]["memberCount"])
-                        self._leave(joiner, record, participant)
-                    else:
-                        record.full += answer is not None and answer.status == 409
+                        return True
+                    record.full += answer is not None and answer.status == 409
+                    return False
 
                 greenlets = [gevent.spawn(join, joiner, participant) for joiner, participant in joiners]
                 gevent.sleep(0.05)
                 go.set()
                 gevent.joinall(greenlets, timeout=2 * REQUEST_TIMEOUT)
+                # every join answered: the seated ones leave together (both processes)
+                seated = [(joiner, participant) for greenlet, (joiner, participant) in zip(greenlets, joiners, strict=True)
+                          if greenlet.value]
+                gevent.joinall([gevent.spawn(self._leave, joiner, record, participant) for joiner, participant in seated],
+                               timeout=2 * REQUEST_TIMEOUT)
                 for joiner, _participant in joiners:
                     joiner.close()
                 self._sleep_until(time.monotonic() + RUSH_INTERVAL / 2)
@@ -1245,7 +1276,7 @@ class Soak:
         hook_ids = [row[0] for row in self._subscription_ids()]
         quiet_since, last_newest = None, None
         while True:
-            with _database():
+            with self.database():
                 newest = self._newest_seq()
                 cursor = EventCursor.select(EventCursor.seq).where(EventCursor.consumer == "webhooks").scalar() or 0
                 pending = (WebhookEvent.select().where(WebhookEvent.subscription_id.in_(hook_ids)
@@ -1280,7 +1311,7 @@ class Soak:
     def _subscription_ids(self) -> list[tuple]:
         from models.webhooks import WebhookSubscription
 
-        with _database():
+        with self.database():
             return list(WebhookSubscription.select(WebhookSubscription.id)
                         .where(WebhookSubscription.project_id == self.main["id"]).tuples())
 
@@ -1297,7 +1328,7 @@ class Soak:
         from models.events import DomainEvent
 
         start = min([self.marker_seq, *(hook.start_seq for hook in self.hooks)])
-        with _database():
+        with self.database():
             rows = (DomainEvent.select(DomainEvent.seq, DomainEvent.id, DomainEvent.project_id, DomainEvent.type,
                                        DomainEvent.resource_id)
                     .where((DomainEvent.tenant_id == self.seeded["tenantId"]) & (DomainEvent.seq > start))
@@ -1339,7 +1370,7 @@ class Soak:
 
         for subscriber in self.subscribers:
             subscriber.stop()
-        gevent.killall(getattr(self, "stream_greenlets", []), timeout=5)
+        gevent.killall(self.stream_greenlets, timeout=5)
 
     def observations(self, events: list[LogEvent], cutoff: int, server_5xx: dict | None) -> Observations:
         for hook in self.hooks:
@@ -1359,43 +1390,37 @@ class Soak:
 
         def webhook_rows(user):  # rows the cascades from projects miss
             remove_gatherings(user)
-            ours = WebhookSubscription.select(WebhookSubscription.id).where(WebhookSubscription.tenant_id == user.tenant_id)
+            ours = (WebhookSubscription.select(WebhookSubscription.id)
+                    .where(WebhookSubscription.tenant_id == user.tenant_id))
             WebhookDelivery.delete().where(WebhookDelivery.subscription_id.in_(ours)).execute()
             WebhookEvent.delete().where(WebhookEvent.tenant_id == user.tenant_id).execute()
             WebhookSubscription.delete().where(WebhookSubscription.tenant_id == user.tenant_id).execute()
 
         user = SimpleNamespace(id=self.seeded["userId"], tenant_id=self.seeded["tenantId"])
-        _loadgen.remove_tenant(user, webhook_rows)
+        with self.database():  # (bound)
+            _loadgen.remove_tenant(user, webhook_rows)
+
+    def database(self):
+        """A connection context of this process's models, bound to ``--database-url`` on first use (the checks
+        read the log through the models: one definition of the schema)."""
+        from models.base import db
+        from models.database import init_database
+
+        if db.obj is None:
+            init_database(self.args.database_url, pool_size=2)
+        return db.connection_context()
 
     def close(self) -> None:
-        """Stop everything this run started (idempotent)."""
+        """Stop everything this run started (idempotent): the load first (interrupted), then the streams, the
+        processes and the receiver."""
+        import gevent
+
+        gevent.killall(self.actors, timeout=5)
         self.stop_streams()
         if self.deployment is not None:
             self.deployment.stop()
         if self.receiver is not None:
             self.receiver.stop()
-
-
-_bound: list[str] = []
-
-
-class _database:
-    """``with _database():`` a connection of this process's binding of the models (made on first use)."""
-
-    url: str | None = None
-
-    def __enter__(self):
-        from models.base import db
-        from models.database import init_database
-
-        if not _bound:
-            init_database(_database.url, pool_size=2)
-            _bound.append(_database.url)
-        self.context = db.connection_context()
-        return self.context.__enter__()
-
-    def __exit__(self, *exc):
-        return self.context.__exit__(*exc)
 
 
 def server_metrics(text: str, figures: dict) -> dict:
@@ -1542,10 +1567,9 @@ def invalid_options(args) -> str | None:
 def run(args) -> int:
     """The soak; the exit status."""
     started = time.monotonic()
-    _database.url = args.database_url
     workdir = tempfile.mkdtemp(prefix="cortex-soak-")
     soak = Soak(args, workdir)
-    passed = False
+    passed = interrupted = False
     try:
         print(f"soak: 2 × cortex serve + cortex worker on {_loadgen.describe_database(args.database_url)}, redis "
               f"{urlparse(args.redis_url).netloc}{urlparse(args.redis_url).path}; {args.duration:g} s of mixed load; "
@@ -1558,7 +1582,7 @@ def run(args) -> int:
         events, cutoff = soak.drain()
         server_5xx = soak.read_back()
         soak.stop_streams()
-        exited = soak.deployment.alive()
+        exited = soak.deployment.exited()
         observations = soak.observations(events, cutoff, server_5xx)
         verdicts = check_invariants(observations)
         if exited:
@@ -1577,11 +1601,12 @@ def run(args) -> int:
             print(soak.deployment.log_tails(), file=sys.stderr)
         return 1
     except KeyboardInterrupt:
+        interrupted = True
         print("soak: interrupted; processes stopped", file=sys.stderr)
         return 130
     finally:
         soak.close()
-        if soak.seeded and passed and not args.keep:
+        if soak.seeded and (passed or interrupted) and not args.keep:
             soak.remove_seeded()
         elif soak.seeded:
             print(f"soak: the seeded tenant {soak.seeded['tenantId']} ({soak.seeded['email']}) stays in the "
