@@ -112,6 +112,39 @@ def stop_with_parent(interval: float = 1.0) -> None:
     gevent.spawn(watch)
 
 
+GC_FREEZE_INTERVAL = 0.25  # seconds between two "collect what is new, freeze the survivors" (steady_gc)
+GC_SWEEP_INTERVAL = 3600.0  # seconds between two collections of everything, the frozen objects too
+
+
+def steady_gc(interval: float = GC_FREEZE_INTERVAL, sweep: float = GC_SWEEP_INTERVAL) -> None:
+    """Keep CPython's cyclic collector from stopping the process for long (a greenlet of :func:`serve`).
+
+    A full collection examines every tracked object (~0.65 µs each): start-up leaves ~135,000 of them and every
+    open event stream ~78 more, so with 10,000 streams one full collection stops every request for ~0.6 s; and
+    the young generation grows to ~70,000 objects between two collections (every stream re-arms a timed wait at
+    each heartbeat and event, 7 objects that outlive the allocation count), ~50-75 ms each. Instead, every
+    ``interval`` seconds: collect (only what is not frozen — what is new since the last time: small) and freeze
+    the survivors (``gc.freeze``: ignored by later collections, still freed by reference counting as usual).
+    Reference cycles that form among frozen objects later (measured: ~10 objects a second under load) wait for
+    the sweep every ``sweep`` seconds (unfreeze, collect everything: one full-length pause).
+    """
+    import gc
+    import time
+
+    import gevent
+
+    gc.collect()
+    gc.freeze()
+    last_sweep = time.monotonic()
+    while True:
+        gevent.sleep(interval)
+        if time.monotonic() - last_sweep >= sweep:
+            gc.unfreeze()
+            last_sweep = time.monotonic()
+        gc.collect()
+        gc.freeze()
+
+
 def serve(app, host: str, port: int, listen_fd: int | None = None, draining=None) -> None:
     """Serve until SIGTERM or SIGINT, then stop accepting, call ``draining()`` (``cortex serve``: end the open
     event streams, whose clients reconnect elsewhere) and give the other open requests up to 5 s to finish."""
@@ -127,6 +160,7 @@ def serve(app, host: str, port: int, listen_fd: int | None = None, draining=None
     stopping = Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         gevent.signal_handler(signum, stopping.set)
+    collector = gevent.spawn(steady_gc)
     try:
         server.start()
         log.info("Cortex listening on http://%s:%s (API docs: /api/docs/)", host, server.server_port)
@@ -134,6 +168,7 @@ def serve(app, host: str, port: int, listen_fd: int | None = None, draining=None
     except KeyboardInterrupt:
         pass
     finally:
+        collector.kill(block=False)
         server.stop_accepting()
         if draining is not None:
             draining()
