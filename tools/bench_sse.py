@@ -780,18 +780,19 @@ def run_stack(args, stack: str, workdir: str, cpus) -> dict:
         )
         return result
     except Exception:
-        log_path = os.path.join(workdir, f"{stack}.log")
-        if server.log:
-            server.log.flush()
-        if os.path.exists(log_path):
-            with open(log_path, "rb") as handle:
-                print(f"--- {stack} server log (tail) ---\n{handle.read()[-4000:].decode(errors='replace')}",
-                      file=sys.stderr)
+        print_server_log(os.path.join(workdir, f"{stack}.log"), stack, server)
         raise
     finally:
         for proc in clients:
             proc.stop()
         server.stop()
+
+
+def print_server_log(path: str, stack: str, server) -> None:
+    """The tail of a failed run's server log, on stderr."""
+    from _loadgen import log_file_tail
+
+    print(log_file_tail(path, f"{stack} server log", 4000, server.log), file=sys.stderr)
 
 
 def summary_table(results: list[dict]) -> str:
@@ -1289,12 +1290,7 @@ def idle_stack(args, stack: str, workdir: str, cpus, plan: dict) -> dict:
         )
         return result
     except Exception:
-        if server.log:
-            server.log.flush()
-        if os.path.exists(log_path):
-            with open(log_path, "rb") as handle:
-                print(f"--- {stack} server log (tail) ---\n{handle.read()[-4000:].decode(errors='replace')}",
-                      file=sys.stderr)
+        print_server_log(log_path, stack, server)
         raise
     finally:
         for proc in clients:

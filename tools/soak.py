@@ -229,24 +229,33 @@ def stream_owed(record: StreamRecord, events: list[LogEvent], cutoff: int) -> li
             and resources_match(record.resources, event.resource_id)]
 
 
+def _once_each(label: str, owed: list[str], received: list[str], by_id: dict, cutoff: int,
+               words: tuple[str, str, str]) -> tuple[list[str], list[str]]:
+    """(problems, duplicated ids) of one receiver: ``owed`` ids (log order) that never came, ids that came more
+    than once, and ids it was not owed (events after ``cutoff`` excepted); ``words`` name the three."""
+    owed_set, counts = set(owed), Counter(received)
+    problems = []
+    lost = [event_id for event_id in owed if event_id not in counts]
+    if lost:
+        problems.append(f"{label}: {len(lost)} of {len(owed)} {words[0]}: {_ids(lost)}")
+    duplicated = sorted(event_id for event_id, count in counts.items() if count > 1)
+    if duplicated:
+        problems.append(f"{label}: {len(duplicated)} {words[1]}: {_ids(duplicated)}")
+    unexpected = [event_id for event_id in counts if event_id not in owed_set
+                  and not (event_id in by_id and by_id[event_id].seq > cutoff)]
+    if unexpected:
+        problems.append(f"{label}: {len(unexpected)} {words[2]}: {_ids(unexpected)}")
+    return problems, duplicated
+
+
 def check_stream(record: StreamRecord, events: list[LogEvent], cutoff: int) -> list[str]:
     """Invariant 2 for one SSE subscriber: every owed event once, in log order, and nothing else."""
     label = f"SSE {record.name} (port {record.port})"
     by_id = {event.id: event for event in events}
-    owed = {event.id for event in stream_owed(record, events, cutoff)}
-    counts = Counter(record.received)
-    problems = []
-    lost = [event.id for event in events if event.id in owed and event.id not in counts]
-    if lost:
-        problems.append(f"{label}: {len(lost)} of {len(owed)} owed events never arrived: {_ids(lost)}")
-    duplicated = sorted(event_id for event_id, count in counts.items() if count > 1)
-    if duplicated:
-        problems.append(f"{label}: {len(duplicated)} events arrived more than once: {_ids(duplicated)}")
-    unexpected = [event_id for event_id in counts if event_id not in owed
-                  and not (event_id in by_id and by_id[event_id].seq > cutoff)]
-    if unexpected:
-        problems.append(f"{label}: {len(unexpected)} events arrived that its filter or position does not owe it: "
-                        f"{_ids(unexpected)}")
+    owed = [event.id for event in stream_owed(record, events, cutoff)]
+    problems, duplicated = _once_each(label, owed, record.received, by_id, cutoff, (
+        "owed events never arrived", "events arrived more than once",
+        "events arrived that its filter or position does not owe it"))
     seqs = [by_id[event_id].seq for event_id in record.received if event_id in by_id]
     disorder = [(a, b) for a, b in zip(seqs, seqs[1:], strict=False) if b <= a]
     if disorder and not duplicated:
@@ -268,20 +277,9 @@ def check_hook(record: HookRecord, events: list[LogEvent], cutoff: int) -> list[
     label = f"webhook {record.name} ({', '.join(record.patterns)})"
     by_id = {event.id: event for event in events}
     owed = [event.id for event in hook_owed(record, events, cutoff)]
-    owed_set = set(owed)
-    counts = Counter(record.received)
-    problems = []
-    lost = [event_id for event_id in owed if event_id not in counts]
-    if lost:
-        problems.append(f"{label}: {len(lost)} of {len(owed)} owed events were never delivered: {_ids(lost)}")
-    duplicated = sorted(event_id for event_id, count in counts.items() if count > 1)
-    if duplicated:
-        problems.append(f"{label}: {len(duplicated)} events were delivered more than once: {_ids(duplicated)}")
-    unexpected = [event_id for event_id in counts if event_id not in owed_set
-                  and not (event_id in by_id and by_id[event_id].seq > cutoff)]
-    if unexpected:
-        problems.append(f"{label}: {len(unexpected)} deliveries of events it does not subscribe to: "
-                        f"{_ids(unexpected)}")
+    problems, _duplicated = _once_each(label, owed, record.received, by_id, cutoff, (
+        "owed events were never delivered", "events were delivered more than once",
+        "deliveries of events it does not subscribe to"))
     if record.bad_signatures:
         problems.append(f"{label}: {record.bad_signatures} deliveries without a valid signature")
     return problems
