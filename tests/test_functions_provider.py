@@ -249,6 +249,27 @@ def test_killed_from_outside(provider, started):
     provider.stop(started)
 
 
+@pytest.mark.parametrize("kernel_shows_arguments", [True, False])
+def test_a_runtime_just_started_is_alive_and_stops(provider, project_id, monkeypatch, kernel_shows_arguments):
+    """Right after ``start`` returns, the kernel may not show the new program's arguments yet (``/proc/<pid>/cmdline``
+    reads empty for a moment; seen in most starts on a loaded machine): the runtime must still count as alive (not
+    as crashed), and a stop must still stop it (not leave it running)."""
+    from cortex.integrations.functions import local
+
+    if not kernel_shows_arguments:
+        monkeypatch.setattr(local, "_command_line", lambda pid: None)
+    provider.prepare(project_id)
+    provider.write_config(project_id, {"projectId": project_id, "env": {}, "apiUrl": API_URL, "version": "v1"})
+    for _ in range(5):
+        handle = provider.start(project_id, "v1", 512)
+        try:
+            assert provider.alive(handle)
+        finally:
+            provider.stop(handle, timeout=2)
+        assert not os.path.exists(f"/proc/{handle.pid}") and not provider.alive(handle)
+        assert handle.pid not in local._children  # collected: no zombie left
+
+
 def test_handle_in_a_fresh_provider(provider, project_id, started, tmp_path):
     wait_healthy(provider, started)
     stored = json.loads(json.dumps(started.to_json()))

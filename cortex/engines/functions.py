@@ -132,9 +132,9 @@ class RuntimeSupervisor(PeriodicJob):
             step = self._step(project_id, "deployment")
             handle = self._start(row)
             step = self._step(project_id, "server", runtime_status="starting")
-            if not self._healthy(handle):
-                raise ActivationFailed(f"the runtime did not answer its health check within {self.health_wait:g} s "
-                                       f"(see {project_id}/logs/runtime.log in the functions directory)")
+            failure = self._unhealthy(handle)
+            if failure:
+                raise ActivationFailed(f"{failure} (see {project_id}/logs/runtime.log in the functions directory)")
             store.record(project_id, self.owner, activation_step="complete", is_activated=True,
                          runtime_status="running", status_message=None, handle=handle.to_json(),
                          running_generation=row.generation, restarts=0, next_start_at=None)
@@ -183,12 +183,13 @@ class RuntimeSupervisor(PeriodicJob):
         self.provider.write_config(project_id, self._config(row))
         handle = self._start(row)
         store.record(project_id, self.owner, runtime_status="starting", handle=handle.to_json())
-        if self._healthy(handle):
+        failure = self._unhealthy(handle)
+        if failure is None:
             store.record(project_id, self.owner, runtime_status="running", status_message=None,
                          running_generation=row.generation)
         else:
             self._stop_local(project_id)
-            self._crashed(row, f"the runtime did not answer its health check within {self.health_wait:g} s")
+            self._crashed(row, failure)
 
     def _check(self, row: FunctionRuntime, handle: RuntimeHandle) -> None:
         project_id = row.project_id
@@ -272,15 +273,16 @@ class RuntimeSupervisor(PeriodicJob):
                     handle = self.handles[row.project_id] = candidate
         return handle
 
-    def _healthy(self, handle: RuntimeHandle) -> bool:
+    def _unhealthy(self, handle: RuntimeHandle) -> str | None:
+        """None once a just-started runtime answers its health check; else why it did not."""
         deadline = time.monotonic() + self.health_wait
         while time.monotonic() < deadline:
             if self.provider.health(handle) is not None:
-                return True
+                return None
             if not self.provider.alive(handle):
-                return False
+                return "the runtime exited before it answered its health check"
             time.sleep(0.05)
-        return False
+        return f"the runtime did not answer its health check within {self.health_wait:g} s"
 
     def _stop_local(self, project_id: str) -> None:
         handle = self.handles.pop(project_id, None)

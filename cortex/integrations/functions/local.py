@@ -503,10 +503,22 @@ class LocalProvider:
             raise ValueError("the runtime handle belongs to another project")
 
     def _is_runtime(self, handle: RuntimeHandle) -> bool:
-        """Whether ``handle.pid`` is a live (not zombie) ``node runtime-<version>.js <project's runtime.json>``."""
-        if handle.pid <= 0 or not _running(handle.pid):
+        """Whether ``handle.pid`` is a live (not zombie) ``node runtime-<version>.js <project's runtime.json>``.
+
+        A process this one started is judged by its ``Popen``: the arguments it was given and whether it has
+        exited. Its ``/proc/<pid>/cmdline`` reads empty for a while after ``Popen`` returns (the kernel sets the
+        new program's arguments up after closing the descriptors that told ``Popen`` the exec succeeded), and a
+        runtime just started must not look dead then."""
+        with _children_lock:
+            process = _children.get(handle.pid)
+        if process is not None:
+            if process.poll() is not None or not _running(handle.pid):
+                return False
+            argv = [os.fspath(arg) for arg in process.args]
+        elif handle.pid <= 0 or not _running(handle.pid):
             return False
-        argv = _command_line(handle.pid)
+        else:
+            argv = _command_line(handle.pid)
         if argv is None or len(argv) < 3:
             return False
         if os.path.basename(argv[-2]) != f"runtime-{handle.version}.js":
@@ -733,15 +745,20 @@ def _collect_if_exiting(pid: int) -> None:
         _reap(pid, wait=1.0)
 
 
+PF_EXITING = 0x4  # the kernel's per-task flag of a process that has begun to exit (/proc/<pid>/stat, field 9)
+
+
 def _running(pid: int) -> bool:
-    """The process exists and is not a zombie."""
+    """The process exists, is not a zombie and has not begun to exit."""
     if _LINUX_PROC:
         try:
             stat = Path(f"/proc/{pid}/stat").read_bytes()
         except OSError:
             return False
-        state = stat[stat.rfind(b")") + 2:][:1]  # the command name in parentheses may hold anything
-        return state not in (b"Z", b"X", b"x")
+        fields = stat[stat.rfind(b")") + 2:].split()  # the command name in parentheses may hold anything
+        if not fields or fields[0] in (b"Z", b"X", b"x"):
+            return False
+        return len(fields) < 7 or not int(fields[6]) & PF_EXITING
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
