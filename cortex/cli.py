@@ -32,7 +32,7 @@ def _database(migrate: bool = True):
     settings = Settings.from_env().with_secret_key()
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     configure_logging(settings.log_level, settings.log_format)  # CORTEX_LOG_LEVEL, CORTEX_LOG_FORMAT
-    init_database(settings.database_url, settings.db_pool_size)
+    init_database(settings.database_url, settings.db_pool_size, settings.db_pool_timeout)
     apply_to_process(settings)
     if migrate:
         upgrade()

@@ -98,6 +98,7 @@ class Settings:
     access_token_ttl: int = 3600
     fusion_session_ttl: int = 30 * 24 * 3600
     db_pool_size: int = 32
+    db_pool_timeout: float = 10.0  # CORTEX_DB_POOL_TIMEOUT: seconds a request waits for a pooled connection (then 503)
     api_key_touch_interval: int = 60
     log_level: str = "INFO"
     log_format: str = "text"  # CORTEX_LOG_FORMAT: text, or json (one JSON object per line)
@@ -163,7 +164,8 @@ class Settings:
             redis_url=env.get("REDIS_URL") or None,
             access_token_ttl=int(env.get("CORTEX_ACCESS_TOKEN_TTL", 3600)),
             fusion_session_ttl=int(env.get("CORTEX_SESSION_TTL", 30 * 24 * 3600)),
-            db_pool_size=int(env.get("CORTEX_DB_POOL_SIZE", 32)),
+            db_pool_size=_whole_number(env, "CORTEX_DB_POOL_SIZE", 32),
+            db_pool_timeout=_positive_seconds(env, "CORTEX_DB_POOL_TIMEOUT", 10.0),
             api_key_touch_interval=int(env.get("CORTEX_API_KEY_TOUCH_INTERVAL", 60)),
             log_level=env.get("CORTEX_LOG_LEVEL", "INFO"),
             log_format=_choice(env, "CORTEX_LOG_FORMAT", ("text", "json"), "text"),

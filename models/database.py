@@ -35,8 +35,9 @@ class CortexPostgresqlDatabase(PooledPostgresqlDatabase):
         return bool(conn.closed) or self._adapter.txn_status(conn) == self._adapter.txn_unknown
 
 
-def make_database(url: str, pool_size: int = 32) -> pw.Database:
-    """Create the Peewee database for a ``sqlite:///path`` or ``postgresql://…`` URL."""
+def make_database(url: str, pool_size: int = 32, pool_timeout: float = 10.0) -> pw.Database:
+    """Create the Peewee database for a ``sqlite:///path`` or ``postgresql://…`` URL: at most ``pool_size``
+    connections, a caller waits up to ``pool_timeout`` seconds for a free one (then ``MaxConnectionsExceeded``)."""
     parsed = urlparse(url)
     if parsed.scheme == "sqlite":
         if not url.startswith("sqlite:///"):
@@ -44,7 +45,7 @@ def make_database(url: str, pool_size: int = 32) -> pw.Database:
         path = unquote(url[len("sqlite:///") :].split("?", 1)[0])
         return PooledSqliteDatabase(
             path or ":memory:", pragmas=SQLITE_PRAGMAS, max_connections=pool_size, stale_timeout=300,
-            timeout=10, check_same_thread=False,  # wait up to 10 s for a free pooled connection
+            timeout=pool_timeout, check_same_thread=False,
         )
     if parsed.scheme in ("postgres", "postgresql"):
         return CortexPostgresqlDatabase(
@@ -55,16 +56,16 @@ def make_database(url: str, pool_size: int = 32) -> pw.Database:
             port=parsed.port or 5432,
             max_connections=pool_size,
             stale_timeout=300,
-            timeout=10,
+            timeout=pool_timeout,
         )
     raise ValueError(f"DATABASE_URL scheme {parsed.scheme!r} is not supported (use sqlite:/// or postgresql://)")
 
 
-def init_database(url: str, pool_size: int = 32) -> pw.Database:
+def init_database(url: str, pool_size: int = 32, pool_timeout: float = 10.0) -> pw.Database:
     """Bind the shared database proxy to ``url`` (closing any previous binding)."""
     if db.obj is not None:
         db.obj.close_all() if hasattr(db.obj, "close_all") else db.obj.close()
-    database = make_database(url, pool_size)
+    database = make_database(url, pool_size, pool_timeout)
     db.initialize(database)
     return database
 

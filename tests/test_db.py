@@ -125,3 +125,46 @@ def test_upgrade_is_idempotent_on_the_app_database(app):
     assert upgrade() == []
     assert current_version() == max(ALL_VERSIONS)
     assert SchemaVersion.select().count() == len(ALL_VERSIONS)
+
+
+# ------------------------------------------------------------------------------------- a pool with no free slot
+
+
+def test_a_request_that_finds_no_free_pooled_connection_answers_503_and_the_next_one_200(app, settings, owner):
+    """CORTEX_DB_POOL_SIZE connections at most, CORTEX_DB_POOL_TIMEOUT seconds of waiting for one: then the request
+    answers 503 problem+json with Retry-After (the server is busy, the request was fine), never a 500."""
+    import dataclasses
+    import threading
+
+    from flask.testing import FlaskClient
+
+    from cortex.http.app import configure_app
+    from cortex.settings import Settings
+
+    assert Settings.from_env(env={"CORTEX_DB_POOL_TIMEOUT": "0.5"}).db_pool_timeout == 0.5
+    for bad in ("0", "-1", "soon"):
+        with pytest.raises(ValueError, match="CORTEX_DB_POOL_TIMEOUT"):
+            Settings.from_env(env={"CORTEX_DB_POOL_TIMEOUT": bad})
+    configure_app(app, dataclasses.replace(settings, db_pool_size=1, db_pool_timeout=0.3))
+    assert db.obj._max_connections == 1 and db.obj._wait_timeout == 0.3
+    holding, done = threading.Event(), threading.Event()
+
+    def hold_the_only_connection():
+        with db.connection_context():
+            db.execute_sql("SELECT 1")
+            holding.set()
+            done.wait(10)
+
+    holder = threading.Thread(target=hold_the_only_connection)
+    holder.start()
+    try:
+        assert holding.wait(10)
+        busy = FlaskClient(app).get(f"/api/projects/{owner.project.id}/sessions", headers=owner.headers)
+    finally:
+        done.set()
+        holder.join(10)
+    assert busy.status_code == 503 and busy.mimetype == "application/problem+json"
+    assert busy.headers["Retry-After"] == "1"
+    assert "no database connection came free" in busy.get_json()["detail"]
+    fine = FlaskClient(app).get(f"/api/projects/{owner.project.id}/sessions", headers=owner.headers)
+    assert fine.status_code == 200 and fine.get_json() == []

@@ -10,6 +10,7 @@ import flask
 import swagger_ui_bundle
 from connexion.exceptions import ProblemException
 from connexion.spec import Specification
+from playhouse.pool import MaxConnectionsExceeded
 from werkzeug.exceptions import HTTPException, MethodNotAllowed
 from werkzeug.middleware.proxy_fix import ProxyFix
 
@@ -238,7 +239,7 @@ def configure_app(app: flask.Flask, settings: Settings) -> Runtime:
         raise ValueError(f"{settings.spec_path} is not the document this app was built from")
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     configure_logging(settings.log_level, settings.log_format)  # CORTEX_LOG_LEVEL, CORTEX_LOG_FORMAT
-    init_database(settings.database_url, settings.db_pool_size)
+    init_database(settings.database_url, settings.db_pool_size, settings.db_pool_timeout)
     forget_resolved_projects()  # what was resolved belongs to the database bound before
     apply_to_process(settings)
     security.configure(settings.secret_key, settings.access_token_ttl, settings.api_key_touch_interval)
@@ -288,6 +289,9 @@ def _add_documentation_routes(app: flask.Flask) -> None:
         return flask.send_from_directory(swagger_ui_bundle.swagger_ui_path, filename, max_age=3600)
 
 
+POOL_RETRY_SECONDS = 1  # Retry-After of a request that found no free pooled database connection
+
+
 def _add_error_handlers(app: flask.Flask) -> None:
     """Every error leaves as problem+json: 404 and 405 (with Allow) too, and never a stack trace."""
 
@@ -313,6 +317,12 @@ def _add_error_handlers(app: flask.Flask) -> None:
             413: "Request body is too large",
         }.get(exc.code, exc.description)
         return problem_response(exc.code or 500, detail, headers=headers)
+
+    @app.errorhandler(MaxConnectionsExceeded)
+    def _pool_exhausted(_exc):  # every pooled database connection stayed busy for the pool's timeout (10 s)
+        log.warning("%s %s: no free database connection; answered 503", flask.request.method, flask.request.path)
+        return problem_response(503, "The server is busy: no database connection came free in time; retry after "
+                                     f"{POOL_RETRY_SECONDS} s", headers={"Retry-After": str(POOL_RETRY_SECONDS)})
 
     @app.errorhandler(Exception)
     def _unexpected(exc):

@@ -10,6 +10,7 @@ from cortex.http.problems import ApiProblem
 from cortex.lib.logs import set_streaming
 from cortex.lib.metrics import SSE_STREAMS
 from models.access import Principal
+from models.base import release_connection
 
 MIMETYPE = "text/event-stream"
 HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
@@ -25,6 +26,7 @@ def open_stream(principal: Principal, project, types: str | None, resources: str
         return flask.Response(b"", mimetype=MIMETYPE, headers=HEADERS)
     services = runtime()
     settings = services.settings
+    release_connection()  # authenticated: the stream (which reads in batches) holds no connection while it waits
     release = services.streams.acquire(principal, settings.sse_max_streams_per_principal, settings.sse_max_seconds)
     if release is None:
         raise ApiProblem(429, f"At most {settings.sse_max_streams_per_principal} open event streams per user or API "
