@@ -5,6 +5,7 @@ log lines carrying the request id, and a real `cortex serve` with CORTEX_LOG_FOR
 from __future__ import annotations
 
 import io
+import os
 import json
 import logging
 import secrets
@@ -352,21 +353,84 @@ def test_json_logs_of_a_real_server_carry_request_ids_and_no_secret(servers, set
     assert len(in_requests) > len(access)  # more than the access lines: e.g. SQL at DEBUG carries the id too
 
 
+def answered(server, operation: str = "getData") -> float:
+    """``cortex_http_requests_total{operation, status="200"}`` as ``server``'s /metrics reports it."""
+    status, raw = server.request("GET", "/metrics")
+    assert status == 200
+    return value(samples(raw.decode()), "cortex_http_requests_total", operation=operation, status="200")
+
+
+def settled(server, moved_by, expected: float, timeout: float = 5.0) -> float:
+    """What ``moved_by(server)`` reports once it reaches ``expected`` (each process writes its request metrics
+    to the shared directory every FLUSH_INTERVAL seconds), or the last figure after ``timeout`` seconds."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    while (figure := moved_by(server)) != expected and time.monotonic() < deadline:
+        time.sleep(0.1)
+    return figure
+
+
 def test_multi_process_metrics_add_up_across_servers(servers, tmp_path):
-    """PROMETHEUS_MULTIPROC_DIR shared by two serving processes: either one's /metrics counts both's requests."""
+    """PROMETHEUS_MULTIPROC_DIR shared by two serving processes: either one's /metrics counts both's requests —
+    its own at once, the other's within FLUSH_INTERVAL (1 s) — and a stopped process's counts stay."""
+    import time
+
+    from cortex.lib.metrics import FLUSH_INTERVAL
+
     directory = tmp_path / "prometheus"
     first, second = servers(2, None, PROMETHEUS_MULTIPROC_DIR=str(directory))
-    status, raw = first.request("GET", "/metrics")
-    assert status == 200
-    before = samples(raw.decode())
+    time.sleep(FLUSH_INTERVAL + 0.5)  # the start-up probes' requests are written
+    before = answered(first)
     for server, count in ((first, 3), (second, 4)):
         for _ in range(count):
             assert server.request("GET", "/api")[0] == 200
+    assert answered(first) - before >= 3  # its own requests, written before it answers the scrape
+    began = time.monotonic()
+    assert settled(second, lambda server: answered(server) - before, 7) == 7
+    assert time.monotonic() - began < FLUSH_INTERVAL + 1.0
+    time.sleep(FLUSH_INTERVAL + 0.5)
+    assert answered(first) - before == 7  # and never more
     status, raw = second.request("GET", "/metrics")
     after = samples(raw.decode())
-    moved = (value(after, "cortex_http_requests_total", operation="getData", status="200")
-             - value(before, "cortex_http_requests_total", operation="getData", status="200"))
-    assert moved == 7
+    assert value(after, "cortex_http_request_duration_seconds_count", operation="getData") >= 7
     assert value(after, "cortex_sse_streams") == 0
     assert "cortex_webhook_queue_depth" in {name for name, _labels in after}
     assert any(path.name.startswith("counter_") for path in directory.iterdir())
+
+
+def test_multi_process_request_metrics_match_the_single_process_ones(tmp_path):
+    """The request counts and durations a process writes to PROMETHEUS_MULTIPROC_DIR (flush_requests) read back
+    through prometheus-client's MultiProcessCollector exactly as one process exports them; a flush that runs
+    again or late writes totals, so nothing is counted twice."""
+    import subprocess
+    import sys
+
+    code = """
+import json, sys
+from prometheus_client import CollectorRegistry, generate_latest, multiprocess
+from cortex.lib import metrics
+for operation, status, seconds in [("getData", "200", 0.0004), ("getData", "200", 0.003), ("listSessions", "200",
+                                   0.02), ("listSessions", "404", 7.5), ("getData", "200", 42.0)]:
+    metrics.observe_request(operation, status, seconds)
+metrics.flush_requests()
+metrics.observe_request("getData", "200", 0.004)
+metrics.flush_requests()
+metrics.flush_requests()
+registry = CollectorRegistry()
+multiprocess.MultiProcessCollector(registry, path=metrics.MULTIPROC_DIR)
+shared = generate_latest(registry).decode()
+single = CollectorRegistry()
+single.register(metrics.RequestCollector())
+print(json.dumps([shared, generate_latest(single).decode()]))
+"""
+    directory = tmp_path / "prometheus"
+    directory.mkdir()
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
+                            env={**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(directory)}, check=True)
+    shared, single = (samples(text) for text in json.loads(result.stdout))
+    wanted = {key: figure for key, figure in single.items() if key[0].startswith("cortex_http_request")}
+    assert wanted and {key: shared[key] for key in wanted} == wanted
+    assert value(shared, "cortex_http_requests_total", operation="getData", status="200") == 4
+    assert value(shared, "cortex_http_request_duration_seconds_bucket", operation="getData", le="0.005") == 3
+    assert value(shared, "cortex_http_request_duration_seconds_bucket", operation="getData", le="+Inf") == 4

@@ -16,7 +16,8 @@ import socket
 import threading
 import time
 
-from tests.test_observability import samples, value
+from cortex.lib.metrics import FLUSH_INTERVAL
+from tests.test_observability import answered, settled
 from tests.test_sse_redis import Stream, create_participant, event_id_of
 
 WAIT = 30.0
@@ -84,13 +85,12 @@ def test_two_workers_share_the_port_the_data_the_events_and_the_metrics(servers,
     until(lambda: prefixes.update(i[:16] for i in request_ids(server, 40)) or len(prefixes) >= 2,
           "answers from both workers")
 
-    # /metrics of whichever worker answers counts every worker's requests (the supervisor's PROMETHEUS_MULTIPROC_DIR)
-    status, raw = server.request("GET", "/metrics")
-    assert status == 200
-    before = value(samples(raw.decode()), "cortex_http_requests_total", operation="getData", status="200")
+    # /metrics of whichever worker answers counts every worker's requests (the supervisor's PROMETHEUS_MULTIPROC_DIR;
+    # each worker writes its request counts there every FLUSH_INTERVAL seconds)
+    time.sleep(FLUSH_INTERVAL + 0.5)  # every request so far is written
+    before = answered(server)
     assert len(request_ids(server, 48)) == 48
-    status, raw = server.request("GET", "/metrics")
-    assert value(samples(raw.decode()), "cortex_http_requests_total", operation="getData", status="200") - before == 48
+    assert settled(server, lambda server: answered(server) - before, 48) == 48
 
     # writes through one worker are read through the other; their events reach a stream on either, once each
     stream = Stream(server, "/api/events/stream?types=participant.created", owner.headers)

@@ -613,9 +613,11 @@ class ServerProcess:
     """``bench_http.py --serve <kind>`` in its own session; reports its port on its first stdout line."""
 
     def __init__(
-        self, kind: str, script: str, workdir: str, cpu: int | None, database_url: str | None = None
+        self, kind: str, script: str, workdir: str, cpu: int | None, database_url: str | None = None,
+        name: str | None = None,
     ):
         self.kind = kind
+        self.name = name or kind  # its log and data directory in ``workdir`` (two servers of one kind differ)
         self.script = script
         self.workdir = workdir
         self.cpu = cpu
@@ -633,9 +635,9 @@ class ServerProcess:
         return self.proc.pid if self.proc else None
 
     def start(self) -> ServerProcess:
-        log_path = os.path.join(self.workdir, f"{self.kind}-server.log")
+        log_path = os.path.join(self.workdir, f"{self.name}-server.log")
         self.log = open(log_path, "wb")  # closed in stop()
-        data_dir = os.path.join(self.workdir, f"{self.kind}-data")
+        data_dir = os.path.join(self.workdir, f"{self.name}-data")
         command = [sys.executable, self.script, "--serve", self.kind, "--data-dir", data_dir]
         if self.cpu is not None:
             command += ["--cpu", str(self.cpu)]
@@ -679,8 +681,8 @@ class ServerProcess:
                 gevent.sleep(0.1)
 
     def log_tail(self, size: int = 4000) -> str:
-        path = os.path.join(self.workdir, f"{self.kind}-server.log")
-        return log_file_tail(path, f"{self.kind} server log", size, self.log)
+        path = os.path.join(self.workdir, f"{self.name}-server.log")
+        return log_file_tail(path, f"{self.name} server log", size, self.log)
 
     def stop(self) -> None:
         if self.proc is not None:
@@ -978,6 +980,138 @@ def run_compare(args, script: str, workdir: str, cpus: tuple, pinning: str) -> d
     return {"mode": "compare", "meta": meta, "rows": [row.as_dict() for row in rows], "notes": notes}
 
 
+METRICS_SLICE = 0.5  # seconds between two switches of --metrics-cost
+
+
+def alternating_load(port: int, raw: bytes, switch, *, connections: int, duration: float, timeout: float) -> dict:
+    """``connections`` greenlets send ``raw`` back to back for WARMUP + ``duration`` seconds while the server's
+    state alternates between "on" and "off" every METRICS_SLICE seconds (``switch(state)`` sets it, warm-up "on").
+    Each 200 counts for the state in force when it completed, so the machine's drift (steal time, other work) hits
+    both states alike. Returns answers and seconds per state, "answered" (every 200, warm-up included), errors."""
+    began = perf_counter()
+    deadline = began + WARMUP + duration
+    current = {"state": None}  # None: warm-up or switching, nothing counted
+    tally = {"on": 0, "off": 0, "answered": 0}
+    seconds = {"on": 0.0, "off": 0.0}
+    errors = Counter()
+    switches = {"count": 0}
+
+    def worker():
+        connection = None
+        while perf_counter() < deadline:
+            try:
+                if connection is None:
+                    connection = HttpConnection(port, timeout)
+                status, _body, keep = connection.request(raw)
+            except (OSError, ValueError) as exc:  # TimeoutError is an OSError
+                errors[type(exc).__name__] += 1
+                _close(connection)
+                connection = None
+                gevent.sleep(0.01)
+                continue
+            if status != 200:
+                errors[f"HTTP {status}"] += 1
+            else:
+                tally["answered"] += 1
+                if current["state"] is not None:
+                    tally[current["state"]] += 1
+            if not keep:
+                _close(connection)
+                connection = None
+        _close(connection)
+
+    def switcher():
+        switch("on")
+        gevent.sleep(max(0.0, began + WARMUP - perf_counter()))
+        state = "on"
+        while perf_counter() + METRICS_SLICE <= deadline:
+            switch(state)
+            switches["count"] += 1
+            current["state"] = state
+            started = perf_counter()
+            gevent.sleep(METRICS_SLICE)
+            current["state"] = None
+            seconds[state] += perf_counter() - started
+            state = "off" if state == "on" else "on"
+
+    greenlets = [gevent.spawn(switcher)] + [gevent.spawn(worker) for _ in range(connections)]
+    gevent.joinall(greenlets, timeout=WARMUP + duration + timeout + 5, raise_error=True)
+    gevent.killall(greenlets, timeout=5)
+    return {"ok": {state: tally[state] for state in ("on", "off")}, "seconds": seconds,
+            "answered": tally["answered"], "switches": switches["count"], "errors": dict(errors)}
+
+
+def run_metrics_cost(args, script: str, workdir: str, cpus: tuple, pinning: str) -> dict:
+    """``--metrics-cost``: what counting a request costs. One server; for listSessions and ``GET /api``,
+    ``--rounds`` runs of ``--duration`` seconds each, in which the request metrics switch on (as shipped) and off
+    (``cortex.lib.metrics.observe_request`` a no-op, ``POST /bench/metrics/<on|off>``, bench-only) every
+    METRICS_SLICE seconds under a steady load, so both states share the machine's drift. The scraped
+    ``cortex_http_requests_total`` proves the switch: it grows by at least the answers counted "on" and by less
+    than all answers. Loss = 1 - (rate on / rate off), per run and over all runs."""
+    lines, meta = header(args, pinning, "Cortex HTTP benchmark: the cost of the request metrics")
+    print("\n".join(lines), flush=True)
+    print(f"method    one server; in each run the metrics switch on/off every {METRICS_SLICE:g} s under a steady "
+          "load; an answer counts for the state in force when it completed", flush=True)
+    server = ServerProcess("cortex", script, workdir, cpus[0], args.database_url)
+    labels = {"list_sessions": ("listSessions, 50 rows (auth, db)", "listSessions"),
+              "health": ("GET /api", "getData")}
+    runs = {key: [] for key in labels}
+    try:
+        server.start()
+        requests = {"list_sessions": build_request(f"/api/projects/{server.info['project']}/sessions",
+                                                   server.info["token"]),
+                    "health": build_request("/api")}
+
+        def switch(state: str) -> None:
+            status, _body = fetch(server.port, build_request(f"/bench/metrics/{state}", method="POST"),
+                                  args.timeout)
+            if status != 200:
+                raise BenchError(f"POST /bench/metrics/{state} answered {status}")
+
+        def counted(operation: str) -> float:
+            status, body = fetch(server.port, build_request("/metrics"), args.timeout)
+            if status != 200:
+                raise BenchError(f"GET /metrics answered {status}")
+            total = 0.0
+            for line in body.decode().splitlines():
+                if (line.startswith("cortex_http_requests_total{") and f'operation="{operation}"' in line
+                        and 'status="200"' in line):
+                    total += float(line.rsplit(" ", 1)[1])
+            return total
+
+        print()
+        for number in range(args.rounds):
+            for key, (label, operation) in labels.items():
+                before = counted(operation)
+                run = alternating_load(server.port, requests[key], switch, connections=args.connections,
+                                       duration=args.duration, timeout=args.timeout)
+                added = counted(operation) - before
+                ok, seconds = run["ok"], run["seconds"]
+                if not ok["on"] <= added < run["answered"] - ok["off"] + args.connections * (run["switches"] + 1):
+                    raise BenchError(f"the switch did not work: {added:g} {operation} requests were counted; "
+                                     f"{ok['on']} answered with metrics on, {ok['off']} off, {run['answered']} "
+                                     "in all")
+                run["rps"] = {state: ok[state] / seconds[state] for state in ok if seconds[state]}
+                run["loss"] = 1 - run["rps"]["on"] / run["rps"]["off"]
+                runs[key].append(run)
+                errors = sum(run["errors"].values())
+                print(f"run {number + 1:<2} {label:<34} req/s metrics on {run['rps']['on']:>7.0f}   off "
+                      f"{run['rps']['off']:>7.0f}   loss {run['loss'] * 100:+5.1f} %   errors {errors}", flush=True)
+    finally:
+        server.stop()
+    summary = {}
+    print()
+    for key, (label, _operation) in labels.items():
+        on = sum(run["ok"]["on"] for run in runs[key]) / sum(run["seconds"]["on"] for run in runs[key])
+        off = sum(run["ok"]["off"] for run in runs[key]) / sum(run["seconds"]["off"] for run in runs[key])
+        losses = [run["loss"] for run in runs[key]]
+        summary[key] = {"rps_on": round(on, 1), "rps_off": round(off, 1), "loss": round(1 - on / off, 4),
+                        "run_losses": [round(loss, 4) for loss in losses]}
+        print(f"{label:<34} all runs: req/s metrics on {on:>7.0f}   off {off:>7.0f}   loss "
+              f"{(1 - on / off) * 100:+.1f} %   (runs {min(losses) * 100:+.1f} … {max(losses) * 100:+.1f} %)")
+    return {"mode": "metrics-cost", "meta": meta, "summary": summary, "runs": runs}
+
+
 def split_cpus() -> tuple[tuple[int | None, int | None], str]:
     """(server CPU, load-generator CPU) and a description; pins this process (the load generator) to the second
     CPU when there are two or more, else leaves both unpinned."""
@@ -1001,7 +1135,7 @@ def run(args, script: str, fd_limit: int) -> int:
     cpus, pinning = split_cpus()
 
     def body(workdir: str) -> tuple[int, dict]:
-        mode = run_compare if args.compare else run_main
+        mode = run_compare if args.compare else run_metrics_cost if args.metrics_cost else run_main
         return 0, mode(args, script, workdir, cpus, pinning)
 
     return run_in_workdir(body, prefix="cortex-bench-", as_json=args.json, stopped="servers stopped")
@@ -1204,7 +1338,7 @@ def serve_app(app, settings, info: dict, *, user=None, engines: bool = False, pr
     from gevent.event import Event
 
     from cortex.http import security
-    from cortex.http.serve import make_server
+    from cortex.http.serve import flush_metrics, make_server
 
     running = None
     if engines:
@@ -1214,6 +1348,7 @@ def serve_app(app, settings, info: dict, *, user=None, engines: bool = False, pr
         app.extensions["cortex"].fanout = running.fanout
     server = make_server(app, HOST, 0)
     server.start()
+    gevent.spawn(flush_metrics)  # as `cortex serve` does (PROMETHEUS_MULTIPROC_DIR)
     stop = Event()
     gevent.signal_handler(signal.SIGTERM, stop.set)
     gevent.signal_handler(signal.SIGINT, stop.set)

@@ -173,6 +173,7 @@ class _Scrape:
         if metrics.MULTIPROC_DIR:
             from prometheus_client import multiprocess
 
+            metrics.flush_requests()  # this process's own requests, up to this one
             registry = CollectorRegistry()
             multiprocess.MultiProcessCollector(registry, path=metrics.MULTIPROC_DIR)
             yield from registry.collect()
@@ -202,8 +203,12 @@ def install(app: flask.Flask) -> None:
 
 
 def process_exiting(pid: int | None = None) -> None:
-    """Multi-process mode: this serving process ends — its live gauges (open streams) stop counting."""
+    """Multi-process mode: this serving process (or the worker ``pid`` of a ``cortex serve --workers`` supervisor)
+    ends — its last request counts are written, its live gauges (open streams) stop counting."""
     if metrics.MULTIPROC_DIR:
         from prometheus_client import multiprocess
+
+        if pid is None:
+            metrics.flush_requests()
 
         multiprocess.mark_process_dead(pid or os.getpid(), metrics.MULTIPROC_DIR)

@@ -145,6 +145,19 @@ def steady_gc(interval: float = GC_FREEZE_INTERVAL, sweep: float = GC_SWEEP_INTE
         gc.freeze()
 
 
+def flush_metrics(interval: float | None = None) -> None:
+    """PROMETHEUS_MULTIPROC_DIR: write this process's request metrics to the shared directory every ``interval``
+    seconds (``cortex.lib.metrics.FLUSH_INTERVAL``; a greenlet of :func:`serve`), so the other processes'
+    ``/metrics`` see them within that time."""
+    import gevent
+
+    from cortex.lib import metrics
+
+    while True:
+        gevent.sleep(interval or metrics.FLUSH_INTERVAL)
+        metrics.flush_requests()
+
+
 def serve(app, host: str, port: int, listen_fd: int | None = None, draining=None) -> None:
     """Serve until SIGTERM or SIGINT, then stop accepting, call ``draining()`` (``cortex serve``: end the open
     event streams, whose clients reconnect elsewhere) and give the other open requests up to 5 s to finish."""
@@ -161,6 +174,7 @@ def serve(app, host: str, port: int, listen_fd: int | None = None, draining=None
     for signum in (signal.SIGTERM, signal.SIGINT):
         gevent.signal_handler(signum, stopping.set)
     collector = gevent.spawn(steady_gc)
+    flusher = gevent.spawn(flush_metrics)
     try:
         server.start()
         log.info("Cortex listening on http://%s:%s (API docs: /api/docs/)", host, server.server_port)
@@ -169,6 +183,7 @@ def serve(app, host: str, port: int, listen_fd: int | None = None, draining=None
         pass
     finally:
         collector.kill(block=False)
+        flusher.kill(block=False)
         server.stop_accepting()
         if draining is not None:
             draining()
