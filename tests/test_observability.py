@@ -5,9 +5,9 @@ log lines carrying the request id, and a real `cortex serve` with CORTEX_LOG_FOR
 from __future__ import annotations
 
 import io
-import os
 import json
 import logging
+import os
 import secrets
 import socket
 from dataclasses import replace
