@@ -613,11 +613,9 @@ class ServerProcess:
     """``bench_http.py --serve <kind>`` in its own session; reports its port on its first stdout line."""
 
     def __init__(
-        self, kind: str, script: str, workdir: str, cpu: int | None, database_url: str | None = None,
-        name: str | None = None,
+        self, kind: str, script: str, workdir: str, cpu: int | None, database_url: str | None = None
     ):
         self.kind = kind
-        self.name = name or kind  # its log and data directory in ``workdir`` (two servers of one kind differ)
         self.script = script
         self.workdir = workdir
         self.cpu = cpu
@@ -635,9 +633,9 @@ class ServerProcess:
         return self.proc.pid if self.proc else None
 
     def start(self) -> ServerProcess:
-        log_path = os.path.join(self.workdir, f"{self.name}-server.log")
+        log_path = os.path.join(self.workdir, f"{self.kind}-server.log")
         self.log = open(log_path, "wb")  # closed in stop()
-        data_dir = os.path.join(self.workdir, f"{self.name}-data")
+        data_dir = os.path.join(self.workdir, f"{self.kind}-data")
         command = [sys.executable, self.script, "--serve", self.kind, "--data-dir", data_dir]
         if self.cpu is not None:
             command += ["--cpu", str(self.cpu)]
@@ -681,8 +679,8 @@ class ServerProcess:
                 gevent.sleep(0.1)
 
     def log_tail(self, size: int = 4000) -> str:
-        path = os.path.join(self.workdir, f"{self.name}-server.log")
-        return log_file_tail(path, f"{self.name} server log", size, self.log)
+        path = os.path.join(self.workdir, f"{self.kind}-server.log")
+        return log_file_tail(path, f"{self.kind} server log", size, self.log)
 
     def stop(self) -> None:
         if self.proc is not None:

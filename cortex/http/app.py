@@ -319,7 +319,7 @@ def _add_error_handlers(app: flask.Flask) -> None:
         return problem_response(exc.code or 500, detail, headers=headers)
 
     @app.errorhandler(MaxConnectionsExceeded)
-    def _pool_exhausted(_exc):  # every pooled database connection stayed busy for the pool's timeout (10 s)
+    def _pool_exhausted(_exc):  # every pooled connection stayed busy for CORTEX_DB_POOL_TIMEOUT seconds
         log.warning("%s %s: no free database connection; answered 503", flask.request.method, flask.request.path)
         return problem_response(503, "The server is busy: no database connection came free in time; retry after "
                                      f"{POOL_RETRY_SECONDS} s", headers={"Retry-After": str(POOL_RETRY_SECONDS)})
